@@ -1,0 +1,70 @@
+"""Build the components from config with `hydra.utils.instantiate`.
+
+Anything importable works through `_target_`: a user's own nn.Module, any torch.optim
+optimizer or scheduler. Values the config cannot know (the data's input shape, the number of
+classes, the schedule's length) are filled in here, and only for keys the config declares and
+leaves null, so a user's class that does not take them never receives them.
+"""
+from __future__ import annotations
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from framework import data as data_lib
+from framework.config import ConfigError
+
+
+def build_data(cfg: DictConfig) -> data_lib.Splits:
+    x, y = _instantiate(cfg.source, "data.source")
+    if len(y) == 0:
+        raise ConfigError("data.source: the data set is empty")
+    splits = data_lib.split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    if len(splits.train) == 0:
+        raise ConfigError("data: no training samples left after the val/test split")
+    return splits
+
+
+def build_model(cfg: DictConfig, splits: data_lib.Splits) -> torch.nn.Module:
+    known = {"input_shape": splits.input_shape, "num_classes": splits.num_classes}
+    model = _instantiate(cfg, "model", **_fill_nulls(cfg, known))
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model._target_={cfg._target_} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    make = _instantiate(cfg, "optimizer")
+    return _call(make, "optimizer", model.parameters())
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    make = _instantiate(cfg, "scheduler", **_fill_nulls(cfg, {"T_max": total_steps, "total_steps": total_steps}))
+    return _call(make, "scheduler", optimizer)
+
+
+def _fill_nulls(cfg: DictConfig, known: dict) -> dict:
+    return {k: v for k, v in known.items() if k in cfg and cfg[k] is None}
+
+
+def _instantiate(cfg: DictConfig, key: str, **kwargs):
+    # Convert first: instantiate on a typed (structured) node would hand the target omegaconf
+    # containers; plain lists and dicts are what a user's class expects.
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return instantiate(plain, **kwargs)
+    except InstantiationException as e:
+        raise ConfigError(f"{key}: {_first_line(e)}") from e
+
+
+def _call(make, key: str, *args):
+    try:
+        return make(*args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from e
+
+
+def _first_line(e: Exception) -> str:
+    # Hydra wraps the real error; its message already names the target and the cause.
+    return " ".join(str(e).split())

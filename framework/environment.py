@@ -1,0 +1,37 @@
+"""What a run directory says about where it ran: versions, command, git commit."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import framework
+
+
+def git_commit() -> str | None:
+    """The commit of the framework's source tree, when it is a git checkout."""
+    here = Path(framework.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def describe() -> dict:
+    return {
+        "framework_version": framework.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "numpy_version": np.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "git_commit": git_commit(),
+        "hostname": platform.node(),
+        "command": [sys.executable, *sys.argv],
+    }

@@ -1,0 +1,75 @@
+"""Where metrics go: metrics.jsonl (a line per logged step and per epoch), metrics.json (the
+final summary, written atomically), TensorBoard scalars, and the console: a progress bar on a
+terminal, plain log lines otherwise."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("framework")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write a whole file or nothing: a reader never sees half of metrics.json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.run_dir = run_dir
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered
+        self.tb = None
+        if tensorboard:
+            # Imported here: TensorBoard is slow to import and not needed with logger=none.
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, event: str, epoch: int, step: int, metrics: dict) -> None:
+        self.jsonl.write(json.dumps({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for name, value in metrics.items():
+                self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        # Each job of a sweep opens its own writer; one left open would leak into the next job.
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; a log line every `every` steps when not a terminal."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def start_epoch(self, epoch: int, max_epochs: int, total: int, done: int) -> None:
+        self.epoch, self.max_epochs = epoch, max_epochs
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{max_epochs}",
+                            leave=False, dynamic_ncols=True)
+
+    def step(self, global_step: int, loss: float | None, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+        elif loss is not None:
+            log.info("epoch %d/%d step %d train/loss %.4f lr %.4g",
+                     self.epoch + 1, self.max_epochs, global_step, loss, lr)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
