@@ -55,7 +55,7 @@ def _instantiate(cfg: DictConfig, key: str, **kwargs):
     try:
         return instantiate(plain, **kwargs)
     except InstantiationException as e:
-        raise ConfigError(f"{key}: {_first_line(e)}") from e
+        raise ConfigError(_explain(key, plain.get("_target_"), e)) from e
 
 
 def _call(make, key: str, *args):
@@ -65,6 +65,11 @@ def _call(make, key: str, *args):
         raise ConfigError(f"{key}: {e}") from e
 
 
-def _first_line(e: Exception) -> str:
-    # Hydra wraps the real error; its message already names the target and the cause.
-    return " ".join(str(e).split())
+def _explain(key: str, target, e: InstantiationException) -> str:
+    # Hydra wraps the real error (its __cause__); say which key and what went wrong, briefly.
+    cause = e.__cause__
+    if cause is None:
+        return f"{key}: {' '.join(str(e).split())}"
+    if "Error locating target" in str(e):
+        return f"{key}._target_={target}: cannot import it ({cause})"
+    return f"{key} ({target}): {type(cause).__name__}: {cause}"

@@ -1,0 +1,113 @@
+"""Every option of every group composes and builds; the typed schema refuses bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONF, run_cli
+from framework import build, config, data
+
+GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_options_the_design_names():
+    assert options("model") == ["cnn", "mlp"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "step", "warmup_cosine"]
+    assert options("data") == ["digits", "npz", "synthetic"]
+    assert options("determinism") == ["off", "seeded", "strict"]
+    assert {"tensorboard", "none"} <= set(options("logger"))
+    assert "off" in options("checkpoint")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_builds(compose, tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if option == "npz":
+        path = tmp_path / "arrays.npz"
+        import numpy as np
+
+        np.savez(path, x=np.random.rand(40, 1, 4, 4).astype("float32"), y=np.arange(40) % 3)
+        overrides.append(f"data.source.path={path}")
+    cfg = compose(overrides)
+    config.check(cfg)
+    splits = build.build_data(cfg.data)
+    model = build.build_model(cfg.model, splits)
+    optimizer = build.build_optimizer(cfg.optimizer, model)
+    scheduler = build.build_scheduler(cfg.scheduler, optimizer, total_steps=100)
+    assert isinstance(model, torch.nn.Module)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    x, y = next(iter(data.eval_loader(splits.train, 8, 0)))
+    assert model(x).shape == (len(y), splits.num_classes)
+
+
+def test_the_chosen_option_is_what_gets_built(compose):
+    cfg = compose(["model=mlp", "model.hidden=[7]", "optimizer=adamw", "optimizer.lr=0.003", "scheduler=cosine"])
+    splits = build.build_data(cfg.data)
+    model = build.build_model(cfg.model, splits)
+    assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [7, 10]
+    optimizer = build.build_optimizer(cfg.optimizer, model)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["lr"] == 0.003
+    scheduler = build.build_scheduler(cfg.scheduler, optimizer, total_steps=123)
+    # T_max left null in the config is the whole run's length.
+    assert type(scheduler) is torch.optim.lr_scheduler.CosineAnnealingLR and scheduler.T_max == 123
+
+
+def test_a_wrong_type_is_refused_at_compose_time(compose):
+    with pytest.raises(Exception, match="optimizer.lr"):
+        compose(["optimizer.lr=abc"])
+
+
+def test_missing_values_are_listed_by_key(compose):
+    cfg = compose(["data=npz"])
+    with pytest.raises(config.ConfigError, match=r"data\.source\.path"):
+        config.check(cfg)
+
+
+def test_out_of_range_choices_are_refused(compose):
+    for override, key in [("trainer.precision=64", "trainer.precision"), ("determinism.level=max", "determinism.level"),
+                          ("trainer.device=tpu", "trainer.device"), ("data.val_fraction=0.9", "data.val_fraction")]:
+        with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+            config.check(compose([override]))
+
+
+def test_split_is_fixed_by_the_seed(compose):
+    def test_labels(seed):
+        splits = build.build_data(compose([f"seed={seed}"]).data)
+        return splits.test.tensors[0]
+
+    assert torch.equal(test_labels(3), test_labels(3))
+    assert not torch.equal(test_labels(3), test_labels(4))
+    cfg = compose(["seed=5"])
+    assert OmegaConf.to_container(cfg.data, resolve=True)["split_seed"] == 5
+
+
+# ---- through the real command line --------------------------------------------------------
+CLI_ERRORS = [
+    # (overrides, what stderr must say)
+    (["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
+    (["trainer.foo=1"], ["trainer.foo", "not in"]),
+    (["data=npz"], ["missing required value", "data.source.path"]),
+    (["model=foo"], ["Could not find 'model/foo'", "Available options in 'model'", "cnn", "mlp"]),
+    (["trainer.precision=64"], ["trainer.precision", "16-mixed"]),
+    (["data=npz", "data.source.path=/no/such/file.npz"], ["data.source.path", "/no/such/file.npz"]),
+    (["model._target_=no_such_module.Net"], ["model._target_", "no_such_module"]),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", CLI_ERRORS, ids=[" ".join(o) for o, _ in CLI_ERRORS])
+def test_cli_errors_are_short_name_the_key_and_exit_non_zero(tmp_path, overrides, expected):
+    proc = run_cli(tmp_path / "run", *overrides, "logger=none", check=False)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 20
+    if overrides == ["model=foo"]:
+        assert "schema" not in proc.stderr.split("Config search path")[0]  # only real options listed
