@@ -1,11 +1,14 @@
 """Training through the real command line: every option runs, and a run leaves what it should."""
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 
 import numpy as np
 import pytest
@@ -117,6 +120,7 @@ def test_a_failing_run_records_its_status(tmp_path):
 
 def test_progress_bar_on_a_terminal(tmp_path):
     controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, cols
     cmd = [sys.executable, "-m", "framework", f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=5", *QUICK]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal, env=os.environ)
     os.close(terminal)
