@@ -23,6 +23,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def command_line() -> list[str]:
+    """The command as typed: `python -m framework ...` shows up as the module, not its file."""
+    args = sys.argv[1:]
+    if sys.argv and Path(sys.argv[0]).resolve() == Path(framework.__file__).resolve().parent / "__main__.py":
+        return [Path(sys.executable).name, "-m", "framework", *args]
+    return [sys.executable, *sys.argv]
+
+
 def describe() -> dict:
     return {
         "framework_version": framework.__version__,
@@ -33,5 +41,5 @@ def describe() -> dict:
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "git_commit": git_commit(),
         "hostname": platform.node(),
-        "command": [sys.executable, *sys.argv],
+        "command": command_line(),
     }

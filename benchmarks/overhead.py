@@ -1,0 +1,107 @@
+"""How much does the framework's loop cost over a hand-written PyTorch loop?
+
+Both loops train the same model on the same data with the same batch size and optimizer, in
+this one process, taking turns. A global optimizer step hook (torch.optim's
+register_optimizer_step_post_hook) timestamps every optimizer step in either loop without
+touching its code, so the step time is the interval between two steps: data loading, forward,
+backward, step and whatever bookkeeping the loop does.
+
+    python benchmarks/overhead.py               # both workloads, 3 rounds each
+    python benchmarks/overhead.py --rounds 5 --workload digits-cnn
+
+The goal is a median step-time ratio (framework / hand-written) of at most 1.03.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from framework import build, config, train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+WORKLOADS = {
+    # The default experiment: small CNN on 8x8 digits, batch 64.
+    "digits-cnn": ["trainer.max_epochs=3"],
+    # A wider model, where the step is compute-bound as in most real work.
+    "synthetic-mlp": ["data=synthetic", "data.source.n_samples=8192", "data.source.input_shape=[256]",
+                      "model=mlp", "model.hidden=[1024,1024]", "data.batch_size=256", "trainer.max_epochs=3"],
+}
+COMMON = ["logger=none", "scheduler=none", "data.augment.max_shift=0", "data.augment.noise_std=0.0"]
+
+stamps: list[float] = []
+register_optimizer_step_post_hook(lambda *args: stamps.append(time.perf_counter()))
+
+
+def intervals() -> list[float]:
+    # Skip the first steps: allocator and kernel warm-up.
+    return [b - a for a, b in zip(stamps[5:], stamps[6:])]
+
+
+def time_framework(cfg) -> list[float]:
+    stamps.clear()
+    with tempfile.TemporaryDirectory() as run_dir:
+        train.run(cfg, Path(run_dir))
+    return intervals()
+
+
+def time_hand_written(cfg) -> list[float]:
+    """The loop a PyTorch user writes by hand, built from the same config values."""
+    torch.manual_seed(cfg.seed)
+    splits = build.build_data(cfg.data)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.update(input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model = instantiate(model_cfg)
+    optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(model.parameters())
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.data.batch_size, shuffle=True)
+    stamps.clear()
+    for _ in range(cfg.trainer.max_epochs):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return intervals()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="turns each loop takes, alternating")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
+    args = parser.parse_args()
+    logging.disable(logging.INFO)
+    config.register()
+
+    rows = []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in args.workload or list(WORKLOADS):
+            cfg = compose("config", overrides=COMMON + WORKLOADS[name])
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours += time_framework(cfg)
+                theirs += time_hand_written(cfg)
+            ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
+            rows.append((name, len(ours), theirs_ms, ours_ms, ours_ms / theirs_ms))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds")
+    print()
+    print("| workload | steps timed | hand-written median (ms) | framework median (ms) | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, hand, ours, ratio in rows:
+        print(f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
