@@ -181,11 +181,23 @@ class DeterminismConfig:
     level: str = "seeded"
 
 
+MONITORS = ("val/loss", "val/acc", "train/loss")
+
+
 @dataclass
 class CheckpointConfig:
-    # The checkpoint policy (last/best/periodic/retention) is issue 3's work; `enabled` is the
-    # seam the training loop already consults.
+    """What to write and when (see framework/checkpoint/policy.py), and how to load on resume."""
+
     enabled: bool = True
+    save_last: bool = True
+    monitor: Optional[str] = "val/loss"  # best.pt by this metric; null: no best.pt
+    mode: str = "min"  # min or max
+    every_n_epochs: Optional[int] = None
+    every_n_steps: Optional[int] = None  # may fall inside an epoch
+    keep_last_n: Optional[int] = None  # periodic files kept (newest by step); null keeps all
+    model_only: bool = False  # periodic files hold weights + config only (cheap, cannot resume)
+    strict_load: bool = True  # on resume, any missing/unexpected key or shape difference stops
+    verify_on_resume: bool = True  # validate once after restoring and compare with the recorded loss
 
 
 @dataclass
@@ -216,6 +228,11 @@ class Config:
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = MISSING
     seed: int = 0
+    # null: start fresh; auto: continue from the newest valid checkpoint in hydra.run.dir if there
+    # is one; or a run directory or checkpoint file to continue from.
+    resume: Optional[str] = None
+    # Let a resumed run change keys that alter the trajectory (e.g. extend max_epochs).
+    allow_config_changes: bool = False
 
 
 def register() -> None:
@@ -265,6 +282,14 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"trainer.log_every_n_steps={t.log_every_n_steps} must be at least 1")
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed} must be zero or positive")
+    c = cfg.checkpoint
+    if c.monitor is not None and c.monitor not in MONITORS:
+        problems.append(f"checkpoint.monitor={c.monitor!r} is not one of {MONITORS} (or null)")
+    if c.mode not in ("min", "max"):
+        problems.append(f"checkpoint.mode={c.mode!r} is not min or max")
+    for key in ("every_n_epochs", "every_n_steps", "keep_last_n"):
+        if c[key] is not None and c[key] < 1:
+            problems.append(f"checkpoint.{key}={c[key]} must be at least 1 (or null)")
     d = cfg.data
     if d.batch_size < 1:
         problems.append(f"data.batch_size={d.batch_size} must be at least 1")

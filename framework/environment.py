@@ -34,9 +34,9 @@ def command_line() -> list[str]:
 def describe() -> dict:
     return {
         "framework_version": framework.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
-        "numpy_version": np.__version__,
+        "numpy_version": str(np.__version__),
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "git_commit": git_commit(),

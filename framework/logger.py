@@ -20,18 +20,34 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.run_dir = run_dir
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered
+    """Appends to metrics.jsonl and TensorBoard.
+
+    A resumed run goes on where its checkpoint was taken: metrics.jsonl is cut back to the lines
+    it had then (`keep_lines`, recorded in the checkpoint), and TensorBoard purges the events
+    that a killed run wrote after `resume_step`.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, keep_lines: int | None = None,
+                 resume_step: int | None = None):
+        path = run_dir / "metrics.jsonl"
+        if keep_lines is not None and path.exists():
+            kept = path.read_text().splitlines(keepends=True)[:keep_lines]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+        self.lines = len(path.read_text().splitlines()) if path.exists() else 0
+        self.jsonl = open(path, "a", buffering=1)  # line-buffered
         self.tb = None
         if tensorboard:
             # Imported here: TensorBoard is slow to import and not needed with logger=none.
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, event: str, epoch: int, step: int, metrics: dict) -> None:
         self.jsonl.write(json.dumps({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
+        self.lines += 1
         if self.tb is not None:
             for name, value in metrics.items():
                 self.tb.add_scalar(name, value, step)

@@ -1,35 +1,49 @@
-"""The training loop: build, train epochs (validating after each), test, write the summary.
+"""The training loop: build, maybe resume, train epochs (validating after each), checkpoint,
+test, write the summary.
 
 Everything a run does is in `run`, top to bottom. The steps it calls are small functions in
-this file or in a module named for what it does.
+this file or in a module named for what it does. All state that survives a checkpoint lives
+in `state` (framework/state.py).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from framework import data as data_lib
+from framework import resume as resume_lib
 from framework.build import build_data, build_model, build_optimizer, build_scheduler
+from framework.checkpoint import Checkpointer
+from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress, write_json_atomic
 from framework.reproducibility import apply_determinism, fingerprint, seed_everything
+from framework.state import PIECES, RNG_PIECES, TrainState
 
 log = logging.getLogger("framework")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the final summary."""
-    check(cfg)
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
+    check(cfg)
+    # Resuming: the checkpoint's config is the source of truth (see framework/resume.py).
+    resume_point = resume_lib.find(cfg.resume, run_dir)
+    changes, follows_original = [], True
+    if resume_point is not None:
+        cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt)
+        check(cfg)
     t = cfg.trainer
 
     # Seed before anything is built: the model's initial weights come from the torch RNG.
@@ -37,9 +51,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     seed_everything(cfg.seed)
     log.info("seed %d, determinism %s", cfg.seed, determinism)
 
-    summary = {"status": "running", "seed": cfg.seed, "determinism": determinism, "meta": describe()}
+    environment = describe()
+    summary = previous_summary(run_dir) if resume_point else {}
+    summary.update(status="running", seed=cfg.seed, determinism=determinism, meta=environment,
+                   follows_original_trajectory=follows_original)
     write_json_atomic(run_dir / "metrics.json", summary)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.logger.tensorboard)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.logger.tensorboard,
+                           keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
+                           resume_step=resume_point.ckpt["global_step"] if resume_point else None)
     try:
         device = pick_device(t.device)
         splits = build_data(cfg.data)
@@ -57,54 +76,102 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                  len(splits.train), len(splits.val), len(splits.test), splits.input_shape,
                  splits.num_classes, steps_per_epoch, device)
 
-        epoch, global_step = 0, 0
+        state = TrainState(model, optimizer, scheduler, scaler)
+        checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints",
+                                    resumed_from=resume_point.path if resume_point else None)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+        def make_payload(kind: str, val_loss: float | None) -> dict:
+            meta = {"format_version": FORMAT_VERSION, "kind": kind, **environment, "world_size": 1,
+                    "seed": cfg.seed, "determinism": cfg.determinism.level, "determinism_settings": determinism,
+                    "timestamp": datetime.now(timezone.utc).isoformat(),
+                    "follows_original_trajectory": follows_original, "config_changes": changes}
+            if kind == "model":
+                return {"epoch": state.epoch, "global_step": state.global_step,
+                        "model_state_dict": state.capture()["model_state_dict"], "config": config_yaml, "meta": meta}
+            return {**state.capture(), "val_loss": val_loss, "metrics_lines": logger.lines,
+                    "config": config_yaml, "meta": meta}
+
+        def save(event: str, val: dict, improved: bool = False) -> None:
+            checkpointer.save(lambda kind: make_payload(kind, val.get("val/loss")), event=event,
+                              epoch=state.epoch, step=state.global_step, position=state.position,
+                              metric=val.get(cfg.checkpoint.monitor), improved=improved)
+
+        restore_rng_from = None
+        if resume_point is not None:
+            ckpt = resume_point.ckpt
+            notes = state.restore(ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load)
+            for note in notes:
+                log.warning("non-strict load: %s", note)
+            restore_rng_from = ckpt  # after the resumed epoch's data iterator exists (see below)
+            summary["resumes"] = summary.get("resumes", []) + [resume_record(resume_point, changes)]
+            if cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
+                summary["resumes"][-1]["val_check"] = check_restored_val_loss(
+                    ckpt["val_loss"], evaluate(model, val_loader, device, autocast).get("loss"))
+
         progress = Progress(every=t.log_every_n_steps)
         stopped_by = "max_epochs"
         metrics: dict = {}
-        while epoch < t.max_epochs and stopped_by != "max_steps":
+        while state.epoch < t.max_epochs and stopped_by != "max_steps":
             model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            steps_this_epoch = 0
-            progress.start_epoch(epoch, t.max_epochs, steps_per_epoch, done=0)
-            loader = data_lib.train_loader(train_set, cfg.data.batch_size, cfg.data.num_workers,
-                                           cfg.seed, epoch)
-            for x, y in loader:
+            loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
+            progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
+            batches = iter(data_lib.train_loader(train_set, cfg.data.batch_size, cfg.data.num_workers,
+                                                 cfg.seed, state.data_epoch, state.position))
+            if restore_rng_from is not None:
+                # Only now: anything that creating the iterator drew must not shift the streams.
+                state.restore(restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
+                restore_rng_from = None
+            for x, y in batches:
                 loss = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast,
                                   t.gradient_clip_val)
                 scheduler.step()
-                global_step += 1
-                steps_this_epoch += 1
+                state.global_step += 1
+                state.position += 1
                 loss_sum += loss
                 logged = None
-                if global_step % t.log_every_n_steps == 0:
+                if state.global_step % t.log_every_n_steps == 0:
                     logged = loss.item()
-                    logger.log("step", epoch, global_step, {"train/loss": logged, "lr": current_lr(optimizer)})
-                progress.step(global_step, logged, current_lr(optimizer))
-                if t.max_steps is not None and global_step >= t.max_steps:
+                    logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": current_lr(optimizer)})
+                progress.step(state.global_step, logged, current_lr(optimizer))
+                if t.max_steps is not None and state.global_step >= t.max_steps:
                     stopped_by = "max_steps"
-                    break
+                if state.position == steps_per_epoch or stopped_by == "max_steps":
+                    break  # the epoch end or the stop below saves what is due
+                if checkpointer.step_due(state.global_step):
+                    state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
+                    save("step", prefixed("val", evaluate(model, val_loader, device, autocast)))
             progress.end_epoch()
+            state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
 
-            metrics = {"train/loss": (loss_sum / steps_this_epoch).item(), "lr": current_lr(optimizer)}
+            metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(optimizer)}
             metrics.update(prefixed("val", evaluate(model, val_loader, device, autocast)))
-            # A stop inside an epoch still validates, but is logged as a stop, not an epoch.
-            finished_epoch = steps_this_epoch == steps_per_epoch
-            logger.log("epoch" if finished_epoch else "stop", epoch, global_step, metrics)
-            log.info("epoch %d/%d step %d %s", epoch + 1, t.max_epochs, global_step,
+            log.info("epoch %d/%d step %d %s", state.epoch + 1, t.max_epochs, state.global_step,
                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if finished_epoch:
-                epoch += 1
+            if state.position == steps_per_epoch:
+                logger.log("epoch", state.epoch, state.global_step, metrics)
+                state.epoch += 1
+                state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
+                improved = checkpointer.improves(metrics.get(cfg.checkpoint.monitor), state.best_metric)
+                if improved:
+                    state.best_metric = metrics[cfg.checkpoint.monitor]
+                save("epoch", metrics, improved)
+            else:
+                # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics
+                # go on from here; then report the stop.
+                save("stop", metrics)
+                logger.log("stop", state.epoch, state.global_step, metrics)
 
         test = prefixed("test", evaluate(model, test_loader, device, autocast))
-        logger.log("test", epoch, global_step, test)
+        logger.log("test", state.epoch, state.global_step, test)
         metrics.update(test)
         log.info("test %s", " ".join(f"{k} {v:.4f}" for k, v in test.items()))
 
         summary.update(
             status="completed",
             stopped_by=stopped_by,
-            epochs_completed=epoch,
-            global_step=global_step,
+            epochs_completed=state.epoch,
+            global_step=state.global_step,
             metrics=metrics,
             fingerprint=fingerprint(model.state_dict(), optimizer.state_dict()),
             wall_time_s=round(time.time() - started, 3),
@@ -136,7 +203,11 @@ def train_step(model, x, y, optimizer, scaler, autocast, clip_norm) -> torch.Ten
 
 @torch.no_grad()
 def evaluate(model, loader, device, autocast) -> dict:
-    """Mean loss and accuracy over a whole split (empty dict for an empty split)."""
+    """Mean loss and accuracy over a whole split (empty dict for an empty split).
+
+    Draws no random numbers (eval mode, a loader with its own generator), so validating at any
+    point leaves the training trajectory untouched.
+    """
     if len(loader.dataset) == 0:
         return {}
     model.eval()
@@ -150,6 +221,35 @@ def evaluate(model, loader, device, autocast) -> dict:
     model.train()
     n = len(loader.dataset)
     return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def check_restored_val_loss(recorded: float, now: float | None) -> dict:
+    """Validation right after restoring must reproduce the loss the checkpoint recorded."""
+    identical = now == recorded
+    if identical:
+        log.info("resume check: val/loss %.10g after restoring, identical to the checkpoint's", now)
+    else:
+        log.warning("!" * 72)
+        log.warning("RESUME CHECK FAILED: val/loss after restoring is %r, the checkpoint recorded %r "
+                    "(difference %.3g). The restored model is not the one that was saved, or this "
+                    "machine computes differently.", now, recorded, (now or 0.0) - recorded)
+        log.warning("!" * 72)
+    return {"recorded_val_loss": recorded, "val_loss_after_restore": now, "identical": identical}
+
+
+def resume_record(point, changes: list[str]) -> dict:
+    return {"from": str(point.path), "epoch": point.ckpt["epoch"], "global_step": point.ckpt["global_step"],
+            "position": point.ckpt["loader_state"]["position"], "changed_keys": changes,
+            "time": datetime.now(timezone.utc).isoformat()}
+
+
+def previous_summary(run_dir: Path) -> dict:
+    """The run's earlier metrics.json, so a resumed run keeps its history of resumes."""
+    try:
+        old = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"resumes": old.get("resumes", [])}
 
 
 def prefixed(prefix: str, values: dict) -> dict:

@@ -1,0 +1,136 @@
+"""Writing and reading one checkpoint file.
+
+A write is atomic: the payload goes to a temporary file in the same folder, is flushed and
+fsynced, verified (reloaded with weights_only=True, required keys present), and only then
+renamed over the old name; the folder is fsynced so the rename survives a power cut. A crash
+at any moment leaves either the old file or the new one, never a torn one under the real name.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+FULL_KEYS = ("epoch", "global_step", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+             "scaler_state_dict", "loss", "best_metric", "rng_state", "cuda_rng_state", "numpy_rng_state",
+             "python_rng_state", "rng_per_rank", "loader_state", "config", "meta")
+MODEL_KEYS = ("epoch", "global_step", "model_state_dict", "config", "meta")
+# Room kept free beyond the file itself, so a checkpoint never fills the disk to the last byte.
+DISK_MARGIN = 64 * 2**20
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or trusted: reported in one message, no traceback."""
+
+
+def required_keys(kind: str) -> tuple[str, ...]:
+    return FULL_KEYS if kind == "full" else MODEL_KEYS
+
+
+def expected_size(payload) -> int:
+    """Bytes of tensor data in the payload (the file is this plus a little pickle)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(expected_size(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(expected_size(v) for v in payload)
+    return 64
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write(payload: dict, path: Path) -> dict:
+    """Write `payload` to `path` atomically and verified; return its size and sha256.
+
+    On any failure the file at `path` (if any) is untouched and no temporary file is left.
+    """
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    need = expected_size(payload) + DISK_MARGIN
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise CheckpointError(
+            f"not enough free disk space to write {path}: it needs about {need / 2**20:.0f} MiB "
+            f"(with a {DISK_MARGIN // 2**20} MiB margin), {folder} has {free / 2**20:.0f} MiB free. "
+            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n.")
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        verify(tmp, payload["meta"]["kind"])
+        size, digest = tmp.stat().st_size, sha256_of(tmp)
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"size": size, "sha256": digest}
+
+
+def link(source: Path, path: Path) -> None:
+    """Make `path` another name for the verified file `source` (atomically, no second copy)."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # a file system without hard links: copy instead
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def verify(path: Path, kind: str) -> dict:
+    """Reload safely (weights_only, memory-mapped so the data is not read twice) and check keys."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {e}") from e
+    missing = [k for k in required_keys(kind) if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is missing required keys: {', '.join(missing)}")
+    return ckpt
+
+
+def load(path: Path, expected_sha256: str | None = None) -> dict:
+    """Load a checkpoint for use: checksum (when known), weights_only, required keys, version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    if expected_sha256 is not None and sha256_of(path) != expected_sha256:
+        raise CheckpointError(f"{path} does not match the sha256 in its index.json: the file is corrupt or torn")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {e}") from e
+    if not isinstance(ckpt, dict) or "meta" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'meta')")
+    version = ckpt["meta"].get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+    missing = [k for k in required_keys(ckpt["meta"].get("kind", "full")) if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is missing required keys: {', '.join(missing)}")
+    return ckpt

@@ -1,0 +1,101 @@
+"""What to write at each save point, and what retention may delete.
+
+Names follow Lightning's ModelCheckpoint where they overlap: `save_last`, `monitor`, `mode`,
+`every_n_epochs`, `every_n_steps`. Files:
+    last.pt                newest state, written at every save point (always a full checkpoint)
+    best.pt                best value of `monitor` so far (epoch ends only: that is when it is measured)
+    epoch_0007.pt          periodic, every_n_epochs (counts completed epochs)
+    step_00001200.pt       periodic, every_n_steps (may fall inside an epoch)
+Retention (`keep_last_n`) applies to the periodic files only, ordered by step number, never by
+file name. It deletes nothing before the new file is written and verified, and never deletes
+last.pt, best.pt or the file this run resumed from.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from framework.checkpoint import io
+from framework.checkpoint.index import Index
+
+log = logging.getLogger("framework")
+
+
+class Checkpointer:
+    def __init__(self, cfg, folder: Path, resumed_from: Path | None = None):
+        self.cfg = cfg
+        self.folder = folder
+        self.index = Index(folder) if cfg.enabled else None
+        # Retention never deletes the checkpoint this run stands on.
+        self.protected = {resumed_from.name} if resumed_from is not None and resumed_from.parent == folder else set()
+
+    def step_due(self, global_step: int) -> bool:
+        n = self.cfg.every_n_steps
+        return bool(self.cfg.enabled and n and global_step % n == 0)
+
+    def improves(self, value: float | None, best: float | None) -> bool:
+        if value is None:
+            return False
+        return best is None or (value < best if self.cfg.mode == "min" else value > best)
+
+    def save(self, make_payload: Callable[[str], dict], *, event: str, epoch: int, step: int, position: int,
+             metric: float | None, improved: bool) -> list[str]:
+        """Write what the policy asks for at this save point; return the file names written.
+
+        event: "epoch" (an epoch just ended), "step" (every_n_steps inside an epoch) or "stop"
+        (max_steps ended the run). make_payload(kind) builds the checkpoint ("full" or "model").
+        """
+        cfg = self.cfg
+        if not cfg.enabled:
+            return []
+        periodic = None
+        if event == "epoch" and cfg.every_n_epochs and epoch % cfg.every_n_epochs == 0:
+            periodic = f"epoch_{epoch:04d}.pt"
+        elif self.step_due(step):
+            periodic = f"step_{step:08d}.pt"
+        full_roles = []
+        if cfg.save_last:
+            full_roles.append(("last", "last.pt"))
+        if event == "epoch" and improved:
+            full_roles.append(("best", "best.pt"))
+        if periodic and not cfg.model_only:
+            full_roles.append(("periodic", periodic))
+        facts = {"epoch": epoch, "step": step, "position": position, "metric": metric}
+
+        written = []
+        if full_roles:
+            payload = make_payload("full")
+            (role, name), rest = full_roles[0], full_roles[1:]
+            first = self._write(payload, name, role, facts)
+            written.append(name)
+            for role, other in rest:  # the same bytes under another name: a hard link, not a rewrite
+                io.link(self.folder / name, self.folder / other)
+                self.index.record({**first, "file": other, "role": role})
+                written.append(other)
+        if periodic and cfg.model_only:
+            self._write(make_payload("model"), periodic, "periodic", facts)
+            written.append(periodic)
+        if periodic:
+            self._apply_retention()
+        log.info("checkpoint at epoch %d step %d: %s", epoch, step, ", ".join(written))
+        return written
+
+    def _write(self, payload: dict, name: str, role: str, facts: dict) -> dict:
+        entry = {"file": name, "role": role, "kind": payload["meta"]["kind"], **facts,
+                 **io.write(payload, self.folder / name), "time": time.time()}
+        self.index.record(entry)
+        return entry
+
+    def _apply_retention(self) -> None:
+        n = self.cfg.keep_last_n
+        if not n:
+            return
+        periodic = sorted((e for e in self.index.entries.values() if e["role"] == "periodic"),
+                          key=lambda e: e["step"])
+        for entry in periodic[:-n]:
+            if entry["file"] in self.protected:
+                continue
+            (self.folder / entry["file"]).unlink(missing_ok=True)
+            self.index.remove(entry["file"])

@@ -1,0 +1,130 @@
+"""Resuming: which checkpoint to continue from, and which config the continued run uses.
+
+The checkpoint's embedded config is the source of truth. A new command line may change what
+cannot alter the trajectory (logging, checkpoint policy, the max_steps stopping point, loader
+workers, whose batches do not depend on their number). Anything else is refused with the list
+of differing keys, unless `allow_config_changes=true`; the run then records that it no longer
+follows the original trajectory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework.checkpoint import CheckpointError, Index, load
+from framework.config import ConfigError
+
+log = logging.getLogger("framework")
+
+# Keys (or whole sections) that a resumed run may change freely.
+SAFE_TO_CHANGE = ("logger", "checkpoint", "trainer.max_steps", "trainer.log_every_n_steps",
+                  "trainer.eval_batch_size", "data.num_workers", "resume", "allow_config_changes")
+# Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
+LENGTH_KEYS = ("T_max", "total_steps")
+
+
+@dataclass
+class ResumePoint:
+    path: Path
+    ckpt: dict
+
+
+def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
+    """The checkpoint that `resume` (null, auto, a run directory or a file) points at."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        folder = run_dir / "checkpoints"
+        if not any(folder.glob("*.pt")):
+            log.info("resume=auto: no checkpoint in %s, starting fresh", folder)
+            return None
+        return newest_valid(folder)
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        return newest_valid(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no such checkpoint file or run directory")
+    try:
+        ckpt = load(path, Index(path.parent).sha256(path))
+    except CheckpointError as e:
+        raise ConfigError(f"resume={resume}: {e}") from e
+    if ckpt["meta"]["kind"] != "full":
+        raise ConfigError(f"resume={resume}: a model-only checkpoint (weights and config) cannot continue "
+                          "training; resume from a full one such as last.pt")
+    return ResumePoint(path, ckpt)
+
+
+def newest_valid(folder: Path) -> ResumePoint:
+    """The newest full checkpoint in `folder` that passes its checksum and loads safely."""
+    index = Index(folder)
+    rejected = []
+    for path in index.newest_first():
+        try:
+            ckpt = load(path, index.sha256(path))
+        except CheckpointError as e:
+            log.warning("skipping %s: %s", path.name, e)
+            rejected.append(f"{path.name} ({e})")
+            continue
+        if ckpt["meta"]["kind"] != "full":
+            continue
+        log.info("resuming from %s (epoch %d, step %d): the newest checkpoint that passes its checksum",
+                 path, ckpt["epoch"], ckpt["global_step"])
+        return ResumePoint(path, ckpt)
+    detail = "; ".join(rejected) if rejected else "none found"
+    raise ConfigError(f"no valid full checkpoint to resume from in {folder}: {detail}")
+
+
+def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]:
+    """The config the resumed run uses, the changed keys, and whether it still follows the
+    original trajectory."""
+    old = OmegaConf.create(ckpt["config"])
+    old_flat = flatten(OmegaConf.to_container(old, resolve=True))
+    new_flat = flatten(OmegaConf.to_container(new, resolve=True))
+    changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT))
+    unsafe = [k for k in changed if not is_safe(k, old)]
+    describe = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}" for k in unsafe]
+    if unsafe and not new.allow_config_changes:
+        raise ConfigError(
+            "resuming with a config that changes the trajectory; the checkpoint's config is the "
+            "source of truth. Differing keys: " + "; ".join(describe) +
+            ". Drop these overrides, or pass allow_config_changes=true to continue with them "
+            "(the run is then recorded as no longer following the original trajectory).")
+    follows = ckpt["meta"].get("follows_original_trajectory", True) and not unsafe
+    if unsafe:
+        log.warning("allow_config_changes=true: continuing with changed keys %s; this run no longer "
+                    "follows its original trajectory", "; ".join(describe))
+        return new, changed, follows
+    merged = old
+    for key in changed:
+        if key in new_flat:
+            OmegaConf.update(merged, key, new_flat[key], force_add=True)
+        else:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(merged, parent) if parent else merged
+            node.pop(leaf, None)
+    return merged, changed, follows
+
+
+def is_safe(key: str, old: DictConfig) -> bool:
+    if any(key == s or key.startswith(s + ".") for s in SAFE_TO_CHANGE):
+        return True
+    if key == "trainer.max_epochs":
+        # Safe unless the schedule's length is derived from it.
+        scheduler = old.get("scheduler") or {}
+        return not any(k in scheduler and scheduler[k] is None for k in LENGTH_KEYS)
+    return False
+
+
+_ABSENT = object()
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out if tree else {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}

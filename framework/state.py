@@ -1,0 +1,201 @@
+"""TrainState: the one place that knows every piece of state a run carries between steps.
+
+A checkpoint is `TrainState.capture()`; resuming is `TrainState.restore()`. Each piece is a
+pair of methods, `_capture_<piece>` and `_restore_<piece>`, named in PIECES. Adding stateful
+behaviour to the loop means adding its piece here, and tests/test_state.py fails for a piece
+that is captured but not restored (it scrambles the live state and checks that restoring
+brings back every captured bit).
+
+The checkpoint keeps the plain-PyTorch key names people know (`model_state_dict`,
+`optimizer_state_dict`, `rng_state`, ...) and only types that
+`torch.load(..., weights_only=True)` reads: tensors, numbers, strings, lists, dicts.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+# Restoring happens in this order. The RNG streams come last: they must be set after anything
+# else that might draw from them (the loop also restores them only after the resumed epoch's
+# data iterator exists).
+PIECES = ("model", "optimizer", "scheduler", "scaler", "counters", "data_order", "data_position",
+          "python_rng", "numpy_rng", "torch_rng", "cuda_rng")
+RNG_PIECES = ("python_rng", "numpy_rng", "torch_rng", "cuda_rng")
+
+# Fault injection for the tests that prove exact resume has teeth: a comma-separated list of
+# pieces that `restore` must skip. Never set it outside those tests.
+SKIP_ENV = "FRAMEWORK_TEST_SKIP_RESTORE"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DistributedDataParallel / DataParallel / torch.compile."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_prefixes(state_dict: dict) -> dict:
+    """Drop `module.` and `_orig_mod.` key prefixes, so wrapped and plain models share files."""
+    clean = {}
+    for key, value in state_dict.items():
+        while key.startswith(("module.", "_orig_mod.")):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean
+
+
+class TrainState:
+    """The model, optimizer, scheduler and scaler, plus the loop's counters and data position."""
+
+    def __init__(self, model, optimizer, scheduler, scaler):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # optimizer steps taken
+        self.data_epoch = 0  # the epoch whose shuffle the train loader uses
+        self.position = 0  # batches of that epoch already trained on
+        self.epoch_loss_sum = 0.0  # sum of this epoch's step losses so far (for the epoch mean)
+        self.last_loss: float | None = None
+        self.best_metric: float | None = None
+
+    # ---- the two entry points --------------------------------------------------------------
+    def capture(self) -> dict:
+        out: dict = {}
+        for piece in PIECES:
+            out.update(getattr(self, f"_capture_{piece}")())
+        # Every rank's streams (one entry per rank; one rank until distributed training).
+        out["rng_per_rank"] = [{k: out[k] for k in ("rng_state", "cuda_rng_state", "numpy_rng_state",
+                                                    "python_rng_state")}]
+        return out
+
+    def restore(self, ckpt: dict, pieces=PIECES, strict: bool = True) -> list[str]:
+        """Restore the named pieces from a checkpoint; return notes on what did not fit
+        (only with strict=False; strict loading raises instead)."""
+        skip = {p for p in os.environ.get(SKIP_ENV, "").split(",") if p}
+        notes: list[str] = []
+        for piece in pieces:
+            if piece not in skip:
+                notes += getattr(self, f"_restore_{piece}")(ckpt, strict) or []
+        return notes
+
+    # ---- model -------------------------------------------------------------------------------
+    def _capture_model(self):
+        # Saved without wrapper prefixes: the weights load into the plain model anywhere.
+        return {"model_state_dict": strip_prefixes(unwrap(self.model).state_dict())}
+
+    def _restore_model(self, ckpt, strict):
+        return load_model_weights(unwrap(self.model), ckpt["model_state_dict"], strict)
+
+    # ---- optimizer, scheduler, scaler --------------------------------------------------------
+    def _capture_optimizer(self):
+        return {"optimizer_state_dict": self.optimizer.state_dict()}
+
+    def _restore_optimizer(self, ckpt, strict):
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            if strict:
+                raise
+            return [f"optimizer state not loaded: {e}"]
+
+    def _capture_scheduler(self):
+        return {"scheduler_state_dict": self.scheduler.state_dict()}
+
+    def _restore_scheduler(self, ckpt, strict):
+        self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+
+    def _capture_scaler(self):
+        return {"scaler_state_dict": self.scaler.state_dict()}
+
+    def _restore_scaler(self, ckpt, strict):
+        if ckpt["scaler_state_dict"]:  # a disabled scaler has an empty state
+            self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+
+    # ---- the loop's counters and the data position -------------------------------------------
+    def _capture_counters(self):
+        return {"epoch": self.epoch, "global_step": self.global_step, "loss": self.last_loss,
+                "best_metric": self.best_metric, "epoch_loss_sum": self.epoch_loss_sum}
+
+    def _restore_counters(self, ckpt, strict):
+        self.epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
+        self.last_loss, self.best_metric = ckpt["loss"], ckpt["best_metric"]
+        self.epoch_loss_sum = ckpt["epoch_loss_sum"]
+
+    def _capture_data_order(self):
+        return {"loader_state": {"epoch": self.data_epoch, "position": self.position}}
+
+    def _restore_data_order(self, ckpt, strict):
+        self.data_epoch = ckpt["loader_state"]["epoch"]
+
+    def _capture_data_position(self):
+        return {}  # captured with the order, in loader_state
+
+    def _restore_data_position(self, ckpt, strict):
+        self.position = ckpt["loader_state"]["position"]
+
+    # ---- random streams ------------------------------------------------------------------------
+    def _capture_python_rng(self):
+        version, internal, gauss_next = random.getstate()
+        return {"python_rng_state": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+
+    def _restore_python_rng(self, ckpt, strict):
+        s = ckpt["python_rng_state"]
+        random.setstate((s["version"], tuple(s["state"]), s["gauss_next"]))
+
+    def _capture_numpy_rng(self):
+        # np.random.get_state() holds an ndarray: stored as-is it would not load with
+        # weights_only=True. Plain values instead.
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"numpy_rng_state": {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                                    "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+    def _restore_numpy_rng(self, ckpt, strict):
+        s = ckpt["numpy_rng_state"]
+        keys = s["keys"].numpy().astype(np.uint32)
+        np.random.set_state((s["bit_generator"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+
+    def _capture_torch_rng(self):
+        return {"rng_state": torch.get_rng_state()}
+
+    def _restore_torch_rng(self, ckpt, strict):
+        torch.set_rng_state(ckpt["rng_state"])
+
+    def _capture_cuda_rng(self):
+        return {"cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def _restore_cuda_rng(self, ckpt, strict):
+        states = ckpt["cuda_rng_state"]
+        if states and torch.cuda.is_available():
+            if len(states) != torch.cuda.device_count():
+                note = f"checkpoint has CUDA RNG states for {len(states)} devices, this machine has {torch.cuda.device_count()}"
+                if strict:
+                    raise RuntimeError(note)
+                return [note]
+            torch.cuda.set_rng_state_all(states)
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -> list[str]:
+    """Load weights, listing every missing key, unexpected key and shape difference.
+
+    strict: any difference raises, naming them all. Not strict: load what fits, return notes.
+    """
+    state_dict = strip_prefixes(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape)
+    problems = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
+               ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []) + \
+               ([f"shape differences: {'; '.join(shapes)}"] if shapes else [])
+    if problems and strict:
+        raise RuntimeError("the checkpoint's weights do not fit the model: " + " | ".join(problems))
+    fits = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(fits, strict=not problems)
+    return problems
