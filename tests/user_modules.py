@@ -14,3 +14,32 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class NoisyMLP(nn.Module):
+    """A user's model whose training draws from every global random stream: dropout (torch),
+    input jitter from NumPy's global RNG, and a layer skipped at random by Python's `random`.
+    Exact resume must restore all three for this model to end with the same bits."""
+
+    def __init__(self, input_shape, num_classes: int, width: int = 64, dropout: float = 0.2):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.inp = nn.Linear(math.prod(input_shape), width)
+        self.hidden = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        import random
+
+        import numpy as np
+        import torch
+
+        x = self.flatten(x)
+        if self.training:
+            jitter = np.random.standard_normal(x.shape).astype(np.float32)
+            x = x + 0.05 * torch.from_numpy(jitter)
+        h = self.drop(torch.relu(self.inp(x)))
+        if not self.training or random.random() < 0.8:
+            h = self.drop(torch.relu(self.hidden(h)))
+        return self.out(h)

@@ -30,6 +30,7 @@ class Index:
 
     def save(self) -> None:
         files = sorted(self.entries.values(), key=lambda e: (e["step"], e["file"]))
+        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".index.json.tmp-{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump({"files": files}, f, indent=2)

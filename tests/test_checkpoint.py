@@ -1,0 +1,180 @@
+"""Checkpoint files: atomic verified writes, the index, the policy and retention, safe loading."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+import subprocess
+import sys
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from framework.checkpoint import CheckpointError, Checkpointer, Index, io
+from framework.config import CheckpointConfig, ConfigError
+from framework import resume
+from framework.state import TrainState
+
+
+def make_state() -> TrainState:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+
+
+def payload_maker(state: TrainState):
+    def make(kind: str) -> dict:
+        meta = {"format_version": io.FORMAT_VERSION, "kind": kind}
+        if kind == "model":
+            return {"epoch": state.epoch, "global_step": state.global_step,
+                    "model_state_dict": state.capture()["model_state_dict"], "config": "seed: 0\n", "meta": meta}
+        return {**state.capture(), "config": "seed: 0\n", "meta": meta}
+    return make
+
+
+def checkpointer(tmp_path, resumed_from=None, **policy) -> Checkpointer:
+    cfg = OmegaConf.structured(CheckpointConfig(**policy))
+    return Checkpointer(cfg, tmp_path / "checkpoints", resumed_from=resumed_from)
+
+
+def test_written_file_loads_with_weights_only_and_is_indexed(tmp_path):
+    state = make_state()
+    ck = checkpointer(tmp_path)
+    state.epoch, state.global_step = 1, 20
+    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=0.5,
+                   improved=True) == ["last.pt", "best.pt"]
+    folder = tmp_path / "checkpoints"
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(folder / name, map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == 20 and set(io.FULL_KEYS) <= ckpt.keys()
+    entries = json.loads((folder / "index.json").read_text())["files"]
+    last = next(e for e in entries if e["file"] == "last.pt")
+    assert (last["epoch"], last["step"], last["metric"]) == (1, 20, 0.5)
+    assert last["size"] == (folder / "last.pt").stat().st_size
+    assert last["sha256"] == io.sha256_of(folder / "last.pt")
+    assert not list(folder.glob(".*tmp*"))
+
+
+def test_an_error_in_the_middle_of_a_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    state = make_state()
+    ck = checkpointer(tmp_path)
+    state.global_step = 20
+    ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None, improved=False)
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = io.sha256_of(last)
+
+    def torn_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("injected: disk went away mid-write")
+
+    monkeypatch.setattr(io.torch, "save", torn_save)
+    state.global_step = 40
+    with pytest.raises(OSError, match="injected"):
+        ck.save(payload_maker(state), event="epoch", epoch=2, step=40, position=0, metric=None, improved=False)
+    assert io.sha256_of(last) == before  # untouched
+    assert not list(last.parent.glob(".*tmp*"))  # no torn temporary file left
+    assert Index(last.parent).entries["last.pt"]["step"] == 20
+    assert resume.newest_valid(last.parent).ckpt["global_step"] == 20
+
+
+def test_a_write_that_does_not_verify_never_replaces_the_good_file(tmp_path, monkeypatch):
+    state = make_state()
+    ck = checkpointer(tmp_path)
+    ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None, improved=False)
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = io.sha256_of(last)
+    real_save = torch.save
+    # A payload that pickles an arbitrary object: it would need an allow-list to load.
+    monkeypatch.setattr(io.torch, "save", lambda obj, f: real_save({**obj, "bad": Fraction(1, 3)}, f))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        ck.save(payload_maker(state), event="epoch", epoch=2, step=40, position=0, metric=None, improved=False)
+    assert io.sha256_of(last) == before and not list(last.parent.glob(".*tmp*"))
+
+
+def test_not_enough_disk_space_is_said_clearly_and_keeps_every_checkpoint(tmp_path, monkeypatch):
+    state = make_state()
+    ck = checkpointer(tmp_path, every_n_epochs=1)
+    ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None, improved=False)
+    folder = tmp_path / "checkpoints"
+    before = {p.name: io.sha256_of(p) for p in folder.glob("*.pt")}
+    usage = io.shutil.disk_usage(folder)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: usage._replace(free=10 * 2**20))
+    with pytest.raises(CheckpointError, match=r"not enough free disk space to write .*last\.pt.*10 MiB free"):
+        ck.save(payload_maker(state), event="epoch", epoch=2, step=40, position=0, metric=None, improved=False)
+    assert {p.name: io.sha256_of(p) for p in folder.glob("*.pt")} == before
+    assert not list(folder.glob(".*tmp*"))
+
+
+def test_retention_past_ten_periodic_files_keeps_the_newest_by_step(tmp_path):
+    state = make_state()
+    folder = tmp_path / "checkpoints"
+    resumed_from = folder / "step_00000009.pt"
+    ck = checkpointer(tmp_path, resumed_from=resumed_from, every_n_steps=9, keep_last_n=3)
+    for step in range(9, 9 * 13, 9):  # 12 periodic files: step 9 ... 108
+        state.global_step = step
+        ck.save(payload_maker(state), event="step", epoch=0, step=step, position=step, metric=None, improved=False)
+    on_disk = sorted(p.name for p in folder.glob("*.pt"))
+    # The newest three by step (not by name), the one this run resumed from, and last.pt.
+    assert on_disk == ["last.pt", "step_00000009.pt", "step_00000090.pt", "step_00000099.pt", "step_00000108.pt"]
+    assert sorted(Index(folder).entries) == on_disk
+    assert torch.load(folder / "last.pt", weights_only=True)["global_step"] == 108
+
+
+def test_retention_orders_by_step_not_by_file_name(tmp_path):
+    state = make_state()
+    ck = checkpointer(tmp_path, every_n_epochs=1, keep_last_n=2, save_last=False)
+    ck.index.record({"file": "epoch_2.pt", "role": "periodic", "kind": "full", "epoch": 2, "step": 2,
+                     "position": 0, "metric": None, "size": 0, "sha256": "", "time": 0})
+    (tmp_path / "checkpoints" / "epoch_2.pt").write_bytes(b"old-style unpadded name")
+    for epoch in (10, 11):
+        state.global_step = epoch
+        ck.save(payload_maker(state), event="epoch", epoch=epoch, step=epoch, position=0, metric=None, improved=False)
+    # By name, "epoch_2.pt" sorts after "epoch_0011.pt"; by step it is the oldest, and goes.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt")) == ["epoch_0010.pt", "epoch_0011.pt"]
+
+
+def test_model_only_files_hold_weights_and_config_and_cannot_resume(tmp_path):
+    state = make_state()
+    ck = checkpointer(tmp_path, every_n_epochs=1, model_only=True, save_last=False)
+    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None,
+                   improved=False) == ["epoch_0001.pt"]
+    path = tmp_path / "checkpoints" / "epoch_0001.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) == set(io.MODEL_KEYS) and ckpt["meta"]["kind"] == "model"
+    with pytest.raises(ConfigError, match="model-only"):
+        resume.find(str(path), tmp_path)
+
+
+def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
+    state = make_state()
+    ck = checkpointer(tmp_path, every_n_steps=5)
+    for step in (5, 10):
+        state.global_step = step
+        ck.save(payload_maker(state), event="step", epoch=0, step=step, position=step, metric=None, improved=False)
+    folder = tmp_path / "checkpoints"
+    data = (folder / "last.pt").read_bytes()
+    (folder / "last.pt").write_bytes(data[: len(data) // 2])  # torn
+    corrupt = bytearray((folder / "step_00000010.pt").read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF  # one flipped byte: still a zip, wrong checksum
+    (folder / "step_00000010.pt").write_bytes(bytes(corrupt))
+    assert resume.newest_valid(folder).path.name == "step_00000005.pt"
+    (folder / "step_00000005.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no valid full checkpoint"):
+        resume.newest_valid(folder)
+
+
+def test_weights_load_into_plain_pytorch_without_the_framework(tmp_path):
+    state = make_state()
+    checkpointer(tmp_path).save(payload_maker(state), event="epoch", epoch=1, step=1, position=0, metric=None,
+                                improved=False)
+    script = f"""
+import sys, torch
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+model.load_state_dict(torch.load({str(tmp_path / 'checkpoints' / 'last.pt')!r}, weights_only=True)["model_state_dict"])
+assert not any(m.startswith("framework") for m in sys.modules), "framework was imported"
+print(float(model[0].weight.sum()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) == pytest.approx(float(state.model[0].weight.detach().sum()))
