@@ -21,7 +21,9 @@ log = logging.getLogger("framework")
 
 # Keys (or whole sections) that a resumed run may change freely.
 SAFE_TO_CHANGE = ("logger", "checkpoint", "trainer.max_steps", "trainer.log_every_n_steps",
-                  "trainer.eval_batch_size", "data.num_workers", "resume", "allow_config_changes")
+                  "trainer.eval_batch_size", "data.num_workers")
+# How this invocation resumes, not what the experiment is: never compared.
+NOT_COMPARED = ("resume", "allow_config_changes")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 
@@ -83,7 +85,8 @@ def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]
     old = OmegaConf.create(ckpt["config"])
     old_flat = flatten(OmegaConf.to_container(old, resolve=True))
     new_flat = flatten(OmegaConf.to_container(new, resolve=True))
-    changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT))
+    changed = sorted(k for k in old_flat.keys() | new_flat.keys()
+                     if k not in NOT_COMPARED and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT))
     unsafe = [k for k in changed if not is_safe(k, old)]
     describe = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}" for k in unsafe]
     if unsafe and not new.allow_config_changes:

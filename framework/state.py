@@ -97,12 +97,17 @@ class TrainState:
         return {"optimizer_state_dict": self.optimizer.state_dict()}
 
     def _restore_optimizer(self, ckpt, strict):
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            if strict:
-                raise
-            return [f"optimizer state not loaded: {e}"]
+        saved = ckpt["optimizer_state_dict"]
+        problem = optimizer_mismatch(self.optimizer, saved)
+        if problem is None:
+            try:
+                self.optimizer.load_state_dict(saved)
+                return
+            except (ValueError, KeyError, RuntimeError) as e:
+                problem = str(e)
+        if strict:
+            raise RuntimeError(f"the checkpoint's optimizer state does not fit: {problem}")
+        return [f"optimizer state not loaded ({problem}); the optimizer starts fresh"]
 
     def _capture_scheduler(self):
         return {"scheduler_state_dict": self.scheduler.state_dict()}
@@ -178,6 +183,23 @@ class TrainState:
                     raise RuntimeError(note)
                 return [note]
             torch.cuda.set_rng_state_all(states)
+
+
+def optimizer_mismatch(optimizer, saved: dict) -> str | None:
+    """Why a saved optimizer state cannot serve these parameters, or None if it can.
+
+    torch checks the number of parameters, not their shapes: a momentum buffer of the wrong
+    shape would load and only fail at the next step.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [i for group in saved.get("param_groups", []) for i in group["params"]]
+    if len(ids) != len(params):
+        return f"it holds {len(ids)} parameters, the model has {len(params)}"
+    for index, param in zip(ids, params):
+        for name, value in saved.get("state", {}).get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                return f"'{name}' of parameter {index} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+    return None
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -> list[str]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework import data as data_lib
 from framework import resume as resume_lib
 from framework.build import build_data, build_model, build_optimizer, build_scheduler
-from framework.checkpoint import Checkpointer
+from framework.checkpoint import CheckpointError, Checkpointer
 from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
@@ -100,7 +100,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         restore_rng_from = None
         if resume_point is not None:
             ckpt = resume_point.ckpt
-            notes = state.restore(ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load)
+            try:
+                notes = state.restore(ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load)
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise CheckpointError(f"cannot resume from {resume_point.path}: {e}. "
+                                      "checkpoint.strict_load=false loads what fits and reports the rest.") from e
             for note in notes:
                 log.warning("non-strict load: %s", note)
             restore_rng_from = ckpt  # after the resumed epoch's data iterator exists (see below)

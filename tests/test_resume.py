@@ -1,0 +1,198 @@
+"""Exact resume, through the real command line, in new processes.
+
+One configuration exercises every source of randomness: a user model that draws from torch
+(dropout), NumPy and Python's `random` in its forward pass; shifted digits; shuffling; two
+loader workers; SGD with momentum and a cosine schedule whose length comes from max_epochs.
+A run stopped and resumed must end with the same bits as one that never stopped. The teeth
+tests skip restoring one piece at a time and require the comparison to fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, read_jsonl, read_summary, run_cli
+
+pytestmark = pytest.mark.slow
+
+TEST_CONF = ["--config-dir", str(ROOT / "tests" / "conf")]
+EXACT = ["model=noisy", "optimizer=sgd", "scheduler=cosine", "data.num_workers=2", "trainer.max_epochs=3",
+         "trainer.log_every_n_steps=1", "logger=none"]  # 20 steps an epoch: 60 in all
+
+
+def train(run_dir: Path, *overrides: str, env=None, check=True):
+    return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, env=env, check=check)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Every way in which two finished runs differ: final model, optimizer and scheduler state
+    (from last.pt) and the per-step history. Empty means identical to the bit."""
+    found = []
+    ca = torch.load(a / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    cb = torch.load(b / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("epoch", "global_step"):
+        if ca[key] != cb[key]:
+            found.append(f"{key}: {ca[key]} vs {cb[key]}")
+    for name, x, y in flat_tensors("model", ca["model_state_dict"], cb["model_state_dict"]) + \
+            flat_tensors("optimizer", ca["optimizer_state_dict"], cb["optimizer_state_dict"]):
+        if x is None or y is None or x.dtype != y.dtype or not torch.equal(x, y):
+            found.append(f"tensor {name} differs")
+    if ca["scheduler_state_dict"] != cb["scheduler_state_dict"]:
+        found.append("scheduler state differs")
+    history = lambda run: [r for r in read_jsonl(run) if r["event"] in ("step", "epoch")]  # noqa: E731
+    ha, hb = history(a), history(b)
+    if ha != hb:
+        first = next((i for i, (x, y) in enumerate(zip(ha, hb)) if x != y), min(len(ha), len(hb)))
+        found.append(f"history differs from line {first} ({len(ha)} vs {len(hb)} lines)")
+    return found
+
+
+def flat_tensors(prefix, a, b, out=None):
+    out = [] if out is None else out
+    if isinstance(a, dict) or isinstance(b, dict):
+        a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+        for k in sorted(set(a) | set(b), key=str):
+            flat_tensors(f"{prefix}.{k}", a.get(k), b.get(k), out)
+    elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        out.append((prefix, a, b))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The straight run, and a run stopped mid-epoch (step 29: epoch 1, batch 9), made once."""
+    root = tmp_path_factory.mktemp("resume")
+    train(root / "straight")
+    train(root / "stopped_mid", "trainer.max_steps=29")
+    return root
+
+
+def test_every_checkpoint_written_loads_with_weights_only(runs):
+    files = list(runs.rglob("*.pt"))
+    assert len(files) >= 3
+    for path in files:
+        torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_after_a_stop_at_an_epoch_boundary_is_exact(runs, tmp_path):
+    run = tmp_path / "boundary"
+    train(run, "trainer.max_steps=20")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["loader_state"] == {"epoch": 1, "position": 0}
+    train(run, f"resume={run}")
+    assert differences(runs / "straight", run) == []
+    assert read_summary(run)["fingerprint"] == read_summary(runs / "straight")["fingerprint"]
+
+
+def test_resume_in_the_middle_of_an_epoch_is_exact(runs, tmp_path):
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["loader_state"] == {"epoch": 1, "position": 9} and ckpt["global_step"] == 29
+    proc = train(run, f"resume={run / 'checkpoints' / 'last.pt'}")
+    assert differences(runs / "straight", run) == []
+    summary = read_summary(run)
+    assert summary["fingerprint"] == read_summary(runs / "straight")["fingerprint"]
+    assert summary["resumes"][-1]["val_check"]["identical"] is True
+    assert "resume check: val/loss" in proc.stdout and "identical" in proc.stdout
+
+
+def test_resume_after_sigkill_with_resume_auto_is_exact(runs, tmp_path):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={run}", *EXACT, "resume=auto",
+           "checkpoint.every_n_steps=7"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = run / "checkpoints" / "index.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and "step_00000021.pt" in index.read_text():  # epoch 1, batch 1
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert read_summary(run)["status"] == "running"  # killed: it never wrote an end
+
+    out = run_cli(run, *EXACT, "resume=auto", "checkpoint.every_n_steps=7", extra_args=TEST_CONF)
+    resumed = read_summary(run)["resumes"][-1]
+    assert resumed["position"] != 0, "the kill did not land inside an epoch"
+    assert "the newest checkpoint that passes its checksum" in out.stdout
+    assert differences(runs / "straight", run) == []
+
+
+def test_saving_checkpoints_never_changes_the_trajectory(runs, tmp_path):
+    train(tmp_path / "often", "checkpoint.every_n_steps=3", "checkpoint.every_n_epochs=1")
+    train(tmp_path / "never", "checkpoint=off")
+    assert not (tmp_path / "never" / "checkpoints").exists()
+    fingerprints = {read_summary(p)["fingerprint"] for p in (runs / "straight", tmp_path / "often", tmp_path / "never")}
+    assert len(fingerprints) == 1
+    history = lambda run: [r for r in read_jsonl(run) if r["event"] in ("step", "epoch")]  # noqa: E731
+    assert history(tmp_path / "often") == history(tmp_path / "never") == history(runs / "straight")
+
+
+# Each restored piece, skipped on purpose, must break the comparison.
+TEETH = ["optimizer", "scheduler", "counters", "data_order", "data_position", "python_rng", "numpy_rng", "torch_rng"]
+
+
+@pytest.mark.parametrize("piece", TEETH)
+def test_skipping_any_restored_piece_breaks_exact_resume(runs, tmp_path, piece):
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    train(run, f"resume={run}", env={"FRAMEWORK_TEST_SKIP_RESTORE": piece})
+    assert differences(runs / "straight", run) != []
+
+
+def test_a_trajectory_changing_override_is_refused_and_nothing_is_lost(runs, tmp_path):
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    proc = run_cli(run, *EXACT, f"resume={run}", "optimizer.lr=0.5", "trainer.max_epochs=4",
+                   extra_args=TEST_CONF, check=False)
+    assert proc.returncode != 0
+    assert "optimizer.lr: 0.1 -> 0.5" in proc.stderr
+    assert "trainer.max_epochs: 3 -> 4" in proc.stderr  # the cosine schedule's length comes from it
+    assert "allow_config_changes=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
+
+
+def test_extending_a_finished_run_is_allowed_explicitly_and_recorded(runs, tmp_path):
+    run = tmp_path / "extended"
+    shutil.copytree(runs / "straight", run)
+    train(run, f"resume={run}", "trainer.max_epochs=4", "allow_config_changes=true")
+    summary = read_summary(run)
+    assert summary["epochs_completed"] == 4 and summary["follows_original_trajectory"] is False
+    assert summary["resumes"][-1]["changed_keys"] == ["trainer.max_epochs"]
+    meta = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["meta"]
+    assert meta["follows_original_trajectory"] is False
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path):
+    run = tmp_path / "requeued"
+    quick = ["model=mlp", "trainer.max_epochs=2", "logger=none"]
+    first = run_cli(run, *quick, "resume=auto")
+    assert "no checkpoint" in first.stdout and "resumes" not in read_summary(run)
+    run_cli(run, *quick, "resume=auto", "trainer.max_epochs=2")
+    summary = read_summary(run)
+    assert len(summary["resumes"]) == 1 and summary["global_step"] == 40  # nothing trained twice
+    assert (run / ".hydra" / "config.yaml").exists() and list((run / ".hydra").glob("resume-*"))
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_by_name(runs, tmp_path):
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    proc = run_cli(run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true",
+                   extra_args=TEST_CONF, check=False)
+    assert proc.returncode != 0
+    assert "inp.weight: checkpoint (64, 64) vs model (32, 64)" in proc.stderr
+    loose = run_cli(run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true",
+                    "checkpoint.strict_load=false", extra_args=TEST_CONF)
+    assert "non-strict load" in loose.stdout and read_summary(run)["status"] == "completed"
