@@ -50,6 +50,11 @@ class MetricsLogger:
         self.lines += 1
         if self.tb is not None:
             for name, value in metrics.items():
+                if event in ("epoch", "stop"):
+                    if name == "lr":
+                        continue  # logged with the steps already
+                    if name == "train/loss":
+                        name = "train/loss_epoch"  # the epoch's mean: its own curve, not a second point
                 self.tb.add_scalar(name, value, step)
 
     def close(self) -> None:

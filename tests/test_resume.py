@@ -196,3 +196,20 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_by_name(runs, tmp_p
     loose = run_cli(run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true",
                     "checkpoint.strict_load=false", extra_args=TEST_CONF)
     assert "non-strict load" in loose.stdout and read_summary(run)["status"] == "completed"
+
+
+def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    quick = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=7"]
+    run_cli(run, *quick, "trainer.max_steps=29")
+    # Go back to step 21, as after a crash: the events of steps 22-29 must be purged, not doubled.
+    run_cli(run, *quick, f"resume={run / 'checkpoints' / 'step_00000021.pt'}")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == list(range(1, 41))
+    logged = {r["step"]: r["train/loss"] for r in read_jsonl(run) if r["event"] == "step"}
+    assert sorted(logged) == steps
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in steps])
