@@ -24,21 +24,20 @@ def continue_in_place(argv: list[str]) -> list[str]:
     `.hydra/resume-<time>/` whenever the directory already holds checkpoints.
     """
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if resume in (None, "", "null"):
+        return argv
     run_dir_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
-    extra = []
-    run_dir = None
-    if resume not in (None, "", "null", "auto"):
+    extra, run_dir = [], None
+    if run_dir_arg is not None:
+        run_dir = Path(run_dir_arg)
+    elif resume != "auto":
         path = Path(resume).expanduser()
         if path.is_file():  # RUN_DIR/checkpoints/NAME.pt
             run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        elif path.is_dir():
+        elif path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
             run_dir = path.parent if path.name == "checkpoints" else path
-        if run_dir is not None and run_dir_arg is None:
+        if run_dir is not None:
             extra.append(f"hydra.run.dir={run_dir.resolve()}")
-    elif resume == "auto" and run_dir_arg is not None:
-        run_dir = Path(run_dir_arg)
-    if resume is not None and run_dir_arg is not None:
-        run_dir = Path(run_dir_arg)
     has_checkpoints = run_dir is not None and any((run_dir / "checkpoints").glob("*.pt"))
     if has_checkpoints and not any(a.startswith("hydra.output_subdir=") for a in argv):
         extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}")

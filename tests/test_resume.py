@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_jsonl, read_summary, run_cli
+from framework.compare import compare as differences
 
 pytestmark = pytest.mark.slow
 
@@ -31,40 +32,6 @@ EXACT = ["model=noisy", "optimizer=sgd", "scheduler=cosine", "data.num_workers=2
 
 def train(run_dir: Path, *overrides: str, env=None, check=True):
     return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, env=env, check=check)
-
-
-def differences(a: Path, b: Path) -> list[str]:
-    """Every way in which two finished runs differ: final model, optimizer and scheduler state
-    (from last.pt) and the per-step history. Empty means identical to the bit."""
-    found = []
-    ca = torch.load(a / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    cb = torch.load(b / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    for key in ("epoch", "global_step"):
-        if ca[key] != cb[key]:
-            found.append(f"{key}: {ca[key]} vs {cb[key]}")
-    for name, x, y in flat_tensors("model", ca["model_state_dict"], cb["model_state_dict"]) + \
-            flat_tensors("optimizer", ca["optimizer_state_dict"], cb["optimizer_state_dict"]):
-        if x is None or y is None or x.dtype != y.dtype or not torch.equal(x, y):
-            found.append(f"tensor {name} differs")
-    if ca["scheduler_state_dict"] != cb["scheduler_state_dict"]:
-        found.append("scheduler state differs")
-    history = lambda run: [r for r in read_jsonl(run) if r["event"] in ("step", "epoch")]  # noqa: E731
-    ha, hb = history(a), history(b)
-    if ha != hb:
-        first = next((i for i, (x, y) in enumerate(zip(ha, hb)) if x != y), min(len(ha), len(hb)))
-        found.append(f"history differs from line {first} ({len(ha)} vs {len(hb)} lines)")
-    return found
-
-
-def flat_tensors(prefix, a, b, out=None):
-    out = [] if out is None else out
-    if isinstance(a, dict) or isinstance(b, dict):
-        a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
-        for k in sorted(set(a) | set(b), key=str):
-            flat_tensors(f"{prefix}.{k}", a.get(k), b.get(k), out)
-    elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        out.append((prefix, a, b))
-    return out
 
 
 @pytest.fixture(scope="module")

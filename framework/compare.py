@@ -1,0 +1,109 @@
+"""Compare two run directories: identical, or where they first part.
+
+    python -m framework.compare RUN_A RUN_B
+
+Exit status 0 when the runs are identical (same fingerprint, same metrics history, and where
+both kept last.pt, every tensor equal), 1 when they differ, 2 when a run cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HISTORY_EVENTS = ("step", "epoch", "stop")
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] in HISTORY_EVENTS]
+
+
+def first_divergence(a: list[dict], b: list[dict]) -> str | None:
+    """The first epoch/step where two metric histories differ, in words; None if identical."""
+    for ra, rb in zip(a, b):
+        if ra != rb:
+            keys = sorted(k for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k))
+            where = f"epoch {ra.get('epoch')} step {ra.get('step')}"
+            return f"metrics first differ at {where} ({ra['event']} line): " + ", ".join(
+                f"{k} {ra.get(k)!r} vs {rb.get(k)!r}" for k in keys)
+    if len(a) != len(b):
+        shorter = min(len(a), len(b))
+        last = (a or b)[shorter - 1] if shorter else {}
+        return f"one history stops after epoch {last.get('epoch')} step {last.get('step')} ({len(a)} vs {len(b)} lines)"
+    return None
+
+
+def tensor_differences(ckpt_a: dict, ckpt_b: dict) -> list[str]:
+    """Names of the model/optimizer tensors that differ (value, dtype or shape), the scheduler
+    state and counters if they differ."""
+    found = []
+    for key in ("epoch", "global_step"):
+        if ckpt_a.get(key) != ckpt_b.get(key):
+            found.append(f"{key}: {ckpt_a.get(key)} vs {ckpt_b.get(key)}")
+    for section in ("model_state_dict", "optimizer_state_dict"):
+        for name, x, y in _paired_tensors(section, ckpt_a.get(section, {}), ckpt_b.get(section, {})):
+            if x is None or y is None or x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y):
+                found.append(name)
+    if ckpt_a.get("scheduler_state_dict") != ckpt_b.get("scheduler_state_dict"):
+        found.append("scheduler_state_dict")
+    return found
+
+
+def _paired_tensors(prefix, a, b, out=None):
+    out = [] if out is None else out
+    if isinstance(a, dict) or isinstance(b, dict):
+        a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+        for k in sorted(set(a) | set(b), key=str):
+            _paired_tensors(f"{prefix}.{k}", a.get(k), b.get(k), out)
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _paired_tensors(f"{prefix}.{i}", x, y, out)
+    elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        out.append((prefix, a, b))
+    return out
+
+
+def compare(a: Path, b: Path) -> list[str]:
+    """Every way in which two runs differ; an empty list means identical to the bit."""
+    found = []
+    sa, sb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    if sa.get("fingerprint") != sb.get("fingerprint"):
+        found.append(f"fingerprints differ: {sa.get('fingerprint')} vs {sb.get('fingerprint')}")
+    divergence = first_divergence(read_history(a), read_history(b))
+    if divergence:
+        found.append(divergence)
+    la, lb = a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt"
+    if la.is_file() and lb.is_file():
+        load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
+        tensors = tensor_differences(load(la), load(lb))
+        if tensors:
+            found.append(f"{len(tensors)} entries of the final state differ: " + ", ".join(tensors))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framework.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    args = parser.parse_args(argv)
+    for run in (args.run_a, args.run_b):
+        if not (run / "metrics.json").is_file() or not (run / "metrics.jsonl").is_file():
+            print(f"Error: {run} is not a finished run directory (no metrics.json / metrics.jsonl)", file=sys.stderr)
+            return 2
+    found = compare(args.run_a, args.run_b)
+    if not found:
+        print(f"identical: {args.run_a} and {args.run_b} (fingerprint, metrics history and final state)")
+        return 0
+    print(f"different: {args.run_a} vs {args.run_b}")
+    for line in found:
+        print(f"  - {line}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
