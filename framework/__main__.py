@@ -1,18 +1,22 @@
 """`python -m framework [overrides]`: compose the config with Hydra and train."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import config, train
 from framework.checkpoint import CheckpointError
 
 config.register()
+log = logging.getLogger("framework")
 
 
 def continue_in_place(argv: list[str]) -> list[str]:
@@ -44,18 +48,45 @@ def continue_in_place(argv: list[str]) -> list[str]:
     return argv + extra
 
 
+def relaunch_for_strict(argv: list[str]) -> None:
+    """determinism=strict needs PYTHONHASHSEED fixed before the interpreter starts (setting it
+    in a running one changes nothing for that one): re-launch with it set, before any work.
+
+    Only a level given on the command line is seen here; one that comes from a config file is
+    checked when the run starts, which then refuses with a message saying how to set it.
+    """
+    strict = any(a.split("=", 1)[0] in ("determinism", "determinism.level") and "strict" in a.split("=", 1)[1].split(",")
+                 for a in argv if "=" in a)  # also a sweep over levels: determinism=strict,seeded
+    if strict and "PYTHONHASHSEED" not in os.environ:
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         train.run(cfg, run_dir)
     except (config.ConfigError, CheckpointError) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
+        if in_sweep:
+            log.error("job failed: %s", e)
+            return
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        if not in_sweep:
+            raise
+        # In a sweep, a failed job must not stop the others (the basic sweeper would raise and
+        # skip the summary): it is recorded in its own metrics.json and in the summary, and the
+        # sweep exits non-zero at the end.
+        log.exception("job failed")
 
 
 if __name__ == "__main__":
+    relaunch_for_strict(sys.argv[1:])
     sys.argv = [sys.argv[0], *continue_in_place(sys.argv[1:])]
     main()

@@ -233,6 +233,9 @@ class Config:
     resume: Optional[str] = None
     # Let a resumed run change keys that alter the trajectory (e.g. extend max_epochs).
     allow_config_changes: bool = False
+    # Changes nothing in training. Sweep it (`repeat=0,1`) to run every configuration more than
+    # once: the sweep summary then checks that the repeats have identical fingerprints.
+    repeat: int = 0
 
 
 def register() -> None:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import torch
+
+from framework.config import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -29,6 +33,12 @@ def apply_determinism(level: str) -> dict:
     """
     strict = level == "strict"
     if strict:
+        if not hash_seed_in_force():
+            raise ConfigError(
+                "determinism=strict needs PYTHONHASHSEED set before Python starts (setting it inside a "
+                "running interpreter changes nothing). Give determinism=strict on the command line (the "
+                "framework then re-launches itself with PYTHONHASHSEED=0), or run "
+                "`PYTHONHASHSEED=0 python -m framework ...`, or use determinism=seeded.")
         # cuBLAS reads this when CUDA starts; setting it before any CUDA work is enough.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Only when it changes: the first call imports torch's compiler stack (seconds).
@@ -45,6 +55,17 @@ def apply_determinism(level: str) -> dict:
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "pythonhashseed": os.environ.get("PYTHONHASHSEED"),
     }
+
+
+def hash_seed_in_force() -> bool:
+    """Whether this interpreter's str hashes follow PYTHONHASHSEED: a fresh interpreter with
+    the same environment must hash a probe string exactly as this one does."""
+    if "PYTHONHASHSEED" not in os.environ:
+        return False
+    probe = "framework-hash-probe"
+    out = subprocess.run([sys.executable, "-c", f"print(hash({probe!r}))"], capture_output=True, text=True,
+                         env=os.environ, timeout=60)
+    return out.returncode == 0 and out.stdout.strip() == str(hash(probe))
 
 
 def fingerprint(*state_dicts: dict) -> str:

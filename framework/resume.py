@@ -23,7 +23,7 @@ log = logging.getLogger("framework")
 SAFE_TO_CHANGE = ("logger", "checkpoint", "trainer.max_steps", "trainer.log_every_n_steps",
                   "trainer.eval_batch_size", "data.num_workers")
 # How this invocation resumes, not what the experiment is: never compared.
-NOT_COMPARED = ("resume", "allow_config_changes")
+NOT_COMPARED = ("resume", "allow_config_changes", "repeat")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 

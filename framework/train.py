@@ -31,6 +31,8 @@ from framework.reproducibility import apply_determinism, fingerprint, seed_every
 from framework.state import PIECES, RNG_PIECES, TrainState
 
 log = logging.getLogger("framework")
+# How torch words the error of an operation that has no deterministic implementation.
+NONDETERMINISTIC = "does not have a deterministic implementation"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -187,6 +189,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                        error=f"{type(e).__name__}: {e}", wall_time_s=round(time.time() - started, 3))
         write_json_atomic(run_dir / "metrics.json", summary)
+        if isinstance(e, RuntimeError) and NONDETERMINISTIC in str(e):
+            op = str(e).split(NONDETERMINISTIC)[0].strip()
+            raise ConfigError(f"determinism={cfg.determinism.level}: {op} has no deterministic implementation "
+                              f"on this device, so the run stopped. Relax the level with determinism=seeded "
+                              "(same seeds; this operation may then vary from run to run).") from e
         raise
     finally:
         logger.close()

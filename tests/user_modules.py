@@ -43,3 +43,36 @@ class NoisyMLP(nn.Module):
         if not self.training or random.random() < 0.8:
             h = self.drop(torch.relu(self.hidden(h)))
         return self.out(h)
+
+
+class UnpoolNet(nn.Module):
+    """Uses max_unpool2d, which has no deterministic implementation (not even on the CPU):
+    under determinism=strict torch refuses to run it."""
+
+    def __init__(self, input_shape, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(math.prod(input_shape), num_classes)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+        return self.linear(F.max_unpool2d(pooled, indices, 2, output_size=x.shape[-2:]).flatten(1))
+
+
+class UnseededNoiseNet(nn.Module):
+    """A source of nondeterminism injected on purpose: noise from the operating system's entropy,
+    which no seed controls. Its runs never reproduce."""
+
+    def __init__(self, input_shape, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(math.prod(input_shape), num_classes)
+
+    def forward(self, x):
+        import os
+
+        import torch
+
+        if self.training:
+            x = x + int.from_bytes(os.urandom(2), "little") * 1e-6
+        return self.linear(x.flatten(1))

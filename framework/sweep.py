@@ -1,0 +1,240 @@
+"""Summaries of multirun sweeps, built from the files on disk.
+
+    python -m framework -m seed=0,1,2,3,4            # the summary is written when the sweep ends
+    python -m framework -m seed=0,1,2 repeat=0,1     # also checks that every seed reproduces
+    python -m framework.sweep SWEEP_DIR              # (re)build it from disk, whatever ran the jobs
+
+Writes at the sweep root: summary.json, summary.md (per metric n, mean, std, min, max and a 95%
+confidence interval; a row per run with its seed, final metrics and fingerprint) and
+val_curves.png (the validation curves of every seed, with their mean and spread).
+
+Every job leaves its own record (metrics.json with its status), so a sweep whose jobs failed,
+were killed, or ran under any launcher is summarized the same way. Runs that differ only in
+`repeat` are repeats: the summary says per seed whether all of them have one fingerprint.
+Exit status of the command (and of the sweep, through SummaryCallback): 1 when a job failed or
+a seed did not reproduce, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger("framework")
+
+METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
+
+
+# ---- reading the jobs --------------------------------------------------------------------
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory of the sweep: the ones Hydra made (with .hydra/), in job order."""
+    # A resumed job keeps its later Hydra records in .hydra/resume-*/: those are not jobs.
+    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    found.discard(sweep_dir)
+    return sorted(found, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, str(d)))
+
+
+def read_job(job: Path) -> dict:
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    record = {"dir": str(job), "overrides": overrides, "status": "failed", "seed": None, "repeat": 0,
+              "metrics": {}, "fingerprint": None, "error": None, "curve": []}
+    config_file = job / ".hydra" / "config.yaml"
+    if config_file.is_file():
+        config = yaml.safe_load(config_file.read_text()) or {}
+        record["seed"], record["repeat"] = config.get("seed"), config.get("repeat", 0)
+    try:
+        summary = json.loads((job / "metrics.json").read_text())
+    except (OSError, ValueError):
+        record["error"] = f"no metrics.json: the job failed before training started (see {job / 'train.log'})"
+        return record
+    record.update(status=summary.get("status", "failed"), seed=summary.get("seed", record["seed"]),
+                  metrics=summary.get("metrics", {}), fingerprint=summary.get("fingerprint"),
+                  error=summary.get("error"))
+    if record["status"] == "running":
+        record["status"] = "failed"  # killed: it never wrote an end
+        record["error"] = record["error"] or "the job never finished (killed?)"
+    try:
+        lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        record["curve"] = [(r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"]
+    except (OSError, ValueError):
+        pass
+    return record
+
+
+# ---- statistics --------------------------------------------------------------------------
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with df degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def describe(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values),
+            "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def group_key(record: dict) -> tuple:
+    """Runs with the same overrides but for `repeat` are repeats of one configuration."""
+    return tuple(sorted(o for o in record["overrides"] if not o.startswith("repeat=")))
+
+
+# ---- the summary -------------------------------------------------------------------------
+def summarize(sweep_dir: Path) -> dict:
+    sweep_dir = Path(sweep_dir)
+    runs = [read_job(d) for d in job_dirs(sweep_dir)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+
+    # Statistics over configurations, one run each: identical repeats must not shrink the interval.
+    firsts = [next((r for r in g if r["status"] == "completed"), None) for g in groups.values()]
+    firsts = [r for r in firsts if r is not None]
+    stats = {m: describe([r["metrics"][m] for r in firsts if m in r["metrics"]])
+             for m in METRICS if any(m in r["metrics"] for r in firsts)}
+
+    repeated = {k: g for k, g in groups.items() if len(g) > 1}
+    reproducibility = []
+    for key, g in repeated.items():
+        prints = [r["fingerprint"] for r in g]
+        reproducibility.append({"seed": g[0]["seed"], "overrides": list(key), "runs": len(g),
+                                "fingerprints": prints,
+                                "reproduces": all(r["status"] == "completed" for r in g) and len(set(prints)) == 1})
+    failed = [r for r in runs if r["status"] != "completed"]
+    summary = {
+        "sweep_dir": str(sweep_dir),
+        "jobs": len(runs),
+        "completed": len(runs) - len(failed),
+        "failed": len(failed),
+        "metrics": stats,
+        "reproducibility_checked": bool(repeated),
+        "reproducibility": reproducibility,
+        "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
+        "runs": [{k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
+                 for r in runs],
+    }
+    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (sweep_dir / "summary.md").write_text(markdown(summary))
+    plot_curves(runs, sweep_dir / "val_curves.png")
+    return summary
+
+
+def markdown(s: dict) -> str:
+    out = [f"# Sweep summary: {s['sweep_dir']}", "",
+           f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed.", ""]
+    if s["metrics"]:
+        out += ["| metric | n | mean | std | min | max | 95% CI |", "|---|---:|---:|---:|---:|---:|---|"]
+        for name, d in s["metrics"].items():
+            ci = "n/a" if d["n"] < 2 else f"[{d['ci95_low']:.4f}, {d['ci95_high']:.4f}]"
+            out.append(f"| {name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} | {ci} |")
+        out.append("")
+    out += ["| run | seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
+            "|---|---:|---:|---|" + "---:|" * len(METRICS) + "---|"]
+    for r in s["runs"]:
+        values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
+        fp = (r["fingerprint"] or "")[:16]
+        out.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
+    failed = [r for r in s["runs"] if r["status"] != "completed"]
+    if failed:
+        out += ["", "Failed jobs:"] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in failed]
+    if s["reproducibility_checked"]:
+        verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
+        out += ["", f"Reproducibility: {verdict}.", "", "| seed | other overrides | runs | identical fingerprints |",
+                "|---:|---|---:|---|"]
+        for r in s["reproducibility"]:
+            others = " ".join(o for o in r["overrides"] if not o.startswith("seed=")) or "(none)"
+            out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for column, (ax, name) in enumerate(zip(axes, ("val/loss", "val/acc")), start=1):
+        by_epoch: dict[int, list[float]] = {}
+        for r in runs:
+            points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
+            if not points:
+                continue
+            ax.plot([e for e, _ in points], [v for _, v in points], alpha=0.35, linewidth=1,
+                    label=f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else ""))
+            for e, v in points:
+                by_epoch.setdefault(e, []).append(v)
+        if by_epoch:
+            epochs = sorted(by_epoch)
+            mean = [statistics.fmean(by_epoch[e]) for e in epochs]
+            std = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+            ax.plot(epochs, mean, color="black", linewidth=2, label="mean")
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color="black", alpha=0.15, label="mean ± std")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def verdict(summary: dict) -> tuple[int, str]:
+    """Exit status and a one-line verdict for a summary."""
+    problems = []
+    if summary["failed"]:
+        problems.append(f"{summary['failed']} of {summary['jobs']} jobs failed")
+    if summary["all_reproduce"] is False:
+        bad = [" ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]]
+        problems.append(f"{len(bad)} configuration(s) did not reproduce: {'; '.join(bad)}")
+    if problems:
+        return 1, "; ".join(problems)
+    extra = ", every seed reproduces" if summary["all_reproduce"] else ""
+    return 0, f"{summary['jobs']} jobs completed{extra}"
+
+
+class SummaryCallback(Callback):
+    """Writes the summary when a multirun ends; the sweep exits 1 if a job failed or a seed did
+    not reproduce. (Hydra turns an exception raised here into a warning, hence sys.exit.)"""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = summarize(sweep_dir)
+        status, line = verdict(summary)
+        log.info("sweep summary: %s (%s)", line, sweep_dir / "summary.md")
+        print(f"sweep summary: {line}\n  {sweep_dir / 'summary.md'}", file=sys.stderr if status else sys.stdout)
+        if status:
+            sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framework.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+        print(f"Error: {args.sweep_dir} holds no sweep jobs (no */.hydra/overrides.yaml)", file=sys.stderr)
+        return 2
+    summary = summarize(args.sweep_dir)
+    status, line = verdict(summary)
+    print((args.sweep_dir / "summary.md").read_text())
+    print(line, file=sys.stderr if status else sys.stdout)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
