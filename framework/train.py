@@ -117,7 +117,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
         progress = Progress(every=t.log_every_n_steps)
         stopped_by = "max_epochs"
-        metrics: dict = {}
+        # A resumed run that has nothing left to train keeps the final metrics it had.
+        metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
         while state.epoch < t.max_epochs and stopped_by != "max_steps":
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
@@ -255,12 +256,14 @@ def resume_record(point, changes: list[str]) -> dict:
 
 
 def previous_summary(run_dir: Path) -> dict:
-    """The run's earlier metrics.json, so a resumed run keeps its history of resumes."""
+    """The run's earlier metrics.json (its history of resumes, its last metrics), so that a
+    resumed run adds to it rather than starting a new one."""
     try:
         old = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"resumes": old.get("resumes", [])}
+    old.pop("error", None)
+    return old
 
 
 def prefixed(prefix: str, values: dict) -> dict:

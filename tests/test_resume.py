@@ -147,9 +147,11 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path):
     quick = ["model=mlp", "trainer.max_epochs=2", "logger=none"]
     first = run_cli(run, *quick, "resume=auto")
     assert "no checkpoint" in first.stdout and "resumes" not in read_summary(run)
+    finished = read_summary(run)
     run_cli(run, *quick, "resume=auto", "trainer.max_epochs=2")
     summary = read_summary(run)
     assert len(summary["resumes"]) == 1 and summary["global_step"] == 40  # nothing trained twice
+    assert summary["metrics"] == finished["metrics"] and summary["fingerprint"] == finished["fingerprint"]
     assert (run / ".hydra" / "config.yaml").exists() and list((run / ".hydra").glob("resume-*"))
 
 
