@@ -17,6 +17,8 @@ from framework.checkpoint import CheckpointError
 
 config.register()
 log = logging.getLogger("framework")
+# What a process killed by SIGTERM exits with; a run stopped gracefully by it says the same.
+PREEMPTED_EXIT = 128 + 15
 
 
 def continue_in_place(argv: list[str]) -> list[str]:
@@ -69,7 +71,9 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train.run(cfg, run_dir)
+        summary = train.run(cfg, run_dir)
+        if summary["status"] == "preempted" and not in_sweep:
+            sys.exit(PREEMPTED_EXIT)  # not finished: a scheduler must not take it for done
     except (config.ConfigError, CheckpointError) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
         if in_sweep:

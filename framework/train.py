@@ -27,6 +27,7 @@ from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress, write_json_atomic
+from framework.preemption import StopOnSignal
 from framework.reproducibility import apply_determinism, fingerprint, seed_everything
 from framework.state import PIECES, RNG_PIECES, TrainState
 
@@ -61,6 +62,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     logger = MetricsLogger(run_dir, tensorboard=cfg.logger.tensorboard,
                            keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
                            resume_step=resume_point.ckpt["global_step"] if resume_point else None)
+    preemption = StopOnSignal()
     try:
         device = pick_device(t.device)
         splits = build_data(cfg.data)
@@ -119,7 +121,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         stopped_by = "max_epochs"
         # A resumed run that has nothing left to train keeps the final metrics it had.
         metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
-        while state.epoch < t.max_epochs and stopped_by != "max_steps":
+        while state.epoch < t.max_epochs and stopped_by == "max_epochs":
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
             progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
@@ -143,7 +145,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 progress.step(state.global_step, logged, current_lr(optimizer))
                 if t.max_steps is not None and state.global_step >= t.max_steps:
                     stopped_by = "max_steps"
-                if state.position == steps_per_epoch or stopped_by == "max_steps":
+                if preemption.received:
+                    stopped_by = "signal"
+                if state.position == steps_per_epoch or stopped_by != "max_epochs":
                     break  # the epoch end or the stop below saves what is due
                 if checkpointer.step_due(state.global_step):
                     state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
@@ -168,6 +172,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 # go on from here; then report the stop.
                 save("stop", metrics)
                 logger.log("stop", state.epoch, state.global_step, metrics)
+
+        if stopped_by == "signal":
+            summary.update(status="preempted", stopped_by=stopped_by, epochs_completed=state.epoch,
+                           global_step=state.global_step, metrics=metrics, wall_time_s=round(time.time() - started, 3))
+            write_json_atomic(run_dir / "metrics.json", summary)
+            log.warning("preempted at step %d; continue with resume=auto (or resume=%s)", state.global_step, run_dir)
+            return summary
 
         test = prefixed("test", evaluate(model, test_loader, device, autocast))
         logger.log("test", state.epoch, state.global_step, test)
@@ -198,6 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     finally:
         logger.close()
+        preemption.close()
 
 
 def train_step(model, x, y, optimizer, scaler, autocast, clip_norm) -> torch.Tensor:

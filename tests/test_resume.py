@@ -182,3 +182,25 @@ def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
     logged = {r["step"]: r["train/loss"] for r in read_jsonl(run) if r["event"] == "step"}
     assert sorted(logged) == steps
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in steps])
+
+
+def test_sigterm_stops_with_a_checkpoint_at_that_step_and_resume_is_exact(runs, tmp_path):
+    run = tmp_path / "preempted"
+    cmd = [sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={run}", *EXACT, "resume=auto"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and '"step": 25,' in history.read_text():
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    summary = read_summary(run)
+    assert summary["status"] == "preempted" and summary["stopped_by"] == "signal"
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["global_step"] == summary["global_step"] and ckpt["loader_state"]["position"] != 0
+    run_cli(run, *EXACT, "resume=auto", extra_args=TEST_CONF)
+    assert read_summary(run)["resumes"][-1]["global_step"] == ckpt["global_step"]
+    assert differences(runs / "straight", run) == []
