@@ -76,7 +76,7 @@ def t_quantile_975(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def describe(values: list[float]) -> dict:
+def statistics_of(values: list[float]) -> dict:
     n = len(values)
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else 0.0
@@ -101,7 +101,7 @@ def summarize(sweep_dir: Path) -> dict:
     # Statistics over configurations, one run each: identical repeats must not shrink the interval.
     firsts = [next((r for r in g if r["status"] == "completed"), None) for g in groups.values()]
     firsts = [r for r in firsts if r is not None]
-    stats = {m: describe([r["metrics"][m] for r in firsts if m in r["metrics"]])
+    stats = {m: statistics_of([r["metrics"][m] for r in firsts if m in r["metrics"]])
              for m in METRICS if any(m in r["metrics"] for r in firsts)}
 
     repeated = {k: g for k, g in groups.items() if len(g) > 1}

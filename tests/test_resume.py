@@ -22,6 +22,7 @@ import torch
 
 from conftest import ROOT, read_jsonl, read_summary, run_cli
 from framework.compare import compare as differences
+from framework.compare import read_history
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +103,7 @@ def test_saving_checkpoints_never_changes_the_trajectory(runs, tmp_path):
     assert not (tmp_path / "never" / "checkpoints").exists()
     fingerprints = {read_summary(p)["fingerprint"] for p in (runs / "straight", tmp_path / "often", tmp_path / "never")}
     assert len(fingerprints) == 1
-    history = lambda run: [r for r in read_jsonl(run) if r["event"] in ("step", "epoch")]  # noqa: E731
-    assert history(tmp_path / "often") == history(tmp_path / "never") == history(runs / "straight")
+    assert read_history(tmp_path / "often") == read_history(tmp_path / "never") == read_history(runs / "straight")
 
 
 # Each restored piece, skipped on purpose, must break the comparison.

@@ -201,8 +201,8 @@ def test_sweep_command_says_when_a_folder_is_not_a_sweep(tmp_path):
 
 
 def test_ci_interval_uses_students_t():
-    from framework.sweep import describe
+    from framework.sweep import statistics_of
 
-    d = describe([1.0, 2.0, 3.0])
+    d = statistics_of([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["std"] == 1.0
     assert d["ci95_high"] - d["mean"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
