@@ -178,3 +178,12 @@ print(float(model[0].weight.sum()))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(float(state.model[0].weight.detach().sum()))
+
+
+def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / ".last.pt.tmp-12345").write_bytes(b"PK half")
+    (folder / "notes.txt").write_text("mine")
+    checkpointer(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

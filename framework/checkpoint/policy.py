@@ -28,6 +28,9 @@ class Checkpointer:
         self.cfg = cfg
         self.folder = folder
         self.index = Index(folder) if cfg.enabled else None
+        # Half-written temporary files of a run that was killed mid-write: never valid, only in the way.
+        for leftover in folder.glob(".*.tmp-*") if cfg.enabled else ():
+            leftover.unlink(missing_ok=True)
         # Retention never deletes the checkpoint this run stands on.
         self.protected = {resumed_from.name} if resumed_from is not None and resumed_from.parent == folder else set()
 
