@@ -14,6 +14,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_point is not None:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt)
         check(cfg)
-    t = cfg.trainer
+    # Plain values: reading a DictConfig attribute costs microseconds, which the step loop would
+    # pay several times a step.
+    t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
 
     # Seed before anything is built: the model's initial weights come from the torch RNG.
     determinism = apply_determinism(cfg.determinism.level)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
+
+from omegaconf import OmegaConf
 
 from framework.checkpoint import io
 from framework.checkpoint.index import Index
@@ -25,6 +28,8 @@ log = logging.getLogger("framework")
 
 class Checkpointer:
     def __init__(self, cfg, folder: Path, resumed_from: Path | None = None):
+        # Plain values: step_due runs every step, and DictConfig lookups are slow.
+        cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
         self.folder = folder
         self.index = Index(folder) if cfg.enabled else None
