@@ -85,9 +85,12 @@ class TrainState:
         return notes
 
     # ---- model -------------------------------------------------------------------------------
+    def model_weights(self) -> dict:
+        """The weights without wrapper prefixes: they load into the plain model anywhere."""
+        return strip_prefixes(unwrap(self.model).state_dict())
+
     def _capture_model(self):
-        # Saved without wrapper prefixes: the weights load into the plain model anywhere.
-        return {"model_state_dict": strip_prefixes(unwrap(self.model).state_dict())}
+        return {"model_state_dict": self.model_weights()}
 
     def _restore_model(self, ckpt, strict):
         return load_model_weights(unwrap(self.model), ckpt["model_state_dict"], strict)

@@ -95,7 +95,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     "follows_original_trajectory": follows_original, "config_changes": changes}
             if kind == "model":
                 return {"epoch": state.epoch, "global_step": state.global_step,
-                        "model_state_dict": state.capture()["model_state_dict"], "config": config_yaml, "meta": meta}
+                        "model_state_dict": state.model_weights(), "config": config_yaml, "meta": meta}
             return {**state.capture(), "val_loss": val_loss, "metrics_lines": logger.lines,
                     "config": config_yaml, "meta": meta}
 

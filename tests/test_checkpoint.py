@@ -28,7 +28,7 @@ def payload_maker(state: TrainState):
         meta = {"format_version": io.FORMAT_VERSION, "kind": kind}
         if kind == "model":
             return {"epoch": state.epoch, "global_step": state.global_step,
-                    "model_state_dict": state.capture()["model_state_dict"], "config": "seed: 0\n", "meta": meta}
+                    "model_state_dict": state.model_weights(), "config": "seed: 0\n", "meta": meta}
         return {**state.capture(), "config": "seed: 0\n", "meta": meta}
     return make
 
@@ -187,3 +187,19 @@ def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
     (folder / "notes.txt").write_text("mine")
     checkpointer(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_epochs=1",
+            "checkpoint.model_only=true", "checkpoint.monitor=null")
+    folder = run / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
+    periodic = torch.load(folder / "epoch_0002.pt", weights_only=True)
+    last = torch.load(folder / "last.pt", weights_only=True)
+    assert set(periodic) == set(io.MODEL_KEYS) and periodic["meta"]["kind"] == "model"
+    assert last["meta"]["kind"] == "full" and set(io.FULL_KEYS) <= set(last)
+    assert all(torch.equal(periodic["model_state_dict"][k], v) for k, v in last["model_state_dict"].items())
+    assert "model:" in periodic["config"] and periodic["meta"]["seed"] == 0

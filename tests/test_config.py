@@ -78,12 +78,12 @@ def test_out_of_range_choices_are_refused(compose):
 
 
 def test_split_is_fixed_by_the_seed(compose):
-    def test_labels(seed):
+    def held_out_images(seed):
         splits = build.build_data(compose([f"seed={seed}"]).data)
         return splits.test.tensors[0]
 
-    assert torch.equal(test_labels(3), test_labels(3))
-    assert not torch.equal(test_labels(3), test_labels(4))
+    assert torch.equal(held_out_images(3), held_out_images(3))
+    assert not torch.equal(held_out_images(3), held_out_images(4))
     cfg = compose(["seed=5"])
     assert OmegaConf.to_container(cfg.data, resolve=True)["split_seed"] == 5
 

@@ -108,10 +108,14 @@ def verify(path: Path, kind: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {e}") from e
+    check_keys(ckpt, path, kind)
+    return ckpt
+
+
+def check_keys(ckpt: dict, path: Path, kind: str) -> None:
     missing = [k for k in required_keys(kind) if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is missing required keys: {', '.join(missing)}")
-    return ckpt
 
 
 def load(path: Path, expected_sha256: str | None = None) -> dict:
@@ -130,7 +134,5 @@ def load(path: Path, expected_sha256: str | None = None) -> dict:
     version = ckpt["meta"].get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
-    missing = [k for k in required_keys(ckpt["meta"].get("kind", "full")) if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is missing required keys: {', '.join(missing)}")
+    check_keys(ckpt, path, ckpt["meta"].get("kind", "full"))
     return ckpt
