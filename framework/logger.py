@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from framework.atomic import replace_atomically
+
 log = logging.getLogger("framework")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write a whole file or nothing: a reader never sees half of metrics.json."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class MetricsLogger:
@@ -30,12 +24,11 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool, keep_lines: int | None = None,
                  resume_step: int | None = None):
         path = run_dir / "metrics.jsonl"
-        if keep_lines is not None and path.exists():
-            kept = path.read_text().splitlines(keepends=True)[:keep_lines]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
-        self.lines = len(path.read_text().splitlines()) if path.exists() else 0
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        if keep_lines is not None and len(lines) > keep_lines:
+            lines = lines[:keep_lines]
+            replace_atomically(path, "".join(lines))
+        self.lines = len(lines)
         self.jsonl = open(path, "a", buffering=1)  # line-buffered
         self.tb = None
         if tensorboard:

@@ -27,7 +27,8 @@ from framework.checkpoint import CheckpointError, Checkpointer
 from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
-from framework.logger import MetricsLogger, Progress, write_json_atomic
+from framework.atomic import write_json_atomic
+from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal
 from framework.reproducibility import apply_determinism, fingerprint, seed_everything
 from framework.state import PIECES, RNG_PIECES, TrainState

@@ -8,7 +8,6 @@ tests skip restoring one piece at a time and require the comparison to fail.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -71,8 +71,6 @@ class UnseededNoiseNet(nn.Module):
     def forward(self, x):
         import os
 
-        import torch
-
         if self.training:
             x = x + int.from_bytes(os.urandom(2), "little") * 1e-6
         return self.linear(x.flatten(1))

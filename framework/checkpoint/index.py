@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from framework.checkpoint.io import fsync_dir
+from framework.atomic import replace_atomically
 
 
 class Index:
@@ -31,13 +30,7 @@ class Index:
     def save(self) -> None:
         files = sorted(self.entries.values(), key=lambda e: (e["step"], e["file"]))
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".index.json.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump({"files": files}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.folder)
+        replace_atomically(self.path, json.dumps({"files": files}, indent=2))
 
     def newest_first(self) -> list[Path]:
         """Every checkpoint on disk, newest (highest step) first: indexed ones, then any

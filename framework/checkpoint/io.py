@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from framework.atomic import fsync_dir
+
 FORMAT_VERSION = 1
 FULL_KEYS = ("epoch", "global_step", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
              "scaler_state_dict", "loss", "best_metric", "rng_state", "cuda_rng_state", "numpy_rng_state",
@@ -48,14 +50,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(2**20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write(payload: dict, path: Path) -> dict:
