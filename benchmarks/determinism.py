@@ -8,6 +8,7 @@ On a CPU the three levels run the same kernels; on a GPU `off` lets cuDNN benchm
 the fastest (possibly nondeterministic) kernels, and `strict` forbids nondeterministic ones.
 Run with PYTHONHASHSEED set (strict requires it): PYTHONHASHSEED=0 python benchmarks/determinism.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,15 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for _ in range(args.rounds):
             for level in levels:
-                cfg = compose("config", overrides=[f"determinism={level}", f"trainer.max_epochs={args.epochs}",
-                                                   "logger=none", "checkpoint=off"])
+                cfg = compose(
+                    "config",
+                    overrides=[
+                        f"determinism={level}",
+                        f"trainer.max_epochs={args.epochs}",
+                        "logger=none",
+                        "checkpoint=off",
+                    ],
+                )
                 times[level] += step_times(cfg)
     base = statistics.median(times["seeded"])
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,6 +11,7 @@ backward, step and whatever bookkeeping the loop does.
 
 The goal is a median step-time ratio (framework / hand-written) of at most 1.03.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,26 @@ WORKLOADS = {
     # The default experiment: small CNN on 8x8 digits, batch 64.
     "digits-cnn": ["trainer.max_epochs=3"],
     # A wider model, where the step is compute-bound as in most real work.
-    "synthetic-mlp": ["data=synthetic", "data.source.n_samples=8192", "data.source.input_shape=[256]",
-                      "model=mlp", "model.hidden=[1024,1024]", "data.batch_size=256", "trainer.max_epochs=3"],
+    "synthetic-mlp": [
+        "data=synthetic",
+        "data.source.n_samples=8192",
+        "data.source.input_shape=[256]",
+        "model=mlp",
+        "model.hidden=[1024,1024]",
+        "data.batch_size=256",
+        "trainer.max_epochs=3",
+    ],
 }
 # A model so small that the step is nearly all loop: the difference is the loop's own cost.
-WORKLOADS["tiny-mlp"] = ["data=synthetic", "data.source.n_samples=4096", "data.source.input_shape=[4]",
-                         "model=mlp", "model.hidden=[4]", "data.batch_size=8", "trainer.max_epochs=2"]
+WORKLOADS["tiny-mlp"] = [
+    "data=synthetic",
+    "data.source.n_samples=4096",
+    "data.source.input_shape=[4]",
+    "model=mlp",
+    "model.hidden=[4]",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+]
 COMMON = ["logger=none", "checkpoint=off", "scheduler=none", "data.augment.max_shift=0", "data.augment.noise_std=0.0"]
 
 stamps: list[float] = []
@@ -102,14 +117,22 @@ def main() -> None:
                 theirs += theirs_round
                 round_ratios.append(statistics.median(ours_round) / statistics.median(theirs_round))
             ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
-            rows.append((name, len(ours), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios)))
+            rows.append(
+                (name, len(ours), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios))
+            )
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds")
     print()
-    print("| workload | steps timed | hand-written median (ms) | framework median (ms) | difference (µs) | ratio | per-round ratios |")
+    print(
+        "| workload | steps timed | hand-written median (ms) | framework median (ms) | difference (µs) | ratio "
+        "| per-round ratios |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, n, hand, ours, ratio, low, high in rows:
-        print(f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {(ours - hand) * 1e3:.0f} | {ratio:.3f} | {low:.3f} to {high:.3f} |")
+        print(
+            f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {(ours - hand) * 1e3:.0f} | {ratio:.3f} "
+            f"| {low:.3f} to {high:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`python -m framework [overrides]`: compose the config with Hydra and train."""
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,11 @@ def relaunch_for_strict(argv: list[str]) -> None:
     Only a level given on the command line is seen here; one that comes from a config file is
     checked when the run starts, which then refuses with a message saying how to set it.
     """
-    strict = any(a.split("=", 1)[0] in ("determinism", "determinism.level") and "strict" in a.split("=", 1)[1].split(",")
-                 for a in argv if "=" in a)  # also a sweep over levels: determinism=strict,seeded
+    strict = any(
+        a.split("=", 1)[0] in ("determinism", "determinism.level") and "strict" in a.split("=", 1)[1].split(",")
+        for a in argv
+        if "=" in a
+    )  # also a sweep over levels: determinism=strict,seeded
     if strict and "PYTHONHASHSEED" not in os.environ:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)

@@ -1,4 +1,5 @@
 """Whole-file writes: a reader (or a crash) never sees half a file."""
+
 from __future__ import annotations
 
 import json

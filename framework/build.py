@@ -5,6 +5,7 @@ optimizer or scheduler. Values the config cannot know (the data's input shape, t
 classes, the schedule's length) are filled in here, and only for keys the config declares and
 leaves null, so a user's class that does not take them never receives them.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@
 Exit status 0 when the runs are identical (same fingerprint, same metrics history, and where
 both kept last.pt, every tensor equal), 1 when they differ, 2 when a run cannot be read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ def first_divergence(a: list[dict], b: list[dict]) -> str | None:
             keys = sorted(k for k in ra.keys() | rb.keys() if ra.get(k) != rb.get(k))
             where = f"epoch {ra.get('epoch')} step {ra.get('step')}"
             return f"metrics first differ at {where} ({ra['event']} line): " + ", ".join(
-                f"{k} {ra.get(k)!r} vs {rb.get(k)!r}" for k in keys)
+                f"{k} {ra.get(k)!r} vs {rb.get(k)!r}" for k in keys
+            )
     if len(a) != len(b):
         shorter = min(len(a), len(b))
         last = (a or b)[shorter - 1] if shorter else {}
@@ -86,8 +88,9 @@ def compare(a: Path, b: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ options bring their own typed schema through their defaults list.
 
 Checks that Hydra cannot do at compose time (missing values, allowed choices) are in `check`.
 """
+
 from __future__ import annotations
 
 import re
@@ -266,9 +267,7 @@ def check(cfg: DictConfig) -> None:
     missing = sorted(_missing_keys(cfg))
     if missing:
         keys = ", ".join(missing)
-        raise ConfigError(
-            f"missing required value(s): {keys}. Set them on the command line, e.g. {missing[0]}=..."
-        )
+        raise ConfigError(f"missing required value(s): {keys}. Set them on the command line, e.g. {missing[0]}=...")
     t = cfg.trainer
     problems = []
     if cfg.determinism.level not in DETERMINISM_LEVELS:

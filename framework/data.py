@@ -6,6 +6,7 @@ generator seeded with (seed, e); the augmentation of sample i in epoch e from on
 position in it: nothing to carry in a checkpoint but two counters, nothing taken from the
 global RNG, and the same batches whichever worker process loads them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -91,12 +92,11 @@ class Splits:
     num_classes: int
 
 
-def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
-          split_seed: int) -> Splits:
+def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
     n = len(y)
     order = torch.randperm(n, generator=keyed_generator(split_seed, SPLIT))
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
-    val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     return Splits(
         train=TensorDataset(x[train], y[train]),
         val=TensorDataset(x[val], y[val]),
@@ -121,7 +121,7 @@ class EpochSampler(Sampler):
         return torch.randperm(self.n, generator=keyed_generator(self.seed, SHUFFLE, self.epoch))
 
     def __iter__(self):
-        for i in self.order()[self.start:].tolist():
+        for i in self.order()[self.start :].tolist():
             yield self.epoch, i
 
     def __len__(self):
@@ -154,7 +154,7 @@ class Augmented(Dataset):
             h = keyed_seed(self.seed, AUGMENT, epoch, index)
             top, left = h % span, (h // span) % span  # offset into the padded image
             height, width = x.shape[-2:]
-            x = self.padded[index, ..., top:top + height, left:left + width]
+            x = self.padded[index, ..., top : top + height, left : left + width]
         if self.noise_std:
             g = keyed_generator(self.seed, NOISE, epoch, index)
             x = x + self.noise_std * torch.randn(x.shape, generator=g)
@@ -175,8 +175,9 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def train_loader(dataset: Augmented, batch_size: int, num_workers: int, seed: int, epoch: int,
-                 start_batch: int = 0) -> DataLoader:
+def train_loader(
+    dataset: Augmented, batch_size: int, num_workers: int, seed: int, epoch: int, start_batch: int = 0
+) -> DataLoader:
     """The loader for one epoch, from batch `start_batch` on: a pure function of its arguments.
 
     Its own generator (keyed by seed and epoch) seeds the workers, so creating it never draws
@@ -184,13 +185,22 @@ def train_loader(dataset: Augmented, batch_size: int, num_workers: int, seed: in
     """
     sampler = EpochSampler(len(dataset), seed, epoch, start=start_batch * batch_size)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        generator=keyed_generator(seed, WORKERS, epoch), worker_init_fn=seed_worker,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=keyed_generator(seed, WORKERS, epoch),
+        worker_init_fn=seed_worker,
     )
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
     # A generator of its own: without one, every iterator takes its base seed from the global
     # torch RNG, and validating would shift the training randomness.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,4 +1,5 @@
 """What a run directory says about where it ran: versions, command, git commit."""
+
 from __future__ import annotations
 
 import platform
@@ -16,8 +17,7 @@ def git_commit() -> str | None:
     """The commit of the framework's source tree, when it is a git checkout."""
     here = Path(framework.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -1,6 +1,7 @@
 """Where metrics go: metrics.jsonl (a line per logged step and per epoch), metrics.json (the
 final summary, written atomically), TensorBoard scalars, and the console: a progress bar on a
 terminal, plain log lines otherwise."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ class MetricsLogger:
     that a killed run wrote after `resume_step`.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, keep_lines: int | None = None,
-                 resume_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool, keep_lines: int | None = None, resume_step: int | None = None):
         path = run_dir / "metrics.jsonl"
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
         if keep_lines is not None and len(lines) > keep_lines:
@@ -71,8 +71,9 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{max_epochs}",
-                            leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=done, desc=f"epoch {epoch + 1}/{max_epochs}", leave=False, dynamic_ncols=True
+            )
 
     def step(self, global_step: int, loss: float | None, lr: float) -> None:
         if self.bar is not None:
@@ -80,8 +81,9 @@ class Progress:
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
         elif loss is not None:
-            log.info("epoch %d/%d step %d train/loss %.4f lr %.4g",
-                     self.epoch + 1, self.max_epochs, global_step, loss, lr)
+            log.info(
+                "epoch %d/%d step %d train/loss %.4f lr %.4g", self.epoch + 1, self.max_epochs, global_step, loss, lr
+            )
 
     def end_epoch(self) -> None:
         if self.bar is not None:

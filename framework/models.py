@@ -1,4 +1,5 @@
 """Built-in models. `input_shape` and `num_classes` come from the data (see build.build_model)."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ a checkpoint at that exact step and ends the run with status "preempted", so `re
 continues from there instead of from the last periodic checkpoint. The previous handler is put
 back when the run ends: in a sweep run by Hydra's basic launcher, jobs share one process.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Every setting is written explicitly each run, both ways: Hydra's basic launcher runs sweep jobs
 in one process, and a flag left on by one job must not leak into the next.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,12 +39,12 @@ def apply_determinism(level: str) -> dict:
                 "determinism=strict needs PYTHONHASHSEED set before Python starts (setting it inside a "
                 "running interpreter changes nothing). Give determinism=strict on the command line (the "
                 "framework then re-launches itself with PYTHONHASHSEED=0), or run "
-                "`PYTHONHASHSEED=0 python -m framework ...`, or use determinism=seeded.")
+                "`PYTHONHASHSEED=0 python -m framework ...`, or use determinism=seeded."
+            )
         # cuBLAS reads this when CUDA starts; setting it before any CUDA work is enough.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Only when it changes: the first call imports torch's compiler stack (seconds).
-    if (torch.are_deterministic_algorithms_enabled() != strict
-            or torch.is_deterministic_algorithms_warn_only_enabled()):
+    if torch.are_deterministic_algorithms_enabled() != strict or torch.is_deterministic_algorithms_warn_only_enabled():
         torch.use_deterministic_algorithms(strict)
     torch.backends.cudnn.benchmark = level == "off"
     torch.backends.cudnn.deterministic = strict
@@ -63,8 +64,9 @@ def hash_seed_in_force() -> bool:
     if "PYTHONHASHSEED" not in os.environ:
         return False
     probe = "framework-hash-probe"
-    out = subprocess.run([sys.executable, "-c", f"print(hash({probe!r}))"], capture_output=True, text=True,
-                         env=os.environ, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", f"print(hash({probe!r}))"], capture_output=True, text=True, env=os.environ, timeout=60
+    )
     return out.returncode == 0 and out.stdout.strip() == str(hash(probe))
 
 

@@ -6,6 +6,7 @@ workers, whose batches do not depend on their number). Anything else is refused 
 of differing keys, unless `allow_config_changes=true`; the run then records that it no longer
 follows the original trajectory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,14 @@ from framework.config import ConfigError
 log = logging.getLogger("framework")
 
 # Keys (or whole sections) that a resumed run may change freely.
-SAFE_TO_CHANGE = ("logger", "checkpoint", "trainer.max_steps", "trainer.log_every_n_steps",
-                  "trainer.eval_batch_size", "data.num_workers")
+SAFE_TO_CHANGE = (
+    "logger",
+    "checkpoint",
+    "trainer.max_steps",
+    "trainer.log_every_n_steps",
+    "trainer.eval_batch_size",
+    "data.num_workers",
+)
 # How this invocation resumes, not what the experiment is: never compared.
 NOT_COMPARED = ("resume", "allow_config_changes", "repeat")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
@@ -54,8 +61,10 @@ def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
     except CheckpointError as e:
         raise ConfigError(f"resume={resume}: {e}") from e
     if ckpt["meta"]["kind"] != "full":
-        raise ConfigError(f"resume={resume}: a model-only checkpoint (weights and config) cannot continue "
-                          "training; resume from a full one such as last.pt")
+        raise ConfigError(
+            f"resume={resume}: a model-only checkpoint (weights and config) cannot continue "
+            "training; resume from a full one such as last.pt"
+        )
     return ResumePoint(path, ckpt)
 
 
@@ -72,8 +81,12 @@ def newest_valid(folder: Path) -> ResumePoint:
             continue
         if ckpt["meta"]["kind"] != "full":
             continue
-        log.info("resuming from %s (epoch %d, step %d): the newest checkpoint that passes its checksum",
-                 path, ckpt["epoch"], ckpt["global_step"])
+        log.info(
+            "resuming from %s (epoch %d, step %d): the newest checkpoint that passes its checksum",
+            path,
+            ckpt["epoch"],
+            ckpt["global_step"],
+        )
         return ResumePoint(path, ckpt)
     detail = "; ".join(rejected) if rejected else "none found"
     raise ConfigError(f"no valid full checkpoint to resume from in {folder}: {detail}")
@@ -85,20 +98,28 @@ def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]
     old = OmegaConf.create(ckpt["config"])
     old_flat = flatten(OmegaConf.to_container(old, resolve=True))
     new_flat = flatten(OmegaConf.to_container(new, resolve=True))
-    changed = sorted(k for k in old_flat.keys() | new_flat.keys()
-                     if k not in NOT_COMPARED and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT))
+    changed = sorted(
+        k
+        for k in old_flat.keys() | new_flat.keys()
+        if k not in NOT_COMPARED and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT)
+    )
     unsafe = [k for k in changed if not is_safe(k, old)]
     describe = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}" for k in unsafe]
     if unsafe and not new.allow_config_changes:
         raise ConfigError(
             "resuming with a config that changes the trajectory; the checkpoint's config is the "
-            "source of truth. Differing keys: " + "; ".join(describe) +
-            ". Drop these overrides, or pass allow_config_changes=true to continue with them "
-            "(the run is then recorded as no longer following the original trajectory).")
+            "source of truth. Differing keys: "
+            + "; ".join(describe)
+            + ". Drop these overrides, or pass allow_config_changes=true to continue with them "
+            "(the run is then recorded as no longer following the original trajectory)."
+        )
     follows = ckpt["meta"].get("follows_original_trajectory", True) and not unsafe
     if unsafe:
-        log.warning("allow_config_changes=true: continuing with changed keys %s; this run no longer "
-                    "follows its original trajectory", "; ".join(describe))
+        log.warning(
+            "allow_config_changes=true: continuing with changed keys %s; this run no longer "
+            "follows its original trajectory",
+            "; ".join(describe),
+        )
         return new, changed, follows
     merged = old
     for key in changed:

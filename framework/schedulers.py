@@ -1,4 +1,5 @@
 """Learning-rate schedules that torch does not ship. Each steps once per optimizer step."""
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,12 @@ class WarmupCosine(LRScheduler):
     a resumed run computes exactly the same rates as one that never stopped.
     """
 
-    def __init__(self, optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
-                 last_epoch: int = -1):
+    def __init__(self, optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0, last_epoch: int = -1):
         if total_steps < 1 or warmup_steps < 0:
-            raise ValueError(f"WarmupCosine needs total_steps >= 1 and warmup_steps >= 0, "
-                             f"got total_steps={total_steps}, warmup_steps={warmup_steps}")
+            raise ValueError(
+                f"WarmupCosine needs total_steps >= 1 and warmup_steps >= 0, "
+                f"got total_steps={total_steps}, warmup_steps={warmup_steps}"
+            )
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_lr_ratio = min_lr_ratio

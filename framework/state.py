@@ -10,6 +10,7 @@ The checkpoint keeps the plain-PyTorch key names people know (`model_state_dict`
 `optimizer_state_dict`, `rng_state`, ...) and only types that
 `torch.load(..., weights_only=True)` reads: tensors, numbers, strings, lists, dicts.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,19 @@ import torch
 # Restoring happens in this order. The RNG streams come last: they must be set after anything
 # else that might draw from them (the loop also restores them only after the resumed epoch's
 # data iterator exists).
-PIECES = ("model", "optimizer", "scheduler", "scaler", "counters", "data_order", "data_position",
-          "python_rng", "numpy_rng", "torch_rng", "cuda_rng")
+PIECES = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "counters",
+    "data_order",
+    "data_position",
+    "python_rng",
+    "numpy_rng",
+    "torch_rng",
+    "cuda_rng",
+)
 RNG_PIECES = ("python_rng", "numpy_rng", "torch_rng", "cuda_rng")
 
 # Fault injection for the tests that prove exact resume has teeth: a comma-separated list of
@@ -70,8 +82,9 @@ class TrainState:
         for piece in PIECES:
             out.update(getattr(self, f"_capture_{piece}")())
         # Every rank's streams (one entry per rank; one rank until distributed training).
-        out["rng_per_rank"] = [{k: out[k] for k in ("rng_state", "cuda_rng_state", "numpy_rng_state",
-                                                    "python_rng_state")}]
+        out["rng_per_rank"] = [
+            {k: out[k] for k in ("rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state")}
+        ]
         return out
 
     def restore(self, ckpt: dict, pieces=PIECES, strict: bool = True) -> list[str]:
@@ -127,8 +140,13 @@ class TrainState:
 
     # ---- the loop's counters and the data position -------------------------------------------
     def _capture_counters(self):
-        return {"epoch": self.epoch, "global_step": self.global_step, "loss": self.last_loss,
-                "best_metric": self.best_metric, "epoch_loss_sum": self.epoch_loss_sum}
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "loss": self.last_loss,
+            "best_metric": self.best_metric,
+            "epoch_loss_sum": self.epoch_loss_sum,
+        }
 
     def _restore_counters(self, ckpt, strict):
         self.epoch, self.global_step = ckpt["epoch"], ckpt["global_step"]
@@ -160,8 +178,15 @@ class TrainState:
         # np.random.get_state() holds an ndarray: stored as-is it would not load with
         # weights_only=True. Plain values instead.
         name, keys, pos, has_gauss, cached = np.random.get_state()
-        return {"numpy_rng_state": {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                                    "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+        return {
+            "numpy_rng_state": {
+                "bit_generator": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
+        }
 
     def _restore_numpy_rng(self, ckpt, strict):
         s = ckpt["numpy_rng_state"]
@@ -181,7 +206,8 @@ class TrainState:
         states = ckpt["cuda_rng_state"]
         if states and torch.cuda.is_available():
             if len(states) != torch.cuda.device_count():
-                note = f"checkpoint has CUDA RNG states for {len(states)} devices, this machine has {torch.cuda.device_count()}"
+                have = torch.cuda.device_count()
+                note = f"checkpoint has CUDA RNG states for {len(states)} devices, this machine has {have}"
                 if strict:
                     raise RuntimeError(note)
                 return [note]
@@ -201,7 +227,9 @@ def optimizer_mismatch(optimizer, saved: dict) -> str | None:
     for index, param in zip(ids, params):
         for name, value in saved.get("state", {}).get(index, {}).items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                return f"'{name}' of parameter {index} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                return (
+                    f"'{name}' of parameter {index} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
     return None
 
 
@@ -214,11 +242,16 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape)
-    problems = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
-               ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []) + \
-               ([f"shape differences: {'; '.join(shapes)}"] if shapes else [])
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if state_dict[k].shape != own[k].shape
+    )
+    problems = (
+        ([f"missing keys: {', '.join(missing)}"] if missing else [])
+        + ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else [])
+        + ([f"shape differences: {'; '.join(shapes)}"] if shapes else [])
+    )
     if problems and strict:
         raise RuntimeError("the checkpoint's weights do not fit the model: " + " | ".join(problems))
     fits = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}

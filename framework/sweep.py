@@ -14,6 +14,7 @@ were killed, or ran under any launcher is summarized the same way. Runs that dif
 Exit status of the command (and of the sweep, through SummaryCallback): 1 when a job failed or
 a seed did not reproduce, 0 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,17 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def read_job(job: Path) -> dict:
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-    record = {"dir": str(job), "overrides": overrides, "status": "failed", "seed": None, "repeat": 0,
-              "metrics": {}, "fingerprint": None, "error": None, "curve": []}
+    record = {
+        "dir": str(job),
+        "overrides": overrides,
+        "status": "failed",
+        "seed": None,
+        "repeat": 0,
+        "metrics": {},
+        "fingerprint": None,
+        "error": None,
+        "curve": [],
+    }
     config_file = job / ".hydra" / "config.yaml"
     if config_file.is_file():
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -54,15 +64,21 @@ def read_job(job: Path) -> dict:
     except (OSError, ValueError):
         record["error"] = f"no metrics.json: the job failed before training started (see {job / 'train.log'})"
         return record
-    record.update(status=summary.get("status", "failed"), seed=summary.get("seed", record["seed"]),
-                  metrics=summary.get("metrics", {}), fingerprint=summary.get("fingerprint"),
-                  error=summary.get("error"))
+    record.update(
+        status=summary.get("status", "failed"),
+        seed=summary.get("seed", record["seed"]),
+        metrics=summary.get("metrics", {}),
+        fingerprint=summary.get("fingerprint"),
+        error=summary.get("error"),
+    )
     if record["status"] == "running":
         record["status"] = "failed"  # killed: it never wrote an end
         record["error"] = record["error"] or "the job never finished (killed?)"
     try:
         lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
-        record["curve"] = [(r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"]
+        record["curve"] = [
+            (r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"
+        ]
     except (OSError, ValueError):
         pass
     return record
@@ -81,8 +97,15 @@ def statistics_of(values: list[float]) -> dict:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if n > 1 else 0.0
     half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
-    return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values),
-            "ci95_low": mean - half, "ci95_high": mean + half}
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "min": min(values),
+        "max": max(values),
+        "ci95_low": mean - half,
+        "ci95_high": mean + half,
+    }
 
 
 def group_key(record: dict) -> tuple:
@@ -101,16 +124,25 @@ def summarize(sweep_dir: Path) -> dict:
     # Statistics over configurations, one run each: identical repeats must not shrink the interval.
     firsts = [next((r for r in g if r["status"] == "completed"), None) for g in groups.values()]
     firsts = [r for r in firsts if r is not None]
-    stats = {m: statistics_of([r["metrics"][m] for r in firsts if m in r["metrics"]])
-             for m in METRICS if any(m in r["metrics"] for r in firsts)}
+    stats = {
+        m: statistics_of([r["metrics"][m] for r in firsts if m in r["metrics"]])
+        for m in METRICS
+        if any(m in r["metrics"] for r in firsts)
+    }
 
     repeated = {k: g for k, g in groups.items() if len(g) > 1}
     reproducibility = []
     for key, g in repeated.items():
         prints = [r["fingerprint"] for r in g]
-        reproducibility.append({"seed": g[0]["seed"], "overrides": list(key), "runs": len(g),
-                                "fingerprints": prints,
-                                "reproduces": all(r["status"] == "completed" for r in g) and len(set(prints)) == 1})
+        reproducibility.append(
+            {
+                "seed": g[0]["seed"],
+                "overrides": list(key),
+                "runs": len(g),
+                "fingerprints": prints,
+                "reproduces": all(r["status"] == "completed" for r in g) and len(set(prints)) == 1,
+            }
+        )
     failed = [r for r in runs if r["status"] != "completed"]
     summary = {
         "sweep_dir": str(sweep_dir),
@@ -121,8 +153,10 @@ def summarize(sweep_dir: Path) -> dict:
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
         "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
-        "runs": [{k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
-                 for r in runs],
+        "runs": [
+            {k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
+            for r in runs
+        ],
     }
     (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (sweep_dir / "summary.md").write_text(markdown(summary))
@@ -131,16 +165,24 @@ def summarize(sweep_dir: Path) -> dict:
 
 
 def markdown(s: dict) -> str:
-    out = [f"# Sweep summary: {s['sweep_dir']}", "",
-           f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed.", ""]
+    out = [
+        f"# Sweep summary: {s['sweep_dir']}",
+        "",
+        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed.",
+        "",
+    ]
     if s["metrics"]:
         out += ["| metric | n | mean | std | min | max | 95% CI |", "|---|---:|---:|---:|---:|---:|---|"]
         for name, d in s["metrics"].items():
             ci = "n/a" if d["n"] < 2 else f"[{d['ci95_low']:.4f}, {d['ci95_high']:.4f}]"
-            out.append(f"| {name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} | {ci} |")
+            out.append(
+                f"| {name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} | {ci} |"
+            )
         out.append("")
-    out += ["| run | seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
-            "|---|---:|---:|---|" + "---:|" * len(METRICS) + "---|"]
+    out += [
+        "| run | seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
+        "|---|---:|---:|---|" + "---:|" * len(METRICS) + "---|",
+    ]
     for r in s["runs"]:
         values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
         fp = (r["fingerprint"] or "")[:16]
@@ -150,8 +192,13 @@ def markdown(s: dict) -> str:
         out += ["", "Failed jobs:"] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in failed]
     if s["reproducibility_checked"]:
         verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
-        out += ["", f"Reproducibility: {verdict}.", "", "| seed | other overrides | runs | identical fingerprints |",
-                "|---:|---|---:|---|"]
+        out += [
+            "",
+            f"Reproducibility: {verdict}.",
+            "",
+            "| seed | other overrides | runs | identical fingerprints |",
+            "|---:|---|---:|---|",
+        ]
         for r in s["reproducibility"]:
             others = " ".join(o for o in r["overrides"] if not o.startswith("seed=")) or "(none)"
             out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
@@ -172,8 +219,13 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
             if not points:
                 continue
-            ax.plot([e for e, _ in points], [v for _, v in points], alpha=0.35, linewidth=1,
-                    label=f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else ""))
+            ax.plot(
+                [e for e, _ in points],
+                [v for _, v in points],
+                alpha=0.35,
+                linewidth=1,
+                label=f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else ""),
+            )
             for e, v in points:
                 by_epoch.setdefault(e, []).append(v)
         if by_epoch:
@@ -181,8 +233,14 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             mean = [statistics.fmean(by_epoch[e]) for e in epochs]
             std = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
             ax.plot(epochs, mean, color="black", linewidth=2, label="mean")
-            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color="black", alpha=0.15, label="mean ± std")
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color="black",
+                alpha=0.15,
+                label="mean ± std",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(name)
@@ -199,7 +257,9 @@ def verdict(summary: dict) -> tuple[int, str]:
     if summary["failed"]:
         problems.append(f"{summary['failed']} of {summary['jobs']} jobs failed")
     if summary["all_reproduce"] is False:
-        bad = [" ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]]
+        bad = [
+            " ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]
+        ]
         problems.append(f"{len(bad)} configuration(s) did not reproduce: {'; '.join(bad)}")
     if problems:
         return 1, "; ".join(problems)
@@ -222,8 +282,9 @@ class SummaryCallback(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):

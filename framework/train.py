@@ -5,6 +5,7 @@ Everything a run does is in `run`, top to bottom. The steps it calls are small f
 this file or in a module named for what it does. All state that survives a checkpoint lives
 in `state` (framework/state.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import data as data_lib
 from framework import resume as resume_lib
+from framework.atomic import write_json_atomic
 from framework.build import build_data, build_model, build_optimizer, build_scheduler
-from framework.checkpoint import CheckpointError, Checkpointer
+from framework.checkpoint import Checkpointer, CheckpointError
 from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
-from framework.atomic import write_json_atomic
 from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal
 from framework.reproducibility import apply_determinism, fingerprint, seed_everything
@@ -60,12 +61,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     environment = describe()
     summary = previous_summary(run_dir) if resume_point else {}
-    summary.update(status="running", seed=cfg.seed, determinism=determinism, meta=environment,
-                   follows_original_trajectory=follows_original)
+    summary.update(
+        status="running",
+        seed=cfg.seed,
+        determinism=determinism,
+        meta=environment,
+        follows_original_trajectory=follows_original,
+    )
     write_json_atomic(run_dir / "metrics.json", summary)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.logger.tensorboard,
-                           keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
-                           resume_step=resume_point.ckpt["global_step"] if resume_point else None)
+    logger = MetricsLogger(
+        run_dir,
+        tensorboard=cfg.logger.tensorboard,
+        keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
+        resume_step=resume_point.ckpt["global_step"] if resume_point else None,
+    )
     preemption = StopOnSignal()
     try:
         device = pick_device(t.device)
@@ -76,50 +85,86 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=t.max_epochs * steps_per_epoch)
         autocast, scaler = mixed_precision(t.precision, device)
-        train_set = data_lib.Augmented(splits.train, cfg.seed, cfg.data.augment.max_shift,
-                                       cfg.data.augment.noise_std)
+        train_set = data_lib.Augmented(splits.train, cfg.seed, cfg.data.augment.max_shift, cfg.data.augment.noise_std)
         val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, cfg.data.num_workers)
         test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, cfg.data.num_workers)
-        log.info("data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
-                 len(splits.train), len(splits.val), len(splits.test), splits.input_shape,
-                 splits.num_classes, steps_per_epoch, device)
+        log.info(
+            "data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
+            splits.input_shape,
+            splits.num_classes,
+            steps_per_epoch,
+            device,
+        )
 
         state = TrainState(model, optimizer, scheduler, scaler)
-        checkpointer = Checkpointer(cfg.checkpoint, run_dir / "checkpoints",
-                                    resumed_from=resume_point.path if resume_point else None)
+        checkpointer = Checkpointer(
+            cfg.checkpoint, run_dir / "checkpoints", resumed_from=resume_point.path if resume_point else None
+        )
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
         def make_payload(kind: str, val_loss: float | None) -> dict:
-            meta = {"format_version": FORMAT_VERSION, "kind": kind, **environment, "world_size": 1,
-                    "seed": cfg.seed, "determinism": cfg.determinism.level, "determinism_settings": determinism,
-                    "timestamp": datetime.now(timezone.utc).isoformat(),
-                    "follows_original_trajectory": follows_original, "config_changes": changes}
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "kind": kind,
+                **environment,
+                "world_size": 1,
+                "seed": cfg.seed,
+                "determinism": cfg.determinism.level,
+                "determinism_settings": determinism,
+                "timestamp": datetime.now(timezone.utc).isoformat(),
+                "follows_original_trajectory": follows_original,
+                "config_changes": changes,
+            }
             if kind == "model":
-                return {"epoch": state.epoch, "global_step": state.global_step,
-                        "model_state_dict": state.model_weights(), "config": config_yaml, "meta": meta}
-            return {**state.capture(), "val_loss": val_loss, "metrics_lines": logger.lines,
-                    "config": config_yaml, "meta": meta}
+                return {
+                    "epoch": state.epoch,
+                    "global_step": state.global_step,
+                    "model_state_dict": state.model_weights(),
+                    "config": config_yaml,
+                    "meta": meta,
+                }
+            return {
+                **state.capture(),
+                "val_loss": val_loss,
+                "metrics_lines": logger.lines,
+                "config": config_yaml,
+                "meta": meta,
+            }
 
         def save(event: str, val: dict, improved: bool = False) -> None:
-            checkpointer.save(lambda kind: make_payload(kind, val.get("val/loss")), event=event,
-                              epoch=state.epoch, step=state.global_step, position=state.position,
-                              metric=val.get(cfg.checkpoint.monitor), improved=improved)
+            checkpointer.save(
+                lambda kind: make_payload(kind, val.get("val/loss")),
+                event=event,
+                epoch=state.epoch,
+                step=state.global_step,
+                position=state.position,
+                metric=val.get(cfg.checkpoint.monitor),
+                improved=improved,
+            )
 
         restore_rng_from = None
         if resume_point is not None:
             ckpt = resume_point.ckpt
             try:
-                notes = state.restore(ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load)
+                notes = state.restore(
+                    ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load
+                )
             except (RuntimeError, ValueError, KeyError) as e:
-                raise CheckpointError(f"cannot resume from {resume_point.path}: {e}. "
-                                      "checkpoint.strict_load=false loads what fits and reports the rest.") from e
+                raise CheckpointError(
+                    f"cannot resume from {resume_point.path}: {e}. "
+                    "checkpoint.strict_load=false loads what fits and reports the rest."
+                ) from e
             for note in notes:
                 log.warning("non-strict load: %s", note)
             restore_rng_from = ckpt  # after the resumed epoch's data iterator exists (see below)
             summary["resumes"] = summary.get("resumes", []) + [resume_record(resume_point, changes)]
             if cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
                 summary["resumes"][-1]["val_check"] = check_restored_val_loss(
-                    ckpt["val_loss"], evaluate(model, val_loader, device, autocast).get("loss"))
+                    ckpt["val_loss"], evaluate(model, val_loader, device, autocast).get("loss")
+                )
 
         progress = Progress(every=t.log_every_n_steps)
         stopped_by = "max_epochs"
@@ -129,15 +174,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
             progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
-            batches = iter(data_lib.train_loader(train_set, cfg.data.batch_size, cfg.data.num_workers,
-                                                 cfg.seed, state.data_epoch, state.position))
+            batches = iter(
+                data_lib.train_loader(
+                    train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+                )
+            )
             if restore_rng_from is not None:
                 # Only now: anything that creating the iterator drew must not shift the streams.
                 state.restore(restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
                 restore_rng_from = None
             for x, y in batches:
-                loss = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast,
-                                  t.gradient_clip_val)
+                loss = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, t.gradient_clip_val)
                 scheduler.step()
                 state.global_step += 1
                 state.position += 1
@@ -145,7 +192,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 logged = None
                 if state.global_step % t.log_every_n_steps == 0:
                     logged = loss.item()
-                    logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": current_lr(optimizer)})
+                    logger.log(
+                        "step", state.epoch, state.global_step, {"train/loss": logged, "lr": current_lr(optimizer)}
+                    )
                 progress.step(state.global_step, logged, current_lr(optimizer))
                 if t.max_steps is not None and state.global_step >= t.max_steps:
                     stopped_by = "max_steps"
@@ -161,8 +210,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
             metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(optimizer)}
             metrics.update(prefixed("val", evaluate(model, val_loader, device, autocast)))
-            log.info("epoch %d/%d step %d %s", state.epoch + 1, t.max_epochs, state.global_step,
-                     " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            log.info(
+                "epoch %d/%d step %d %s",
+                state.epoch + 1,
+                t.max_epochs,
+                state.global_step,
+                " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            )
             if state.position == steps_per_epoch:
                 logger.log("epoch", state.epoch, state.global_step, metrics)
                 state.epoch += 1
@@ -178,8 +232,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 logger.log("stop", state.epoch, state.global_step, metrics)
 
         if stopped_by == "signal":
-            summary.update(status="preempted", stopped_by=stopped_by, epochs_completed=state.epoch,
-                           global_step=state.global_step, metrics=metrics, wall_time_s=round(time.time() - started, 3))
+            summary.update(
+                status="preempted",
+                stopped_by=stopped_by,
+                epochs_completed=state.epoch,
+                global_step=state.global_step,
+                metrics=metrics,
+                wall_time_s=round(time.time() - started, 3),
+            )
             write_json_atomic(run_dir / "metrics.json", summary)
             log.warning("preempted at step %d; continue with resume=auto (or resume=%s)", state.global_step, run_dir)
             return summary
@@ -202,14 +262,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("done in %.1fs: %s", summary["wall_time_s"], run_dir / "metrics.json")
         return summary
     except BaseException as e:
-        summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                       error=f"{type(e).__name__}: {e}", wall_time_s=round(time.time() - started, 3))
+        summary.update(
+            status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+            error=f"{type(e).__name__}: {e}",
+            wall_time_s=round(time.time() - started, 3),
+        )
         write_json_atomic(run_dir / "metrics.json", summary)
         if isinstance(e, RuntimeError) and NONDETERMINISTIC in str(e):
             op = str(e).split(NONDETERMINISTIC)[0].strip()
-            raise ConfigError(f"determinism={cfg.determinism.level}: {op} has no deterministic implementation "
-                              f"on this device, so the run stopped. Relax the level with determinism=seeded "
-                              "(same seeds; this operation may then vary from run to run).") from e
+            raise ConfigError(
+                f"determinism={cfg.determinism.level}: {op} has no deterministic implementation "
+                f"on this device, so the run stopped. Relax the level with determinism=seeded "
+                "(same seeds; this operation may then vary from run to run)."
+            ) from e
         raise
     finally:
         logger.close()
@@ -258,17 +323,27 @@ def check_restored_val_loss(recorded: float, now: float | None) -> dict:
         log.info("resume check: val/loss %.10g after restoring, identical to the checkpoint's", now)
     else:
         log.warning("!" * 72)
-        log.warning("RESUME CHECK FAILED: val/loss after restoring is %r, the checkpoint recorded %r "
-                    "(difference %.3g). The restored model is not the one that was saved, or this "
-                    "machine computes differently.", now, recorded, (now or 0.0) - recorded)
+        log.warning(
+            "RESUME CHECK FAILED: val/loss after restoring is %r, the checkpoint recorded %r "
+            "(difference %.3g). The restored model is not the one that was saved, or this "
+            "machine computes differently.",
+            now,
+            recorded,
+            (now or 0.0) - recorded,
+        )
         log.warning("!" * 72)
     return {"recorded_val_loss": recorded, "val_loss_after_restore": now, "identical": identical}
 
 
 def resume_record(point, changes: list[str]) -> dict:
-    return {"from": str(point.path), "epoch": point.ckpt["epoch"], "global_step": point.ckpt["global_step"],
-            "position": point.ckpt["loader_state"]["position"], "changed_keys": changes,
-            "time": datetime.now(timezone.utc).isoformat()}
+    return {
+        "from": str(point.path),
+        "epoch": point.ckpt["epoch"],
+        "global_step": point.ckpt["global_step"],
+        "position": point.ckpt["loader_state"]["position"],
+        "changed_keys": changes,
+        "time": datetime.now(timezone.utc).isoformat(),
+    }
 
 
 def previous_summary(run_dir: Path) -> dict:
@@ -294,8 +369,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but this machine has no CUDA device; "
-                          "use trainer.device=cpu or trainer.device=auto")
+        raise ConfigError(
+            f"trainer.device={name} but this machine has no CUDA device; use trainer.device=cpu or trainer.device=auto"
+        )
     return torch.device(name)
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: the real command line, and Hydra's compose API in-process."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def read_jsonl(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def compose():
     """compose(overrides) -> the composed config, as `python -m framework` would see it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     from framework import config
 
     config.register()

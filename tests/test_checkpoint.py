@@ -1,17 +1,19 @@
 """Checkpoint files: atomic verified writes, the index, the policy and retention, safe loading."""
+
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 import subprocess
 import sys
+from fractions import Fraction
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from framework.checkpoint import CheckpointError, Checkpointer, Index, io
-from framework.config import CheckpointConfig, ConfigError
 from framework import resume
+from framework.checkpoint import Checkpointer, CheckpointError, Index, io
+from framework.config import CheckpointConfig, ConfigError
 from framework.state import TrainState
 
 
@@ -27,9 +29,15 @@ def payload_maker(state: TrainState):
     def make(kind: str) -> dict:
         meta = {"format_version": io.FORMAT_VERSION, "kind": kind}
         if kind == "model":
-            return {"epoch": state.epoch, "global_step": state.global_step,
-                    "model_state_dict": state.model_weights(), "config": "seed: 0\n", "meta": meta}
+            return {
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "model_state_dict": state.model_weights(),
+                "config": "seed: 0\n",
+                "meta": meta,
+            }
         return {**state.capture(), "config": "seed: 0\n", "meta": meta}
+
     return make
 
 
@@ -42,8 +50,10 @@ def test_written_file_loads_with_weights_only_and_is_indexed(tmp_path):
     state = make_state()
     ck = checkpointer(tmp_path)
     state.epoch, state.global_step = 1, 20
-    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=0.5,
-                   improved=True) == ["last.pt", "best.pt"]
+    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=0.5, improved=True) == [
+        "last.pt",
+        "best.pt",
+    ]
     folder = tmp_path / "checkpoints"
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(folder / name, map_location="cpu", weights_only=True)
@@ -124,8 +134,20 @@ def test_retention_past_ten_periodic_files_keeps_the_newest_by_step(tmp_path):
 def test_retention_orders_by_step_not_by_file_name(tmp_path):
     state = make_state()
     ck = checkpointer(tmp_path, every_n_epochs=1, keep_last_n=2, save_last=False)
-    ck.index.record({"file": "epoch_2.pt", "role": "periodic", "kind": "full", "epoch": 2, "step": 2,
-                     "position": 0, "metric": None, "size": 0, "sha256": "", "time": 0})
+    ck.index.record(
+        {
+            "file": "epoch_2.pt",
+            "role": "periodic",
+            "kind": "full",
+            "epoch": 2,
+            "step": 2,
+            "position": 0,
+            "metric": None,
+            "size": 0,
+            "sha256": "",
+            "time": 0,
+        }
+    )
     (tmp_path / "checkpoints" / "epoch_2.pt").write_bytes(b"old-style unpadded name")
     for epoch in (10, 11):
         state.global_step = epoch
@@ -137,8 +159,9 @@ def test_retention_orders_by_step_not_by_file_name(tmp_path):
 def test_model_only_files_hold_weights_and_config_and_cannot_resume(tmp_path):
     state = make_state()
     ck = checkpointer(tmp_path, every_n_epochs=1, model_only=True, save_last=False)
-    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None,
-                   improved=False) == ["epoch_0001.pt"]
+    assert ck.save(payload_maker(state), event="epoch", epoch=1, step=20, position=0, metric=None, improved=False) == [
+        "epoch_0001.pt"
+    ]
     path = tmp_path / "checkpoints" / "epoch_0001.pt"
     ckpt = torch.load(path, weights_only=True)
     assert set(ckpt) == set(io.MODEL_KEYS) and ckpt["meta"]["kind"] == "model"
@@ -166,12 +189,13 @@ def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
 
 def test_weights_load_into_plain_pytorch_without_the_framework(tmp_path):
     state = make_state()
-    checkpointer(tmp_path).save(payload_maker(state), event="epoch", epoch=1, step=1, position=0, metric=None,
-                                improved=False)
+    checkpointer(tmp_path).save(
+        payload_maker(state), event="epoch", epoch=1, step=1, position=0, metric=None, improved=False
+    )
     script = f"""
 import sys, torch
 model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-model.load_state_dict(torch.load({str(tmp_path / 'checkpoints' / 'last.pt')!r}, weights_only=True)["model_state_dict"])
+model.load_state_dict(torch.load({str(tmp_path / "checkpoints" / "last.pt")!r}, weights_only=True)["model_state_dict"])
 assert not any(m.startswith("framework") for m in sys.modules), "framework was imported"
 print(float(model[0].weight.sum()))
 """
@@ -193,8 +217,15 @@ def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
     from conftest import run_cli
 
     run = tmp_path / "run"
-    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_epochs=1",
-            "checkpoint.model_only=true", "checkpoint.monitor=null")
+    run_cli(
+        run,
+        "model=mlp",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "checkpoint.every_n_epochs=1",
+        "checkpoint.model_only=true",
+        "checkpoint.monitor=null",
+    )
     folder = run / "checkpoints"
     assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
     periodic = torch.load(folder / "epoch_0002.pt", weights_only=True)

@@ -1,4 +1,5 @@
 """python -m framework.compare: identical, or where two runs first part."""
+
 import json
 import subprocess
 import sys
@@ -7,8 +8,13 @@ from conftest import ROOT, run_cli
 
 
 def compare_cli(a, b):
-    return subprocess.run([sys.executable, "-m", "framework.compare", str(a), str(b)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "framework.compare", str(a), str(b)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_compare_says_identical_or_where_runs_differ(tmp_path):

@@ -1,11 +1,12 @@
 """Every option of every group composes and builds; the typed schema refuses bad input."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF, run_cli
 from omegaconf import OmegaConf
 
-from conftest import CONF, run_cli
 from framework import build, config, data
 
 GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
@@ -71,8 +72,12 @@ def test_missing_values_are_listed_by_key(compose):
 
 
 def test_out_of_range_choices_are_refused(compose):
-    for override, key in [("trainer.precision=64", "trainer.precision"), ("determinism.level=max", "determinism.level"),
-                          ("trainer.device=tpu", "trainer.device"), ("data.val_fraction=0.9", "data.val_fraction")]:
+    for override, key in [
+        ("trainer.precision=64", "trainer.precision"),
+        ("determinism.level=max", "determinism.level"),
+        ("trainer.device=tpu", "trainer.device"),
+        ("data.val_fraction=0.9", "data.val_fraction"),
+    ]:
         with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
             config.check(compose([override]))
 

@@ -1,4 +1,5 @@
 """The data path: keyed shuffle and augmentation, the split, the sources."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Fingerprints, seeding and schedules: small pieces the exact-resume work stands on."""
+
 from __future__ import annotations
 
 import torch

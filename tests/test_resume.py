@@ -6,6 +6,7 @@ loader workers; SGD with momentum and a cosine schedule whose length comes from 
 A run stopped and resumed must end with the same bits as one that never stopped. The teeth
 tests skip restoring one piece at a time and require the comparison to fail.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,16 +19,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, read_jsonl, read_summary, run_cli
+
 from framework.compare import compare as differences
 from framework.compare import read_history
 
 pytestmark = pytest.mark.slow
 
 TEST_CONF = ["--config-dir", str(ROOT / "tests" / "conf")]
-EXACT = ["model=noisy", "optimizer=sgd", "scheduler=cosine", "data.num_workers=2", "trainer.max_epochs=3",
-         "trainer.log_every_n_steps=1", "logger=none"]  # 20 steps an epoch: 60 in all
+EXACT = [
+    "model=noisy",
+    "optimizer=sgd",
+    "scheduler=cosine",
+    "data.num_workers=2",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "logger=none",
+]  # 20 steps an epoch: 60 in all
 
 
 def train(run_dir: Path, *overrides: str, env=None, check=True):
@@ -74,8 +82,16 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(runs, tmp_path):
 
 def test_resume_after_sigkill_with_resume_auto_is_exact(runs, tmp_path):
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={run}", *EXACT, "resume=auto",
-           "checkpoint.every_n_steps=7"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "framework",
+        *TEST_CONF,
+        f"hydra.run.dir={run}",
+        *EXACT,
+        "resume=auto",
+        "checkpoint.every_n_steps=7",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = run / "checkpoints" / "index.json"
@@ -121,8 +137,9 @@ def test_a_trajectory_changing_override_is_refused_and_nothing_is_lost(runs, tmp
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
-    proc = run_cli(run, *EXACT, f"resume={run}", "optimizer.lr=0.5", "trainer.max_epochs=4",
-                   extra_args=TEST_CONF, check=False)
+    proc = run_cli(
+        run, *EXACT, f"resume={run}", "optimizer.lr=0.5", "trainer.max_epochs=4", extra_args=TEST_CONF, check=False
+    )
     assert proc.returncode != 0
     assert "optimizer.lr: 0.1 -> 0.5" in proc.stderr
     assert "trainer.max_epochs: 3 -> 4" in proc.stderr  # the cosine schedule's length comes from it
@@ -157,12 +174,20 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path):
 def test_a_checkpoint_that_does_not_fit_the_model_is_refused_by_name(runs, tmp_path):
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
-    proc = run_cli(run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true",
-                   extra_args=TEST_CONF, check=False)
+    proc = run_cli(
+        run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true", extra_args=TEST_CONF, check=False
+    )
     assert proc.returncode != 0
     assert "inp.weight: checkpoint (64, 64) vs model (32, 64)" in proc.stderr
-    loose = run_cli(run, *EXACT, f"resume={run}", "model.width=32", "allow_config_changes=true",
-                    "checkpoint.strict_load=false", extra_args=TEST_CONF)
+    loose = run_cli(
+        run,
+        *EXACT,
+        f"resume={run}",
+        "model.width=32",
+        "allow_config_changes=true",
+        "checkpoint.strict_load=false",
+        extra_args=TEST_CONF,
+    )
     assert "non-strict load" in loose.stdout and read_summary(run)["status"] == "completed"
 
 

@@ -1,4 +1,5 @@
 """Training through the real command line: every option runs, and a run leaves what it should."""
+
 from __future__ import annotations
 
 import fcntl
@@ -12,7 +13,6 @@ import termios
 
 import numpy as np
 import pytest
-
 from conftest import QUICK, ROOT, read_jsonl, read_summary, run_cli
 
 # Four runs that between them use every option of model, optimizer, scheduler and data.
@@ -31,8 +31,11 @@ def test_each_option_trains_from_the_command_line(tmp_path, overrides):
         y = np.arange(300) % 3
         x = (rng.standard_normal((300, 5)) + y[:, None]).astype(np.float32)
         np.savez(tmp_path / "mine.npz", features=x, labels=y)
-        overrides = overrides + [f"data.source.path={tmp_path / 'mine.npz'}", "data.source.x_key=features",
-                                 "data.source.y_key=labels"]
+        overrides = overrides + [
+            f"data.source.path={tmp_path / 'mine.npz'}",
+            "data.source.x_key=features",
+            "data.source.y_key=labels",
+        ]
     run_dir = tmp_path / "run"
     run_cli(run_dir, *overrides, *QUICK, "trainer.max_epochs=2")
     summary = read_summary(run_dir)
@@ -51,7 +54,9 @@ def test_default_run_is_good_and_leaves_a_complete_run_directory(tmp_path):
 
     run_dir = tmp_path / "run"
     proc = run_cli(run_dir)
-    assert {".hydra", "metrics.json", "metrics.jsonl", "tensorboard", "train.log"} <= {p.name for p in run_dir.iterdir()}
+    assert {".hydra", "metrics.json", "metrics.jsonl", "tensorboard", "train.log"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     assert {"config.yaml", "overrides.yaml", "hydra.yaml"} <= {p.name for p in (run_dir / ".hydra").iterdir()}
 
     summary = read_summary(run_dir)
@@ -95,7 +100,8 @@ def test_a_users_own_model_and_optimizer_work_through_target(tmp_path):
     (conf / "model").mkdir(parents=True)
     (conf / "optimizer").mkdir()
     (conf / "model" / "tiny.yaml").write_text(
-        "_target_: user_modules.TinyNet\ninput_shape: null\nnum_classes: null\nwidth: 12\n")
+        "_target_: user_modules.TinyNet\ninput_shape: null\nnum_classes: null\nwidth: 12\n"
+    )
     (conf / "optimizer" / "rmsprop.yaml").write_text("_target_: torch.optim.RMSprop\n_partial_: true\nlr: 0.001\n")
     run_dir = tmp_path / "run"
     run_cli(run_dir, "model=tiny", "optimizer=rmsprop", *QUICK, extra_args=["--config-dir", str(conf)])
@@ -106,8 +112,13 @@ def test_a_users_own_model_and_optimizer_work_through_target(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "16-mixed"])
 def test_reduced_precision_runs(tmp_path, precision):
-    run_cli(tmp_path / "run", f"trainer.precision={precision}", "trainer.max_steps=5", "trainer.gradient_clip_val=1.0",
-            *QUICK)
+    run_cli(
+        tmp_path / "run",
+        f"trainer.precision={precision}",
+        "trainer.max_steps=5",
+        "trainer.gradient_clip_val=1.0",
+        *QUICK,
+    )
     assert read_summary(tmp_path / "run")["status"] == "completed"
 
 

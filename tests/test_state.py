@@ -1,4 +1,5 @@
 """TrainState captures every piece and restores every piece it captures."""
+
 from __future__ import annotations
 
 import random
@@ -69,8 +70,16 @@ def test_a_piece_left_out_of_restore_is_caught():
     state = make_state()
     train_a_little(state, 4)
     saved = state.capture()
-    for piece in ("optimizer", "scheduler", "counters", "data_order", "data_position", "python_rng",
-                  "numpy_rng", "torch_rng"):
+    for piece in (
+        "optimizer",
+        "scheduler",
+        "counters",
+        "data_order",
+        "data_position",
+        "python_rng",
+        "numpy_rng",
+        "torch_rng",
+    ):
         train_a_little(state, 3)
         state.restore(saved, [p for p in PIECES if p != piece])
         with pytest.raises(AssertionError):
@@ -79,9 +88,22 @@ def test_a_piece_left_out_of_restore_is_caught():
 
 def test_checkpoint_keys_are_the_plain_pytorch_names():
     saved = make_state().capture()
-    assert {"epoch", "global_step", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
-            "scaler_state_dict", "loss", "best_metric", "rng_state", "cuda_rng_state", "numpy_rng_state",
-            "python_rng_state", "rng_per_rank", "loader_state"} <= saved.keys()
+    assert {
+        "epoch",
+        "global_step",
+        "model_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "scaler_state_dict",
+        "loss",
+        "best_metric",
+        "rng_state",
+        "cuda_rng_state",
+        "numpy_rng_state",
+        "python_rng_state",
+        "rng_per_rank",
+        "loader_state",
+    } <= saved.keys()
     assert saved["cuda_rng_state"] == [] or torch.cuda.is_available()
     assert isinstance(saved["numpy_rng_state"]["keys"], torch.Tensor)  # not an ndarray
 

@@ -1,6 +1,7 @@
 """Reproducibility measured: fingerprints across processes, determinism levels, seed sweeps
 with real Hydra multiruns (basic, joblib and submitit-local launchers), the summary and the
 reproducibility check."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, read_summary, run_cli
 
 TEST_CONF = ["--config-dir", str(ROOT / "tests" / "conf")]
@@ -54,8 +54,14 @@ def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path
 def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
     run_cli(tmp_path / "run", *QUICK[:3], "determinism=strict")  # with checkpoints
     settings = read_summary(tmp_path / "run")["determinism"]
-    assert settings == {"level": "strict", "deterministic_algorithms": True, "cudnn_benchmark": False,
-                        "cudnn_deterministic": True, "cublas_workspace_config": ":4096:8", "pythonhashseed": "0"}
+    assert settings == {
+        "level": "strict",
+        "deterministic_algorithms": True,
+        "cudnn_benchmark": False,
+        "cudnn_deterministic": True,
+        "cublas_workspace_config": ":4096:8",
+        "pythonhashseed": "0",
+    }
     import torch
 
     meta = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["meta"]
@@ -64,27 +70,44 @@ def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
 
 def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    proc = subprocess.run([sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={tmp_path / 'run'}",
-                           "determinism=paranoid", *QUICK], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "framework",
+            *TEST_CONF,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "determinism=paranoid",
+            *QUICK,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "PYTHONHASHSEED" in proc.stderr and "PYTHONHASHSEED=0 python -m framework" in proc.stderr
-    with_seed = run_cli(tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF,
-                        env={"PYTHONHASHSEED": "7"})
+    with_seed = run_cli(
+        tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF, env={"PYTHONHASHSEED": "7"}
+    )
     assert with_seed.returncode == 0 and read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
 
 
 def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
-    code = ("import os; os.environ['PYTHONHASHSEED'] = '0'\n"
-            "from framework.reproducibility import hash_seed_in_force; print(hash_seed_in_force())")
+    code = (
+        "import os; os.environ['PYTHONHASHSEED'] = '0'\n"
+        "from framework.reproducibility import hash_seed_in_force; print(hash_seed_in_force())"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.strip() == "False"
 
 
 def test_an_op_without_a_deterministic_implementation_is_named_under_strict(tmp_path):
-    proc = run_cli(tmp_path / "strict", "model=unpool", "determinism=strict", *QUICK[1:], extra_args=TEST_CONF,
-                   check=False)
+    proc = run_cli(
+        tmp_path / "strict", "model=unpool", "determinism=strict", *QUICK[1:], extra_args=TEST_CONF, check=False
+    )
     assert proc.returncode == 1
     assert "max_unpooling2d_forward_out has no deterministic implementation" in proc.stderr
     assert "determinism=seeded" in proc.stderr and "Traceback" not in proc.stderr
@@ -112,8 +135,9 @@ def test_a_basic_multirun_of_three_seeds_is_summarized(tmp_path):
     # The same summary, rebuilt from disk by the command.
     for name in ("summary.json", "summary.md", "val_curves.png"):
         (sweep / name).unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "framework.sweep", str(sweep)], capture_output=True, text=True,
-                             timeout=120)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "framework.sweep", str(sweep)], capture_output=True, text=True, timeout=120
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads((sweep / "summary.json").read_text())["metrics"] == summary["metrics"]
 
@@ -150,14 +174,19 @@ def test_a_sweep_with_a_failing_job_still_summarizes_the_others(tmp_path):
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    extra = ["hydra/launcher=parallel"] if launcher == "joblib" else ["hydra/launcher=submitit_local",
-                                                                      "hydra.launcher.timeout_min=10"]
+    extra = (
+        ["hydra/launcher=parallel"]
+        if launcher == "joblib"
+        else ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    )
     proc = multirun(ROOT, "seed=0,1,2", *QUICK, *extra, sweep_dir=sweep)
     assert proc.returncode == 0, proc.stderr
     summary = assert_summary_files(sweep)
     assert (summary["jobs"], summary["completed"]) == (3, 3)
     # Each seed lands on the same bits as in a separate single run.
-    assert next(r for r in summary["runs"] if r["seed"] == 0)["fingerprint"] == fingerprint_of(tmp_path / "alone", "seed=0")
+    assert next(r for r in summary["runs"] if r["seed"] == 0)["fingerprint"] == fingerprint_of(
+        tmp_path / "alone", "seed=0"
+    )
 
 
 @pytest.mark.slow
@@ -176,8 +205,9 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["all_reproduce"] is False
     assert not any(r["reproduces"] for r in summary["reproducibility"])
-    rebuilt = subprocess.run([sys.executable, "-m", "framework.sweep", str(tmp_path / "bad")], capture_output=True,
-                             text=True, timeout=120)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "framework.sweep", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120
+    )
     assert rebuilt.returncode == 1 and "did not reproduce" in rebuilt.stderr
 
 
@@ -185,8 +215,10 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
 def test_two_sweeps_started_together_get_their_own_directories(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     cmd = [sys.executable, "-m", "framework", "-m", "seed=0", *QUICK, "trainer.max_steps=2"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     sweeps = sorted((tmp_path / "outputs" / "multirun").glob("*/*"))
@@ -195,8 +227,9 @@ def test_two_sweeps_started_together_get_their_own_directories(tmp_path):
 
 
 def test_sweep_command_says_when_a_folder_is_not_a_sweep(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "framework.sweep", str(tmp_path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "framework.sweep", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "holds no sweep jobs" in proc.stderr
 
 
@@ -205,4 +238,4 @@ def test_ci_interval_uses_students_t():
 
     d = statistics_of([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["std"] == 1.0
-    assert d["ci95_high"] - d["mean"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+    assert d["ci95_high"] - d["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-6)

@@ -1,5 +1,6 @@
 """Checkpoints: atomic verified files (io), the index of what is on disk (index), and the policy
 that decides what to write and what to delete (policy)."""
+
 from framework.checkpoint.index import Index
 from framework.checkpoint.io import CheckpointError, load, write
 from framework.checkpoint.policy import Checkpointer

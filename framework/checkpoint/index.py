@@ -1,4 +1,5 @@
 """checkpoints/index.json: every checkpoint file with its epoch, step, metric, size and sha256."""
+
 from __future__ import annotations
 
 import json

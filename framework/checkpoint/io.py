@@ -5,6 +5,7 @@ fsynced, verified (reloaded with weights_only=True, required keys present), and 
 renamed over the old name; the folder is fsynced so the rename survives a power cut. A crash
 at any moment leaves either the old file or the new one, never a torn one under the real name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,24 @@ import torch
 from framework.atomic import fsync_dir
 
 FORMAT_VERSION = 1
-FULL_KEYS = ("epoch", "global_step", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
-             "scaler_state_dict", "loss", "best_metric", "rng_state", "cuda_rng_state", "numpy_rng_state",
-             "python_rng_state", "rng_per_rank", "loader_state", "config", "meta")
+FULL_KEYS = (
+    "epoch",
+    "global_step",
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "scaler_state_dict",
+    "loss",
+    "best_metric",
+    "rng_state",
+    "cuda_rng_state",
+    "numpy_rng_state",
+    "python_rng_state",
+    "rng_per_rank",
+    "loader_state",
+    "config",
+    "meta",
+)
 MODEL_KEYS = ("epoch", "global_step", "model_state_dict", "config", "meta")
 # Room kept free beyond the file itself, so a checkpoint never fills the disk to the last byte.
 DISK_MARGIN = 64 * 2**20
@@ -65,7 +81,8 @@ def write(payload: dict, path: Path) -> dict:
         raise CheckpointError(
             f"not enough free disk space to write {path}: it needs about {need / 2**20:.0f} MiB "
             f"(with a {DISK_MARGIN // 2**20} MiB margin), {folder} has {free / 2**20:.0f} MiB free. "
-            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n.")
+            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n."
+        )
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

@@ -10,13 +10,14 @@ Retention (`keep_last_n`) applies to the periodic files only, ordered by step nu
 file name. It deletes nothing before the new file is written and verified, and never deletes
 last.pt, best.pt or the file this run resumed from.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 from omegaconf import OmegaConf
 
@@ -48,8 +49,17 @@ class Checkpointer:
             return False
         return best is None or (value < best if self.cfg.mode == "min" else value > best)
 
-    def save(self, make_payload: Callable[[str], dict], *, event: str, epoch: int, step: int, position: int,
-             metric: float | None, improved: bool) -> list[str]:
+    def save(
+        self,
+        make_payload: Callable[[str], dict],
+        *,
+        event: str,
+        epoch: int,
+        step: int,
+        position: int,
+        metric: float | None,
+        improved: bool,
+    ) -> list[str]:
         """Write what the policy asks for at this save point; return the file names written.
 
         event: "epoch" (an epoch just ended), "step" (every_n_steps inside an epoch) or "stop"
@@ -91,8 +101,14 @@ class Checkpointer:
         return written
 
     def _write(self, payload: dict, name: str, role: str, facts: dict) -> dict:
-        entry = {"file": name, "role": role, "kind": payload["meta"]["kind"], **facts,
-                 **io.write(payload, self.folder / name), "time": time.time()}
+        entry = {
+            "file": name,
+            "role": role,
+            "kind": payload["meta"]["kind"],
+            **facts,
+            **io.write(payload, self.folder / name),
+            "time": time.time(),
+        }
         self.index.record(entry)
         return entry
 
@@ -100,8 +116,7 @@ class Checkpointer:
         n = self.cfg.keep_last_n
         if not n:
             return
-        periodic = sorted((e for e in self.index.entries.values() if e["role"] == "periodic"),
-                          key=lambda e: e["step"])
+        periodic = sorted((e for e in self.index.entries.values() if e["role"] == "periodic"), key=lambda e: e["step"])
         for entry in periodic[:-n]:
             if entry["file"] in self.protected:
                 continue
