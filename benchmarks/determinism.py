@@ -24,7 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from framework import config, train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = config.CONF_DIR
 stamps: list[float] = []
 register_optimizer_step_post_hook(lambda *args: stamps.append(time.perf_counter()))
 

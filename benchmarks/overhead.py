@@ -30,7 +30,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from framework import build, config, train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = config.CONF_DIR
 
 WORKLOADS = {
     # The default experiment: small CNN on 8x8 digits, batch 64.

@@ -68,7 +68,7 @@ def relaunch_for_strict(argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
     hydra_cfg = HydraConfig.get()

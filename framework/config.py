@@ -1,24 +1,34 @@
-"""Typed schemas for the config, registered in Hydra's ConfigStore.
+"""Typed schemas for the config, registered in Hydra's ConfigStore, and the checks Hydra cannot do.
 
 Hydra merges each YAML option onto its schema, so a wrong type (`optimizer.lr=abc`) or an
 unknown key (`trainer.foo=1`) is refused at compose time with a message that names the key.
-Schemas live in the `schema/...` groups so that `model=foo` lists only the real options.
 
-Model, optimizer, scheduler and data are typed `Any` at the top level: a user's own
-`conf/model/mynet.yaml` with any `_target_` and any arguments must fit there too. The built-in
-options bring their own typed schema through their defaults list.
+Each value is written once, in YAML: the schemas here say which keys exist and their types, and
+hold no values (every field is MISSING; tests/test_config.py fails for one that is not). What
+every data option shares is in `conf/data_shared.yaml`; an option that extends another
+(`checkpoint=periodic` extends `default`) lists only what it changes.
 
-Checks that Hydra cannot do at compose time (missing values, allowed choices) are in `check`.
+The schemas are stored as configs outside any group (`model_cnn_schema`, ...), so that
+`--help` and a mistyped `model=foo` list only the real options. Model, optimizer, scheduler and
+data are typed `Any` at the top level: a user's own `model/mynet.yaml` with any `_target_` and
+any arguments must fit there too. The built-in options bring their typed schema through their
+defaults list.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+import framework
+
+# The config shipped inside the package (and so inside the wheel): config.yaml and the groups.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 class ConfigError(Exception):
@@ -29,48 +39,47 @@ class ConfigError(Exception):
 # `input_shape` and `num_classes` left null are filled in from the data by build.build_model.
 @dataclass
 class MLPConfig:
-    _target_: str = "framework.models.MLP"
-    hidden: List[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.2
-    input_shape: Optional[List[int]] = None
-    num_classes: Optional[int] = None
+    _target_: str = MISSING
+    hidden: List[int] = MISSING
+    dropout: float = MISSING
+    input_shape: Optional[List[int]] = MISSING
+    num_classes: Optional[int] = MISSING
 
 
 @dataclass
 class CNNConfig:
-    _target_: str = "framework.models.CNN"
-    channels: List[int] = field(default_factory=lambda: [16, 32])
-    dropout: float = 0.25
-    input_shape: Optional[List[int]] = None
-    num_classes: Optional[int] = None
+    _target_: str = MISSING
+    channels: List[int] = MISSING
+    dropout: float = MISSING
+    input_shape: Optional[List[int]] = MISSING
+    num_classes: Optional[int] = MISSING
 
 
 # ---- optimizer (partial: the parameters come at build time) ------------------------------
 @dataclass
 class SGDConfig:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 0.1
-    momentum: float = 0.9
-    dampening: float = 0.0
-    weight_decay: float = 5e-4
-    nesterov: bool = False
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    dampening: float = MISSING
+    weight_decay: float = MISSING
+    nesterov: bool = MISSING
 
 
 @dataclass
 class AdamConfig:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
-    _target_: str = "torch.optim.AdamW"
-    weight_decay: float = 1e-2
+    pass
 
 
 # ---- scheduler (partial: the optimizer comes at build time) ------------------------------
@@ -79,82 +88,76 @@ class AdamWConfig(AdamConfig):
 # stopping point and must not bend the schedule.
 @dataclass
 class ConstantConfig:
-    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
-    _partial_: bool = True
-    # factor 1 for 0 steps: the learning rate never changes. A real scheduler object keeps the
-    # loop and the checkpoint the same whether or not a schedule is chosen.
-    factor: float = 1.0
-    total_iters: int = 0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    factor: float = MISSING
+    total_iters: int = MISSING
 
 
 @dataclass
 class StepLRConfig:
-    _target_: str = "torch.optim.lr_scheduler.StepLR"
-    _partial_: bool = True
-    step_size: int = 200  # optimizer steps
-    gamma: float = 0.5
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    step_size: int = MISSING  # optimizer steps
+    gamma: float = MISSING
 
 
 @dataclass
 class CosineConfig:
-    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    _partial_: bool = True
-    T_max: Optional[int] = None
-    eta_min: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    T_max: Optional[int] = MISSING
+    eta_min: float = MISSING
 
 
 @dataclass
 class WarmupCosineConfig:
-    _target_: str = "framework.schedulers.WarmupCosine"
-    _partial_: bool = True
-    warmup_steps: int = 50
-    total_steps: Optional[int] = None
-    min_lr_ratio: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    warmup_steps: int = MISSING
+    total_steps: Optional[int] = MISSING
+    min_lr_ratio: float = MISSING
 
 
 # ---- data --------------------------------------------------------------------------------
 @dataclass
 class AugmentConfig:
-    # Shift each image by up to this many pixels in each direction (0 turns it off).
-    max_shift: int = 1
-    # Standard deviation of Gaussian noise added to every input value (0 turns it off).
-    noise_std: float = 0.0
+    max_shift: int = MISSING  # pixels, in each direction (0: off)
+    noise_std: float = MISSING  # Gaussian noise on every input value (0: off)
 
 
 @dataclass
 class DataConfig:
     source: Any = MISSING
-    batch_size: int = 64
-    num_workers: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    # The train/val/test split is a function of this seed (by default the run's seed).
-    split_seed: int = "${seed}"  # type: ignore[assignment]
+    batch_size: int = MISSING
+    num_workers: int = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    split_seed: int = MISSING  # the train/val/test split is a function of this seed
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class DigitsSource:
-    _target_: str = "framework.data.load_digits"
+    _target_: str = MISSING
 
 
 @dataclass
 class SyntheticSource:
-    _target_: str = "framework.data.make_synthetic"
-    n_samples: int = 2000
-    input_shape: List[int] = field(default_factory=lambda: [1, 8, 8])
-    num_classes: int = 10
-    noise: float = 1.0
-    # Fixed by default so that a seed sweep varies the training, not the data set itself.
-    generator_seed: int = 0
+    _target_: str = MISSING
+    n_samples: int = MISSING
+    input_shape: List[int] = MISSING
+    num_classes: int = MISSING
+    noise: float = MISSING
+    generator_seed: int = MISSING
 
 
 @dataclass
 class NpzSource:
-    _target_: str = "framework.data.load_npz"
+    _target_: str = MISSING
     path: str = MISSING
-    x_key: str = "x"
-    y_key: str = "y"
+    x_key: str = MISSING
+    y_key: str = MISSING
 
 
 @dataclass
@@ -179,7 +182,10 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 
 @dataclass
 class DeterminismConfig:
-    level: str = "seeded"
+    level: str = MISSING
+    # Intra-op CPU threads: float results depend on how many there are. null: every CPU this
+    # process may use (or, on resume, the number the checkpoint recorded).
+    num_threads: Optional[int] = MISSING
 
 
 MONITORS = ("val/loss", "val/acc", "train/loss")
@@ -189,33 +195,32 @@ MONITORS = ("val/loss", "val/acc", "train/loss")
 class CheckpointConfig:
     """What to write and when (see framework/checkpoint/policy.py), and how to load on resume."""
 
-    enabled: bool = True
-    save_last: bool = True
-    monitor: Optional[str] = "val/loss"  # best.pt by this metric; null: no best.pt
-    mode: str = "min"  # min or max
-    every_n_epochs: Optional[int] = None
-    every_n_steps: Optional[int] = None  # may fall inside an epoch
-    keep_last_n: Optional[int] = None  # periodic files kept (newest by step); null keeps all
-    model_only: bool = False  # periodic files hold weights + config only (cheap, cannot resume)
-    strict_load: bool = True  # on resume, any missing/unexpected key or shape difference stops
-    verify_on_resume: bool = True  # validate once after restoring and compare with the recorded loss
+    enabled: bool = MISSING
+    save_last: bool = MISSING
+    monitor: Optional[str] = MISSING  # best.pt by this metric; null: no best.pt
+    mode: str = MISSING  # min or max
+    every_n_epochs: Optional[int] = MISSING
+    every_n_steps: Optional[int] = MISSING  # may fall inside an epoch
+    keep_last_n: Optional[int] = MISSING  # periodic files kept (newest by step); null keeps all
+    model_only: bool = MISSING  # periodic files hold weights + config only (cheap, cannot resume)
+    strict_load: bool = MISSING  # on resume, any missing/unexpected key or shape difference stops
+    verify_on_resume: bool = MISSING  # validate once after restoring and compare with the recorded loss
 
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = True
+    tensorboard: bool = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 30
-    # A stopping point, not part of the schedule: null trains all max_epochs.
-    max_steps: Optional[int] = None
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "32"  # 32, bf16, 16-mixed
-    gradient_clip_val: Optional[float] = None  # max global gradient norm; null is off
-    log_every_n_steps: int = 10
-    eval_batch_size: int = 512
+    max_epochs: int = MISSING
+    max_steps: Optional[int] = MISSING  # a stopping point, not part of the schedule
+    device: str = MISSING
+    precision: str = MISSING
+    gradient_clip_val: Optional[float] = MISSING
+    log_every_n_steps: int = MISSING
+    eval_batch_size: int = MISSING
 
 
 @dataclass
@@ -228,38 +233,38 @@ class Config:
     checkpoint: CheckpointConfig = MISSING
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = MISSING
-    seed: int = 0
-    # null: start fresh; auto: continue from the newest valid checkpoint in hydra.run.dir if there
-    # is one; or a run directory or checkpoint file to continue from.
-    resume: Optional[str] = None
-    # Let a resumed run change keys that alter the trajectory (e.g. extend max_epochs).
-    allow_config_changes: bool = False
-    # Changes nothing in training. Sweep it (`repeat=0,1`) to run every configuration more than
-    # once: the sweep summary then checks that the repeats have identical fingerprints.
-    repeat: int = 0
+    seed: int = MISSING
+    resume: Optional[str] = MISSING
+    allow_config_changes: bool = MISSING
+    repeat: int = MISSING
+
+
+# group -> option -> schema. Stored as `<group>_<option>_schema`, outside any group.
+SCHEMAS = {
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
+    "scheduler": {
+        "none": ConstantConfig,
+        "step": StepLRConfig,
+        "cosine": CosineConfig,
+        "warmup_cosine": WarmupCosineConfig,
+    },
+    "data": {"digits": DigitsDataConfig, "synthetic": SyntheticDataConfig, "npz": NpzDataConfig},
+    "determinism": {"base": DeterminismConfig},
+    "checkpoint": {"base": CheckpointConfig},
+    "logger": {"base": LoggerConfig},
+    "trainer": {"base": TrainerConfig},
+}
 
 
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    schemas = {
-        "model": {"mlp": MLPConfig, "cnn": CNNConfig},
-        "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
-        "scheduler": {
-            "none": ConstantConfig,
-            "step": StepLRConfig,
-            "cosine": CosineConfig,
-            "warmup_cosine": WarmupCosineConfig,
-        },
-        "data": {"digits": DigitsDataConfig, "synthetic": SyntheticDataConfig, "npz": NpzDataConfig},
-        "determinism": {"base": DeterminismConfig},
-        "checkpoint": {"base": CheckpointConfig},
-        "logger": {"base": LoggerConfig},
-        "trainer": {"base": TrainerConfig},
-    }
-    for group, options in schemas.items():
+    for group, options in SCHEMAS.items():
         for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+            cs.store(name=f"{group}_{name}_schema", node=node)
+    # `${framework_version:}` in the help text (conf/config.yaml): the version is written once, in framework/__init__.py.
+    OmegaConf.register_new_resolver("framework_version", lambda: framework.__version__, replace=True)
 
 
 def check(cfg: DictConfig) -> None:

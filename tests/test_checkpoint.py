@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers import CONF
 from omegaconf import OmegaConf
 
 from framework import resume
@@ -42,7 +43,10 @@ def payload_maker(state: TrainState):
 
 
 def checkpointer(tmp_path, resumed_from=None, **policy) -> Checkpointer:
-    cfg = OmegaConf.structured(CheckpointConfig(**policy))
+    """The `checkpoint=default` policy (its YAML: the values are written there only), with changes."""
+    default = OmegaConf.load(CONF / "checkpoint" / "default.yaml")
+    default.pop("defaults")
+    cfg = OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, policy)
     return Checkpointer(cfg, tmp_path / "checkpoints", resumed_from=resumed_from)
 
 
@@ -214,7 +218,7 @@ def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
 
 
 def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     run = tmp_path / "run"
     run_cli(

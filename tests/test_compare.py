@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 
 def compare_cli(a, b):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONF, run_cli
+from helpers import CONF, run_cli
 from omegaconf import OmegaConf
 
 from framework import build, config, data

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_jsonl, read_summary, run_cli
+from helpers import ROOT, TEST_CONF, TESTS, read_jsonl, read_summary, run_cli
 
 from framework.compare import compare as differences
 from framework.compare import read_history
 
 pytestmark = pytest.mark.slow
 
-TEST_CONF = ["--config-dir", str(ROOT / "tests" / "conf")]
 EXACT = [
     "model=noisy",
     "optimizer=sgd",
@@ -92,7 +91,7 @@ def test_resume_after_sigkill_with_resume_auto_is_exact(runs, tmp_path):
         "resume=auto",
         "checkpoint.every_n_steps=7",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = run / "checkpoints" / "index.json"
     deadline = time.time() + 120
@@ -211,7 +210,7 @@ def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
 def test_sigterm_stops_with_a_checkpoint_at_that_step_and_resume_is_exact(runs, tmp_path):
     run = tmp_path / "preempted"
     cmd = [sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={run}", *EXACT, "resume=auto"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = run / "metrics.jsonl"
     deadline = time.time() + 120

@@ -13,7 +13,7 @@ import termios
 
 import numpy as np
 import pytest
-from conftest import QUICK, ROOT, read_jsonl, read_summary, run_cli
+from helpers import QUICK, ROOT, read_jsonl, read_summary, run_cli
 
 # Four runs that between them use every option of model, optimizer, scheduler and data.
 OPTION_RUNS = [

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, read_summary, run_cli
+from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli
 
-TEST_CONF = ["--config-dir", str(ROOT / "tests" / "conf")]
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
 
@@ -26,7 +25,7 @@ def multirun(cwd: Path, *overrides: str, sweep_dir: Path | None = None, timeout=
     cmd = [sys.executable, "-m", "framework", *TEST_CONF, "-m", *overrides]
     if sweep_dir is not None:
         cmd.append(f"hydra.sweep.dir={sweep_dir}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -213,7 +212,7 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
 
 @pytest.mark.slow
 def test_two_sweeps_started_together_get_their_own_directories(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, "-m", "framework", "-m", "seed=0", *QUICK, "trainer.max_steps=2"]
     procs = [
         subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
