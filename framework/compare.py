@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from framework.reproducibility import why_runs_differ
+
 HISTORY_EVENTS = ("step", "epoch", "stop")
 
 
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"different: {args.run_a} vs {args.run_b}")
     for line in found:
         print(f"  - {line}")
+    summaries = [json.loads((run / "metrics.json").read_text()) for run in (args.run_a, args.run_b)]
+    for reason in why_runs_differ(summaries):
+        print(f"  possible cause: {reason}")
     return 1
 
 

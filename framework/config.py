@@ -263,7 +263,7 @@ def register() -> None:
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(name=f"{group}_{name}_schema", node=node)
-    # `${framework_version:}` in the help text (conf/config.yaml): the version is written once, in framework/__init__.py.
+    # `${framework_version:}` in the help text (conf/config.yaml): the version is written once.
     OmegaConf.register_new_resolver("framework_version", lambda: framework.__version__, replace=True)
 
 
@@ -275,8 +275,16 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required value(s): {keys}. Set them on the command line, e.g. {missing[0]}=...")
     t = cfg.trainer
     problems = []
-    if cfg.determinism.level not in DETERMINISM_LEVELS:
-        problems.append(f"determinism.level={cfg.determinism.level!r} is not one of {DETERMINISM_LEVELS}")
+    det = cfg.determinism
+    if det.level not in DETERMINISM_LEVELS:
+        problems.append(f"determinism.level={det.level!r} is not one of {DETERMINISM_LEVELS}")
+    if det.num_threads is not None and det.num_threads < 1:
+        problems.append(f"determinism.num_threads={det.num_threads} must be at least 1 (or null: every CPU)")
+    if det.level == "strict" and det.num_threads is None:
+        problems.append(
+            "determinism.num_threads=null: strict pins the number of threads (the bits depend on it); "
+            "set a number, e.g. determinism.num_threads=1"
+        )
     if str(t.precision) not in PRECISIONS:
         problems.append(f"trainer.precision={t.precision!r} is not one of {PRECISIONS}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):

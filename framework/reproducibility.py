@@ -25,8 +25,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def apply_determinism(level: str) -> dict:
-    """Put the determinism level in force and return the settings actually in force.
+def machine_threads() -> int:
+    """Every CPU this process may use: its affinity mask, so a SLURM allocation or taskset counts."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def pick_num_threads(configured: int | None, recorded: int | None) -> tuple[int, str]:
+    """The intra-op thread count of a run, and where it comes from.
+
+    Float results depend on it (a reduction split over 1 or 2 threads adds in another order), so
+    it is part of the experiment: the number set in `determinism.num_threads`; else, on resume,
+    the number the checkpoint ran with; else every CPU this process may use. The machine's
+    count, not torch's current setting: a launcher that starts jobs with fewer threads (Hydra's
+    joblib launcher gives each job one) must not change the bits.
+    """
+    if configured is not None:
+        return configured, "determinism.num_threads"
+    if recorded is not None:
+        return recorded, "as the checkpoint ran"
+    return machine_threads(), "every CPU this process may use"
+
+
+def apply_determinism(level: str, num_threads: int) -> dict:
+    """Put the determinism level and thread count in force; return the settings in force.
 
     off:    seeds set (initialisation is repeatable), cuDNN may pick the fastest kernels.
     seeded: the same, with cuDNN benchmarking off so kernel choice does not vary.
@@ -48,14 +72,57 @@ def apply_determinism(level: str) -> dict:
         torch.use_deterministic_algorithms(strict)
     torch.backends.cudnn.benchmark = level == "off"
     torch.backends.cudnn.deterministic = strict
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
     return {
         "level": level,
+        "num_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "pythonhashseed": os.environ.get("PYTHONHASHSEED"),
     }
+
+
+def gpu_note(level: str, device: str | None) -> str | None:
+    """Why runs with the same seed may differ: on a GPU only `strict` is bitwise."""
+    if level == "strict" or not str(device or "").startswith("cuda"):
+        return None
+    return (
+        f"determinism={level} on a GPU is not bitwise repeatable: CUDA kernels such as the atomic "
+        "additions in many backward passes sum in a different order on every run, so the same seed "
+        "drifts apart in the last bits and then further. determinism=strict is bitwise on a GPU."
+    )
+
+
+# What a run's metrics.json records about how it computed, and why a difference matters.
+SETTINGS = {
+    "num_threads": "float results depend on the number of intra-op threads",
+    "level": "the determinism level",
+    "device": "another device computes differently",
+    "torch_version": "another torch may use other kernels",
+    "cuda_version": "another CUDA may use other kernels",
+}
+
+
+def why_runs_differ(summaries: list[dict]) -> list[str]:
+    """Reasons, read from their metrics.json, why runs with the same config need not agree."""
+
+    def setting(summary: dict, key: str):
+        for place in (summary.get("determinism") or {}, summary, summary.get("meta") or {}):
+            if key in place:
+                return place[key]
+        return None
+
+    reasons = []
+    for key, why in SETTINGS.items():
+        values = [setting(s, key) for s in summaries]
+        if len({repr(v) for v in values}) > 1:
+            reasons.append(f"{key} differs ({', '.join(map(str, values))}): {why}")
+    notes = {gpu_note((s.get("determinism") or {}).get("level", ""), s.get("device")) for s in summaries}
+    reasons += sorted(n for n in notes if n)
+    return reasons
 
 
 def hash_seed_in_force() -> bool:

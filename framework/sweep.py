@@ -21,12 +21,16 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from framework.atomic import replace_atomically, write_json_atomic
+from framework.reproducibility import why_runs_differ
 
 log = logging.getLogger("framework")
 
@@ -64,6 +68,7 @@ def read_job(job: Path) -> dict:
     except (OSError, ValueError):
         record["error"] = f"no metrics.json: the job failed before training started (see {job / 'train.log'})"
         return record
+    record["settings"] = {k: summary.get(k) for k in ("determinism", "device", "meta")}
     record.update(
         status=summary.get("status", "failed"),
         seed=summary.get("seed", record["seed"]),
@@ -134,13 +139,16 @@ def summarize(sweep_dir: Path) -> dict:
     reproducibility = []
     for key, g in repeated.items():
         prints = [r["fingerprint"] for r in g]
+        reproduces = all(r["status"] == "completed" for r in g) and len(set(prints)) == 1
         reproducibility.append(
             {
                 "seed": g[0]["seed"],
                 "overrides": list(key),
                 "runs": len(g),
                 "fingerprints": prints,
-                "reproduces": all(r["status"] == "completed" for r in g) and len(set(prints)) == 1,
+                "reproduces": reproduces,
+                # What the runs' records say could explain it (a thread count, a GPU under seeded).
+                "possible_causes": [] if reproduces else why_runs_differ([r.get("settings") or {} for r in g]),
             }
         )
     failed = [r for r in runs if r["status"] != "completed"]
@@ -158,8 +166,9 @@ def summarize(sweep_dir: Path) -> dict:
             for r in runs
         ],
     }
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (sweep_dir / "summary.md").write_text(markdown(summary))
+    # Whole files or none, like every file the framework writes: a reader never sees half a summary.
+    write_json_atomic(sweep_dir / "summary.json", summary)
+    replace_atomically(sweep_dir / "summary.md", markdown(summary))
     plot_curves(runs, sweep_dir / "val_curves.png")
     return summary
 
@@ -202,6 +211,9 @@ def markdown(s: dict) -> str:
         for r in s["reproducibility"]:
             others = " ".join(o for o in r["overrides"] if not o.startswith("seed=")) or "(none)"
             out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
+        causes = [(r["seed"], c) for r in s["reproducibility"] for c in r["possible_causes"]]
+        if causes:
+            out += ["", "Possible causes, from the runs' records:"] + [f"- seed {seed}: {c}" for seed, c in causes]
     return "\n".join(out) + "\n"
 
 
@@ -245,10 +257,13 @@ def plot_curves(runs: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    if axes[1].get_legend_handles_labels()[0]:  # not when no job got as far as an epoch
+        axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def verdict(summary: dict) -> tuple[int, str]:
@@ -261,6 +276,9 @@ def verdict(summary: dict) -> tuple[int, str]:
             " ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]
         ]
         problems.append(f"{len(bad)} configuration(s) did not reproduce: {'; '.join(bad)}")
+        causes = sorted({c for r in summary["reproducibility"] for c in r["possible_causes"]})
+        if causes:
+            problems.append("possible causes: " + " | ".join(causes))
     if problems:
         return 1, "; ".join(problems)
     extra = ", every seed reproduces" if summary["all_reproduce"] else ""

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+import framework
 from framework import data as data_lib
 from framework import resume as resume_lib
 from framework.atomic import write_json_atomic
@@ -31,7 +33,7 @@ from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal
-from framework.reproducibility import apply_determinism, fingerprint, seed_everything
+from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
 from framework.state import PIECES, RNG_PIECES, TrainState
 
 log = logging.getLogger("framework")
@@ -54,10 +56,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     # pay several times a step.
     t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
 
+    device = pick_device(t.device)
+
     # Seed before anything is built: the model's initial weights come from the torch RNG.
-    determinism = apply_determinism(cfg.determinism.level)
+    recorded = resume_point.ckpt["meta"].get("determinism_settings", {}) if resume_point else {}
+    num_threads, threads_from = pick_num_threads(cfg.determinism.num_threads, recorded.get("num_threads"))
+    determinism = apply_determinism(cfg.determinism.level, num_threads)
     seed_everything(cfg.seed)
-    log.info("seed %d, determinism %s", cfg.seed, determinism)
+    log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
+    log.info("%d intra-op threads (%s): the bits depend on it", num_threads, threads_from)
+    if os.environ.get("OMP_NUM_THREADS", str(num_threads)) != str(num_threads):
+        log.info(
+            "OMP_NUM_THREADS=%s is not what sets the thread count: determinism.num_threads does "
+            "(a launcher may set OMP_NUM_THREADS, and the bits must not follow it)",
+            os.environ["OMP_NUM_THREADS"],
+        )
+    if gpu_note(cfg.determinism.level, str(device)):
+        log.warning(gpu_note(cfg.determinism.level, str(device)))
 
     environment = describe()
     summary = previous_summary(run_dir) if resume_point else {}
@@ -65,6 +80,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         status="running",
         seed=cfg.seed,
         determinism=determinism,
+        device=str(device),
         meta=environment,
         follows_original_trajectory=follows_original,
     )
@@ -77,7 +93,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     preemption = StopOnSignal()
     try:
-        device = pick_device(t.device)
         splits = build_data(cfg.data)
         model = build_model(cfg.model, splits).to(device)
         optimizer = build_optimizer(cfg.optimizer, model)

@@ -22,11 +22,13 @@ TEST_CONF = ["--config-dir", str(TESTS / "conf")]
 QUICK = ["trainer.max_epochs=1", "logger=none"]
 
 
-def run_cli(run_dir: Path, *overrides: str, extra_args=(), env=None, timeout=300, check=True):
+def run_cli(run_dir: Path, *overrides: str, extra_args=(), env=None, timeout=300, check=True, preexec_fn=None):
     """`python -m framework hydra.run.dir=RUN_DIR OVERRIDES...` in a fresh process."""
     cmd = [sys.executable, "-m", "framework", *extra_args, f"hydra.run.dir={run_dir}", *overrides]
     full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env, preexec_fn=preexec_fn
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc
@@ -38,3 +40,24 @@ def read_summary(run_dir: Path) -> dict:
 
 def read_jsonl(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def compose_config(*overrides: str, test_conf: bool = False):
+    """The config `python -m framework OVERRIDES...` composes, through Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+
+    from framework import config
+
+    config.register()
+    if test_conf:  # the tests' own config folder, as --config-dir adds it
+        overrides = (f"hydra.searchpath=[file://{TESTS / 'conf'}]", *overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def train_in_process(run_dir: Path, *overrides: str, test_conf: bool = False) -> dict:
+    """Train in this process, as `python -m framework hydra.run.dir=RUN_DIR OVERRIDES...` would:
+    for what the config does, without paying for a new interpreter."""
+    from framework import train
+
+    return train.run(compose_config(*overrides, test_conf=test_conf), run_dir)

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, train_in_process
 
 
 def compare_cli(a, b):
@@ -42,3 +42,14 @@ def test_compare_finds_a_late_divergence(tmp_path):
     assert first_divergence(a, b).startswith("metrics first differ at epoch 0 step 18")
     assert "stops after epoch 0 step 20" in first_divergence(a[:20], a)
     assert first_divergence(a, json.loads(json.dumps(a))) is None
+
+
+def test_compare_names_a_thread_count_difference(tmp_path):
+    quick = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
+    train_in_process(tmp_path / "one", *quick, "determinism.num_threads=1")
+    train_in_process(tmp_path / "two", *quick, "determinism.num_threads=2")
+    diff = compare_cli(tmp_path / "one", tmp_path / "two")
+    assert diff.returncode == 1 and "fingerprints differ" in diff.stdout
+    assert "possible cause: num_threads differs (1, 2): float results depend on the number of intra-op threads" in (
+        diff.stdout
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from framework import reproducibility
-from framework.reproducibility import apply_determinism, fingerprint
+from framework.reproducibility import apply_determinism, fingerprint, pick_num_threads
 from framework.schedulers import WarmupCosine
 
 
@@ -21,14 +23,29 @@ def test_fingerprint_sees_every_bit_and_ignores_dict_order():
 def test_determinism_settings_are_set_both_ways(monkeypatch):
     # The PYTHONHASHSEED check strict makes has tests of its own (test_sweeps.py); here, the flags.
     monkeypatch.setattr(reproducibility, "hash_seed_in_force", lambda: True)
+    machine = reproducibility.machine_threads()
     try:
-        strict = apply_determinism("strict")
+        strict = apply_determinism("strict", 1)
         assert strict["deterministic_algorithms"] and strict["cudnn_deterministic"]
-        seeded = apply_determinism("seeded")  # the next job of a sweep must not inherit strict
+        assert strict["num_threads"] == torch.get_num_threads() == 1
+        # The next job of a sweep must not inherit strict, nor its thread count.
+        seeded = apply_determinism("seeded", machine)
         assert not seeded["deterministic_algorithms"] and not seeded["cudnn_benchmark"]
-        assert apply_determinism("off")["cudnn_benchmark"]
+        assert seeded["num_threads"] == torch.get_num_threads() == machine
+        assert apply_determinism("off", machine)["cudnn_benchmark"]
     finally:
-        apply_determinism("seeded")
+        apply_determinism("seeded", machine)
+
+
+def test_the_thread_count_is_set_then_recorded_then_the_machines():
+    assert pick_num_threads(3, 2) == (3, "determinism.num_threads")
+    assert pick_num_threads(None, 2) == (2, "as the checkpoint ran")
+    # Not torch's current count, which a launcher may have lowered: the CPUs this process may use.
+    torch.set_num_threads(1)
+    try:
+        assert pick_num_threads(None, None)[0] == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(reproducibility.machine_threads())
 
 
 def test_warmup_cosine_warms_up_then_decays_to_the_floor():

@@ -37,8 +37,8 @@ EXACT = [
 ]  # 20 steps an epoch: 60 in all
 
 
-def train(run_dir: Path, *overrides: str, env=None, check=True):
-    return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, env=env, check=check)
+def train(run_dir: Path, *overrides: str, **kwargs):
+    return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +227,27 @@ def test_sigterm_stops_with_a_checkpoint_at_that_step_and_resume_is_exact(runs, 
     run_cli(run, *EXACT, "resume=auto", extra_args=TEST_CONF)
     assert read_summary(run)["resumes"][-1]["global_step"] == ckpt["global_step"]
     assert differences(runs / "straight", run) == []
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(runs, tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: the resuming process is given one, as on a smaller machine")
+
+    def one_cpu():
+        os.sched_setaffinity(0, {cpus[0]})
+
+    threads = read_summary(runs / "straight")["determinism"]["num_threads"]
+    assert threads == len(cpus)  # determinism.num_threads=null: every CPU the process may use
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    proc = train(run, f"resume={run}", preexec_fn=one_cpu)
+    assert f"{threads} intra-op threads (as the checkpoint ran)" in proc.stdout
+    assert read_summary(run)["determinism"]["num_threads"] == threads
+    assert differences(runs / "straight", run) == []
+
+    # Teeth: this machine's own count would have given other bits.
+    other = tmp_path / "other"
+    shutil.copytree(runs / "stopped_mid", other)
+    train(other, f"resume={other}", "determinism.num_threads=1", "allow_config_changes=true", preexec_fn=one_cpu)
+    assert differences(runs / "straight", other) != []
