@@ -9,11 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from framework import config, train
+import framework
+from framework import config, overrides, train
+from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 
 config.register()
@@ -30,10 +35,10 @@ def continue_in_place(argv: list[str]) -> list[str]:
     the run's original `.hydra/` record is kept, Hydra's files for this invocation go to
     `.hydra/resume-<time>/` whenever the directory already holds checkpoints.
     """
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
-    if resume in (None, "", "null"):
+    resume = overrides.value_of(argv, "resume")
+    if resume in (None, "", "None", "null"):
         return argv
-    run_dir_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")), None)
+    run_dir_arg = overrides.value_of(argv, "hydra.run.dir")
     extra, run_dir = [], None
     if run_dir_arg is not None:
         run_dir = Path(run_dir_arg)
@@ -44,9 +49,9 @@ def continue_in_place(argv: list[str]) -> list[str]:
         elif path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
             run_dir = path.parent if path.name == "checkpoints" else path
         if run_dir is not None:
-            extra.append(f"hydra.run.dir={run_dir.resolve()}")
+            extra.append(f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
     has_checkpoints = run_dir is not None and any((run_dir / "checkpoints").glob("*.pt"))
-    if has_checkpoints and not any(a.startswith("hydra.output_subdir=") for a in argv):
+    if has_checkpoints and overrides.value_of(argv, "hydra.output_subdir") is None:
         extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}")
     return argv + extra
 
@@ -55,15 +60,11 @@ def relaunch_for_strict(argv: list[str]) -> None:
     """determinism=strict needs PYTHONHASHSEED fixed before the interpreter starts (setting it
     in a running one changes nothing for that one): re-launch with it set, before any work.
 
-    Only a level given on the command line is seen here; one that comes from a config file is
-    checked when the run starts, which then refuses with a message saying how to set it.
+    Only a level given on the command line is seen here (a sweep over levels included); one that
+    comes from a config file is checked when the run starts, which then refuses with a message
+    saying how to set it.
     """
-    strict = any(
-        a.split("=", 1)[0] in ("determinism", "determinism.level") and "strict" in a.split("=", 1)[1].split(",")
-        for a in argv
-        if "=" in a
-    )  # also a sweep over levels: determinism=strict,seeded
-    if strict and "PYTHONHASHSEED" not in os.environ:
+    if "PYTHONHASHSEED" not in os.environ and overrides.asks_for_strict(argv):
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
 
@@ -74,8 +75,10 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    # The keys this command line sets: on resume only these may differ from the checkpoint's config.
+    given = overrides.given_keys(list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices)
     try:
-        summary = train.run(cfg, run_dir)
+        summary = train.run(cfg, run_dir, given=given)
         if summary["status"] == "preempted" and not in_sweep:
             sys.exit(PREEMPTED_EXIT)  # not finished: a scheduler must not take it for done
     except (config.ConfigError, CheckpointError) as e:
@@ -94,7 +97,33 @@ def main(cfg: DictConfig) -> None:
         log.exception("job failed")
 
 
+def entry(argv: list[str]) -> None:
+    if "--version" in argv:  # Hydra's own flag would print Hydra's version, not ours
+        print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
+        return
+    relaunch_for_strict(argv)
+    sys.argv = [sys.argv[0], *continue_in_place(argv)]
+    # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set; set, they reach us, and the
+    # one a user meets most (a key the config does not have) gets a message that says what to do.
+    user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as e:
+        if user_wants_tracebacks:
+            raise
+        message = explain_unknown_key(e)
+        if message is not None:
+            message = f"Error: {message}"
+        elif isinstance(e, CompactHydraException):
+            # What Hydra itself prints for its own errors: the message and the config error under it.
+            cause = e.__cause__
+            message = str(e) + (f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else "")
+        else:
+            raise  # not a mistake in the config: a crash, with its whole traceback
+        print(message, file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    relaunch_for_strict(sys.argv[1:])
-    sys.argv = [sys.argv[0], *continue_in_place(sys.argv[1:])]
-    main()
+    entry(sys.argv[1:])

@@ -1,9 +1,10 @@
 """Resuming: which checkpoint to continue from, and which config the continued run uses.
 
-The checkpoint's embedded config is the source of truth. A new command line may change what
-cannot alter the trajectory (logging, checkpoint policy, the max_steps stopping point, loader
-workers, whose batches do not depend on their number). Anything else is refused with the list
-of differing keys, unless `allow_config_changes=true`; the run then records that it no longer
+The checkpoint's embedded config is the source of truth: a resumed run needs none of the
+original overrides. The resuming command line may change what cannot alter the trajectory
+(logging, checkpoint policy, the max_steps stopping point, loader workers, whose batches do not
+depend on their number). Any other key it gives that differs is refused with the list of
+differing keys, unless `allow_config_changes=true`; the run then records that it no longer
 follows the original trajectory.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework.arguments import COMPONENTS
 from framework.checkpoint import CheckpointError, Index, load
 from framework.config import ConfigError
 
@@ -92,17 +94,27 @@ def newest_valid(folder: Path) -> ResumePoint:
     raise ConfigError(f"no valid full checkpoint to resume from in {folder}: {detail}")
 
 
-def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]:
+def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tuple[DictConfig, list[str], bool]:
     """The config the resumed run uses, the changed keys, and whether it still follows the
-    original trajectory."""
+    original trajectory.
+
+    The checkpoint's config is the source of truth. Only what the resuming command line gives
+    may differ from it: `given` holds the config keys its overrides touch (a key, a group's whole
+    section, or "" for everything; None compares everything). A default composed afresh is not
+    the user's wish: it may have changed since, or the first run may have overridden it.
+    """
     old = OmegaConf.create(ckpt["config"])
     old_flat = flatten(OmegaConf.to_container(old, resolve=True))
     new_flat = flatten(OmegaConf.to_container(new, resolve=True))
-    changed = sorted(
-        k
-        for k in old_flat.keys() | new_flat.keys()
-        if k not in NOT_COMPARED and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT)
-    )
+
+    def is_given(key: str) -> bool:
+        return given is None or any(g == "" or key == g or key.startswith(g + ".") for g in given)
+
+    keys = sorted(k for k in old_flat.keys() | new_flat.keys() if k not in NOT_COMPARED)
+    changed = [k for k in keys if is_given(k) and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT)]
+    # Keys this version has and the checkpoint's config lacks: an older version wrote it. Not
+    # inside a component, whose keys are those of the option the run chose, not of today's default.
+    filled = [k for k in keys if k not in old_flat and not is_given(k) and not in_component(k)]
     unsafe = [k for k in changed if not is_safe(k, old)]
     describe = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}" for k in unsafe]
     if unsafe and not new.allow_config_changes:
@@ -120,9 +132,10 @@ def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]
             "follows its original trajectory",
             "; ".join(describe),
         )
-        return new, changed, follows
+    for key in filled:
+        log.warning("the checkpoint's config has no %s (an older version wrote it): using %r", key, new_flat[key])
     merged = old
-    for key in changed:
+    for key in changed + filled + [k for k in NOT_COMPARED if k in new_flat]:
         if key in new_flat:
             OmegaConf.update(merged, key, new_flat[key], force_add=True)
         else:
@@ -130,6 +143,10 @@ def reconcile(new: DictConfig, ckpt: dict) -> tuple[DictConfig, list[str], bool]
             node = OmegaConf.select(merged, parent) if parent else merged
             node.pop(leaf, None)
     return merged, changed, follows
+
+
+def in_component(key: str) -> bool:
+    return any(key == c or key.startswith(c + ".") for c in COMPONENTS)
 
 
 def is_safe(key: str, old: DictConfig) -> bool:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import framework
 from framework import data as data_lib
 from framework import resume as resume_lib
+from framework.arguments import check_arguments
 from framework.atomic import write_json_atomic
 from framework.build import build_data, build_model, build_optimizer, build_scheduler
 from framework.checkpoint import Checkpointer, CheckpointError
@@ -41,8 +42,12 @@ log = logging.getLogger("framework")
 NONDETERMINISTIC = "does not have a deterministic implementation"
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, writing everything into `run_dir`; return the final summary."""
+def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
+    """Train as `cfg` says, writing everything into `run_dir`; return the final summary.
+
+    `given`: the config keys the command line set (see framework/overrides.py). On resume only
+    these may differ from the checkpoint's config; None compares every key.
+    """
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
     check(cfg)
@@ -50,8 +55,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     resume_point = resume_lib.find(cfg.resume, run_dir)
     changes, follows_original = [], True
     if resume_point is not None:
-        cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt)
+        cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
         check(cfg)
+    check_arguments(cfg)  # before any data is loaded
     # Plain values: reading a DictConfig attribute costs microseconds, which the step loop would
     # pay several times a step.
     t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -183,6 +189,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
         progress = Progress(every=t.log_every_n_steps)
         stopped_by = "max_epochs"
+        if t.max_steps is not None and state.global_step >= t.max_steps:
+            stopped_by = "max_steps"  # already there: a resumed run whose config stops it at this step
+            log.warning(
+                "trainer.max_steps=%d is reached already (step %d): nothing to train. To go on, give "
+                "trainer.max_steps=null (or a larger number) with the resume.",
+                t.max_steps,
+                state.global_step,
+            )
         # A resumed run that has nothing left to train keeps the final metrics it had.
         metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
         while state.epoch < t.max_epochs and stopped_by == "max_epochs":

@@ -42,8 +42,9 @@ def read_jsonl(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def compose_config(*overrides: str, test_conf: bool = False):
-    """The config `python -m framework OVERRIDES...` composes, through Hydra's compose API."""
+def compose_config(*overrides: str, test_conf: bool = False, hydra_node: bool = False):
+    """The config `python -m framework OVERRIDES...` composes, through Hydra's compose API
+    (with `hydra_node`, Hydra's own settings too, as the run sees them in HydraConfig)."""
     from hydra import compose, initialize_config_dir
 
     from framework import config
@@ -52,12 +53,19 @@ def compose_config(*overrides: str, test_conf: bool = False):
     if test_conf:  # the tests' own config folder, as --config-dir adds it
         overrides = (f"hydra.searchpath=[file://{TESTS / 'conf'}]", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
 
 
 def train_in_process(run_dir: Path, *overrides: str, test_conf: bool = False) -> dict:
     """Train in this process, as `python -m framework hydra.run.dir=RUN_DIR OVERRIDES...` would:
     for what the config does, without paying for a new interpreter."""
+    from omegaconf import open_dict
+
+    from framework import overrides as overrides_lib
     from framework import train
 
-    return train.run(compose_config(*overrides, test_conf=test_conf), run_dir)
+    cfg = compose_config(*overrides, test_conf=test_conf, hydra_node=True)
+    given = overrides_lib.given_keys(list(overrides), cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return train.run(cfg, run_dir, given=given)

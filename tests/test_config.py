@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 from helpers import CONF, run_cli
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
+import framework
 from framework import build, config, data
+from framework.arguments import check_arguments
 
 GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
 
@@ -97,7 +104,10 @@ def test_split_is_fixed_by_the_seed(compose):
 CLI_ERRORS = [
     # (overrides, what stderr must say)
     (["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
-    (["trainer.foo=1"], ["trainer.foo", "not in"]),
+    (["trainer.foo=1"], ["trainer.foo: no such key", "max_epochs"]),
+    (["optimizer=adamw", "optimizer.amsgrad=true"], ["torch.optim.AdamW takes it", "+optimizer.amsgrad=true"]),
+    (["optimizer=adamw", "optimizer.amsgrd=true"], ["optimizer.amsgrd", "no argument 'amsgrd'", "amsgrad, maximize"]),
+    (["model.foo.bar=1"], ["model.foo", "framework.models.CNN takes no argument 'foo'", "channels"]),
     (["data=npz"], ["missing required value", "data.source.path"]),
     (["model=foo"], ["Could not find 'model/foo'", "Available options in 'model'", "cnn", "mlp"]),
     (["trainer.precision=64"], ["trainer.precision", "16-mixed"]),
@@ -116,3 +126,79 @@ def test_cli_errors_are_short_name_the_key_and_exit_non_zero(tmp_path, overrides
     assert len(proc.stderr.splitlines()) < 20
     if overrides == ["model=foo"]:
         assert "schema" not in proc.stderr.split("Config search path")[0]  # only real options listed
+
+
+def test_a_misspelt_added_key_is_refused_by_name_before_any_data_loads(tmp_path):
+    # The data file does not exist: had the data been loaded first, the error would be about it.
+    proc = run_cli(tmp_path / "run", "+optimizer.amsgrd=true", "data=npz", "data.source.path=/no/such/file.npz",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "Error: optimizer.amsgrd: torch.optim.SGD takes no argument 'amsgrd'. It takes: lr, momentum, dampening, "
+        "weight_decay, nesterov, maximize, foreach, differentiable, fused"
+    ]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_an_added_argument_reaches_the_component(compose):
+    cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true", "+model.foo=1"])
+    with pytest.raises(config.ConfigError, match=r"model\.foo: framework\.models\.CNN takes no argument 'foo'"):
+        check_arguments(cfg)
+    cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true"])
+    check_arguments(cfg)
+    model = build.build_model(cfg.model, build.build_data(cfg.data))
+    assert build.build_optimizer(cfg.optimizer, model).defaults["amsgrad"] is True
+
+
+def test_help_lists_the_real_groups_and_the_version():
+    proc = subprocess.run([sys.executable, "-m", "framework", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    head = proc.stdout.split("== Config ==")[0]
+    assert head.startswith(f"framework {framework.__version__}:")
+    groups = head.split("== Configuration groups ==")[1]
+    listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
+    assert sorted(listed) == sorted(GROUPS)  # no schema entries
+    assert all(listed[g] == ", ".join(options(g)) for g in GROUPS)
+    version = subprocess.run([sys.executable, "-m", "framework", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith(f"framework {framework.__version__} (Hydra ")
+
+
+# ---- each value written once ------------------------------------------------------------------
+def test_the_schemas_hold_types_not_values():
+    """A default written in a dataclass and again in YAML can drift apart; the YAML is the one place."""
+
+    def leaves(schema, prefix=""):
+        for f in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(f.type) or f.default_factory is not dataclasses.MISSING:
+                yield from leaves(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f.default
+
+    schemas = [config.Config] + [s for options in config.SCHEMAS.values() for s in options.values()]
+    written = [(s.__name__, key, value) for s in schemas for key, value in leaves(s) if value != MISSING]
+    assert written == []
+
+
+def test_an_option_that_extends_another_repeats_none_of_its_values():
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    def values_of(path):
+        raw = yaml.safe_load(path.read_text()) or {}
+        return raw.pop("defaults", []), flat(raw)
+
+    for path in sorted(CONF.glob("*/*.yaml")):
+        defaults, own = values_of(path)
+        for base in (d for d in defaults if isinstance(d, str) and d != "_self_" and not d.endswith("_schema@_here_")):
+            base_path = (
+                CONF / f"{base.strip('/').split('@')[0]}.yaml" if base.startswith("/") else path.parent / f"{base}.yaml"
+            )
+            _, inherited = values_of(base_path)
+            repeated = {k: v for k, v in own.items() if k in inherited and inherited[k] == v}
+            assert repeated == {}, f"{path.relative_to(CONF)} repeats {base}: {repeated}"

@@ -1,0 +1,93 @@
+"""What the command line asks for, read with Hydra's own parsers, never by matching strings.
+
+Some decisions must be made before Hydra composes anything (re-launching for `strict`, running a
+resumed run in its own directory), and a resumed run must know which keys the user gave. Hydra's
+grammar has many spellings for one key: `key=v`, `+key=v`, `++key=v`, `~key`, a group
+`determinism=strict`, a sweep `determinism=choice(strict,seeded)` or `determinism=glob(st*)`,
+quoted values. Hydra's argument parser and override parser read them all the way Hydra will.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
+from hydra.errors import HydraException
+
+from framework.config import CONF_DIR
+
+
+def parse(argv: list[str]) -> list[Override]:
+    """The overrides among `argv` (flags such as `-m` or `--config-dir D` set aside), parsed.
+
+    Anything Hydra would refuse gives an empty list here: Hydra then reports it in its own words.
+    """
+    # hydra.main builds its command line with this parser; importing it keeps the two the same.
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+        return OverridesParser.create().parse_overrides(args.overrides)
+    except (SystemExit, HydraException):
+        return []
+
+
+def values(override: Override, options: Iterable[str] = ()) -> list[str]:
+    """Every value an override may take: one, or each of a sweep's (a glob over `options`)."""
+    if override.is_delete():
+        return []
+    if not override.is_sweep_override():
+        return [str(override.value())]
+    glob = override.value()
+    if isinstance(glob, Glob):  # enumerating a glob needs the group's options
+        return glob.filter(sorted(options))
+    if override.is_discrete_sweep():
+        return list(override.sweep_string_iterator())
+    return []  # an interval: a range of numbers, never a name
+
+
+def asks_for_strict(argv: list[str]) -> bool:
+    """Whether the command line asks for determinism=strict in any run (a sweep's included)."""
+    levels = [p.stem for p in (CONF_DIR / "determinism").glob("*.yaml")]
+    return any(
+        o.key_or_group in ("determinism", "determinism.level") and "strict" in values(o, levels) for o in parse(argv)
+    )
+
+
+def value_of(argv: list[str], key: str) -> str | None:
+    """The single value the command line gives `key` (however it is spelt), or None."""
+    for o in parse(argv):
+        if o.key_or_group == key and not o.is_sweep_override() and not o.is_delete():
+            return str(o.value())
+    return None
+
+
+def quoted(value: str) -> str:
+    """A value as an override may carry it whatever it holds (spaces, commas, `=`, quotes).
+
+    Hydra's quoted strings escape only a quote, and the backslashes right before a quote or at
+    the end; every other backslash is taken as it is.
+    """
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"
+
+
+def given_keys(task_overrides: list[str], groups: Mapping[str, object]) -> list[str]:
+    """The config keys the user's overrides touch: `optimizer.lr` for `optimizer.lr=0.5`,
+    `optimizer` for the group override `optimizer=adamw`, "" (everything) for an option placed
+    at the top level with `@_global_`. `groups` are the config groups of the composed config
+    (Hydra's runtime choices). Hydra's own settings (`hydra.*`, `hydra/...`) are not the
+    experiment and are left out."""
+    keys = []
+    for o in OverridesParser.create().parse_overrides(task_overrides):
+        if o.is_hydra_override():
+            continue
+        if o.key_or_group in groups:
+            package = o.package if o.package is not None else o.key_or_group.replace("/", ".")
+            keys.append("" if package == "_global_" else package)
+        else:
+            keys.append(o.key_or_group)
+    return keys
