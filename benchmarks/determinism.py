@@ -6,6 +6,8 @@ the steps, as in overhead.py).
 
 On a CPU the three levels run the same kernels; on a GPU `off` lets cuDNN benchmark and pick
 the fastest (possibly nondeterministic) kernels, and `strict` forbids nondeterministic ones.
+`strict` also pins the thread count (1 unless set): the last row runs it with as many threads as
+`seeded` uses, to tell the cost of the level from the cost of the threads.
 Run with PYTHONHASHSEED set (strict requires it): PYTHONHASHSEED=0 python benchmarks/determinism.py
 """
 
@@ -23,6 +25,7 @@ from hydra import compose, initialize_config_dir
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from framework import config, train
+from framework.reproducibility import machine_threads
 
 CONF = config.CONF_DIR
 stamps: list[float] = []
@@ -43,30 +46,29 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.INFO)
     config.register()
-    levels = ("off", "seeded", "strict")
-    times: dict[str, list[float]] = {level: [] for level in levels}
+    cpus = machine_threads()
+    runs = {  # label -> (level, threads)
+        "off": ("off", cpus),
+        "seeded": ("seeded", cpus),
+        "strict": ("strict", 1),
+        f"strict, {cpus} threads": ("strict", cpus),
+    }
+    times: dict[str, list[float]] = {label: [] for label in runs}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for _ in range(args.rounds):
-            for level in levels:
-                cfg = compose(
-                    "config",
-                    overrides=[
-                        f"determinism={level}",
-                        f"trainer.max_epochs={args.epochs}",
-                        "logger=none",
-                        "checkpoint=off",
-                    ],
-                )
-                times[level] += step_times(cfg)
+            for label, (level, threads) in runs.items():
+                overrides = [f"determinism={level}", f"determinism.num_threads={threads}"]
+                overrides += [f"trainer.max_epochs={args.epochs}", "logger=none", "checkpoint=off"]
+                times[label] += step_times(compose("config", overrides=overrides))
     base = statistics.median(times["seeded"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"default experiment on {device}, torch {torch.__version__}, {args.rounds} rounds")
+    print(f"default experiment on {device}, torch {torch.__version__}, {args.rounds} rounds, {cpus} CPUs")
     print()
-    print("| level | steps timed | median step (ms) | vs seeded |")
-    print("|---|---:|---:|---:|")
-    for level in levels:
-        median = statistics.median(times[level])
-        print(f"| {level} | {len(times[level])} | {median * 1e3:.3f} | {median / base:.3f} |")
+    print("| level | threads | steps timed | median step (ms) | vs seeded |")
+    print("|---|---:|---:|---:|---:|")
+    for label, (level, threads) in runs.items():
+        median = statistics.median(times[label])
+        print(f"| {level} | {threads} | {len(times[label])} | {median * 1e3:.3f} | {median / base:.3f} |")
 
 
 if __name__ == "__main__":

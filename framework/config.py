@@ -329,3 +329,14 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
             else:
                 found += _missing_keys(node._get_node(key), full + ".")
     return found
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """A plain config tree as dotted keys: {"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}.
+    Lists are values; an empty section is kept as one key whose value is {}."""
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out if tree else {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}

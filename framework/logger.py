@@ -1,6 +1,6 @@
 """Where metrics go: metrics.jsonl (a line per logged step and per epoch), metrics.json (the
-final summary, written atomically), TensorBoard scalars, and the console: a progress bar on a
-terminal, plain log lines otherwise."""
+final summary, written atomically), TensorBoard (scalars, the config as text, hparams with the
+final metrics), and the console: a progress bar on a terminal, plain log lines otherwise."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from framework.atomic import replace_atomically
+from framework.config import flatten
 
 log = logging.getLogger("framework")
 
@@ -43,12 +44,29 @@ class MetricsLogger:
         self.lines += 1
         if self.tb is not None:
             for name, value in metrics.items():
-                if event in ("epoch", "stop"):
-                    if name == "lr":
-                        continue  # logged with the steps already
-                    if name == "train/loss":
-                        name = "train/loss_epoch"  # the epoch's mean: its own curve, not a second point
-                self.tb.add_scalar(name, value, step)
+                if event in ("epoch", "stop") and name == "lr":
+                    continue  # logged with the steps already
+                self.tb.add_scalar(scalar_tag(event, name), value, step)
+
+    def log_config(self, config_yaml: str, step: int) -> None:
+        """The resolved config as text (TensorBoard's Text tab), at the step the run starts from."""
+        if self.tb is not None:
+            # Indented four spaces: a code block in TensorBoard's markdown, so the YAML keeps its shape.
+            self.tb.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), step)
+
+    def log_hparams(self, config: dict, metrics: dict, step: int) -> None:
+        """Every config value as an hparam, with the final metrics, in this run's own event files:
+        the runs of a sweep then line up in TensorBoard's HParams tab, one row each."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: hparam_value(v) for k, v in flatten(config).items()}
+        # The metric columns name scalar tags of this run; their last points are the final values.
+        final = {scalar_tag("epoch", k): v for k, v in metrics.items() if k != "lr"}
+        for summary in hparams(values, final):  # the experiment, the session's start, its end
+            self.tb.file_writer.add_summary(summary, step)
+        self.tb.flush()
 
     def close(self) -> None:
         # Each job of a sweep opens its own writer; one left open would leak into the next job.
@@ -89,3 +107,15 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def scalar_tag(event: str, name: str) -> str:
+    """The TensorBoard tag of a metric: an epoch's mean train/loss is a curve of its own."""
+    return "train/loss_epoch" if name == "train/loss" and event in ("epoch", "stop") else name
+
+
+def hparam_value(value):
+    """What TensorBoard's hparams take: numbers, strings and booleans; null and lists as YAML spells them."""
+    if value is None:
+        return "null"
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.arguments import COMPONENTS
 from framework.checkpoint import CheckpointError, Index, load
-from framework.config import ConfigError
+from framework.config import ConfigError, flatten
 
 log = logging.getLogger("framework")
 
@@ -160,12 +160,3 @@ def is_safe(key: str, old: DictConfig) -> bool:
 
 
 _ABSENT = object()
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out if tree else {prefix[:-1]: {}}
-    return {prefix[:-1]: tree}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -66,7 +67,13 @@ def strip_prefixes(state_dict: dict) -> dict:
 class TrainState:
     """The model, optimizer, scheduler and scaler, plus the loop's counters and data position."""
 
-    def __init__(self, model, optimizer, scheduler, scaler):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+    ):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.epoch = 0  # completed epochs
         self.global_step = 0  # optimizer steps taken
@@ -87,7 +94,7 @@ class TrainState:
         ]
         return out
 
-    def restore(self, ckpt: dict, pieces=PIECES, strict: bool = True) -> list[str]:
+    def restore(self, ckpt: dict, pieces: Sequence[str] = PIECES, strict: bool = True) -> list[str]:
         """Restore the named pieces from a checkpoint; return notes on what did not fit
         (only with strict=False; strict loading raises instead)."""
         skip = {p for p in os.environ.get(SKIP_ENV, "").split(",") if p}
@@ -214,7 +221,7 @@ class TrainState:
             torch.cuda.set_rng_state_all(states)
 
 
-def optimizer_mismatch(optimizer, saved: dict) -> str | None:
+def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:
     """Why a saved optimizer state cannot serve these parameters, or None if it can.
 
     torch checks the number of parameters, not their shapes: a momentum buffer of the wrong

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 import framework
 from framework import data as data_lib
@@ -125,6 +127,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             cfg.checkpoint, run_dir / "checkpoints", resumed_from=resume_point.path if resume_point else None
         )
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        logger.log_config(config_yaml, resume_point.ckpt["global_step"] if resume_point else 0)
 
         def make_payload(kind: str, val_loss: float | None) -> dict:
             meta = {
@@ -288,6 +291,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             wall_time_s=round(time.time() - started, 3),
         )
         write_json_atomic(run_dir / "metrics.json", summary)
+        logger.log_hparams(OmegaConf.to_container(cfg, resolve=True), metrics, state.global_step)
         log.info("done in %.1fs: %s", summary["wall_time_s"], run_dir / "metrics.json")
         return summary
     except BaseException as e:
@@ -310,7 +314,15 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
         preemption.close()
 
 
-def train_step(model, x, y, optimizer, scaler, autocast, clip_norm) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    clip_norm: float | None,
+) -> torch.Tensor:
     with autocast():
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
@@ -324,7 +336,12 @@ def train_step(model, x, y, optimizer, scaler, autocast, clip_norm) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> dict:
     """Mean loss and accuracy over a whole split (empty dict for an empty split).
 
     Draws no random numbers (eval mode, a loader with its own generator), so validating at any
@@ -364,7 +381,7 @@ def check_restored_val_loss(recorded: float, now: float | None) -> dict:
     return {"recorded_val_loss": recorded, "val_loss_after_restore": now, "identical": identical}
 
 
-def resume_record(point, changes: list[str]) -> dict:
+def resume_record(point: resume_lib.ResumePoint, changes: list[str]) -> dict:
     return {
         "from": str(point.path),
         "epoch": point.ckpt["epoch"],
@@ -390,7 +407,7 @@ def prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
-def current_lr(optimizer) -> float:
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
@@ -404,7 +421,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def mixed_precision(precision: str, device: torch.device):
+def mixed_precision(
+    precision: str, device: torch.device
+) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
     """An autocast context factory and a gradient scaler for the chosen precision.
 
     The scaler only scales for 16-mixed (float16 gradients underflow without it); otherwise it

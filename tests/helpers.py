@@ -69,3 +69,24 @@ def train_in_process(run_dir: Path, *overrides: str, test_conf: bool = False) ->
     with open_dict(cfg):
         del cfg["hydra"]
     return train.run(cfg, run_dir, given=given)
+
+
+def read_tensorboard(run_dir: Path) -> dict:
+    """What TensorBoard's own reader finds in a run: scalars, the config text, the hparams."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    found = {"events": events, "text": None, "hparams": None, "metric_tags": None, "status": None}
+    if "config/text_summary" in events.Tags()["tensors"]:
+        found["text"] = [t.tensor_proto.string_val[0].decode() for t in events.Tensors("config/text_summary")]
+    for content in events.PluginTagToContent("hparams").values():
+        data = HParamsPluginData.FromString(content)
+        if data.HasField("experiment"):
+            found["metric_tags"] = [m.name.tag for m in data.experiment.metric_infos]
+        if data.HasField("session_start_info"):
+            found["hparams"] = {k: getattr(v, v.WhichOneof("kind")) for k, v in data.session_start_info.hparams.items()}
+        if data.HasField("session_end_info"):
+            found["status"] = data.session_end_info.status
+    return found

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from helpers import ROOT, run_cli, train_in_process
+from helpers import ROOT, train_in_process
 
 
 def compare_cli(a, b):
@@ -19,9 +19,9 @@ def compare_cli(a, b):
 
 def test_compare_says_identical_or_where_runs_differ(tmp_path):
     quick = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none"]
-    run_cli(tmp_path / "a", *quick)
-    run_cli(tmp_path / "b", *quick)
-    run_cli(tmp_path / "c", *quick, "optimizer.lr=0.1000001")  # a tiny difference, from the first step on
+    train_in_process(tmp_path / "a", *quick)
+    train_in_process(tmp_path / "b", *quick)
+    train_in_process(tmp_path / "c", *quick, "optimizer.lr=0.1000001")  # a tiny difference, from the first step on
     same = compare_cli(tmp_path / "a", tmp_path / "b")
     assert same.returncode == 0 and same.stdout.startswith("identical"), same.stdout + same.stderr
     diff = compare_cli(tmp_path / "a", tmp_path / "c")

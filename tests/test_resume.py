@@ -37,6 +37,11 @@ EXACT = [
 ]  # 20 steps an epoch: 60 in all
 
 
+# A resumed run keeps its config's trainer.max_steps, the stopping point the first command set:
+# to train past it, the resuming command says so.
+GO_ON = "trainer.max_steps=null"
+
+
 def train(run_dir: Path, *overrides: str, **kwargs):
     return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, **kwargs)
 
@@ -61,7 +66,7 @@ def test_resume_after_a_stop_at_an_epoch_boundary_is_exact(runs, tmp_path):
     run = tmp_path / "boundary"
     train(run, "trainer.max_steps=20")
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["loader_state"] == {"epoch": 1, "position": 0}
-    train(run, f"resume={run}")
+    train(run, f"resume={run}", GO_ON)
     assert differences(runs / "straight", run) == []
     assert read_summary(run)["fingerprint"] == read_summary(runs / "straight")["fingerprint"]
 
@@ -71,7 +76,7 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(runs, tmp_path):
     shutil.copytree(runs / "stopped_mid", run)
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["loader_state"] == {"epoch": 1, "position": 9} and ckpt["global_step"] == 29
-    proc = train(run, f"resume={run / 'checkpoints' / 'last.pt'}")
+    proc = train(run, f"resume={run / 'checkpoints' / 'last.pt'}", GO_ON)
     assert differences(runs / "straight", run) == []
     summary = read_summary(run)
     assert summary["fingerprint"] == read_summary(runs / "straight")["fingerprint"]
@@ -128,7 +133,7 @@ TEETH = ["optimizer", "scheduler", "counters", "data_order", "data_position", "p
 def test_skipping_any_restored_piece_breaks_exact_resume(runs, tmp_path, piece):
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
-    train(run, f"resume={run}", env={"FRAMEWORK_TEST_SKIP_RESTORE": piece})
+    train(run, f"resume={run}", GO_ON, env={"FRAMEWORK_TEST_SKIP_RESTORE": piece})
     assert differences(runs / "straight", run) != []
 
 
@@ -185,6 +190,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_by_name(runs, tmp_p
         "model.width=32",
         "allow_config_changes=true",
         "checkpoint.strict_load=false",
+        GO_ON,
         extra_args=TEST_CONF,
     )
     assert "non-strict load" in loose.stdout and read_summary(run)["status"] == "completed"
@@ -197,7 +203,7 @@ def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
     quick = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=7"]
     run_cli(run, *quick, "trainer.max_steps=29")
     # Go back to step 21, as after a crash: the events of steps 22-29 must be purged, not doubled.
-    run_cli(run, *quick, f"resume={run / 'checkpoints' / 'step_00000021.pt'}")
+    run_cli(run, *quick, f"resume={run / 'checkpoints' / 'step_00000021.pt'}", GO_ON)
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
@@ -241,7 +247,7 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(runs, tmp_path):
     assert threads == len(cpus)  # determinism.num_threads=null: every CPU the process may use
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
-    proc = train(run, f"resume={run}", preexec_fn=one_cpu)
+    proc = train(run, f"resume={run}", GO_ON, preexec_fn=one_cpu)
     assert f"{threads} intra-op threads (as the checkpoint ran)" in proc.stdout
     assert read_summary(run)["determinism"]["num_threads"] == threads
     assert differences(runs / "straight", run) == []
@@ -249,5 +255,19 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(runs, tmp_path):
     # Teeth: this machine's own count would have given other bits.
     other = tmp_path / "other"
     shutil.copytree(runs / "stopped_mid", other)
-    train(other, f"resume={other}", "determinism.num_threads=1", "allow_config_changes=true", preexec_fn=one_cpu)
+    train(other, f"resume={other}", GO_ON, "determinism.num_threads=1", "allow_config_changes=true", preexec_fn=one_cpu)
     assert differences(runs / "straight", other) != []
+
+
+def test_a_resume_needs_none_of_the_original_overrides(runs, tmp_path):
+    """`python -m framework resume=RUN_DIR`: no --config-dir, no model, no data, no max_epochs.
+    Only `trainer.max_steps=null`, to go past the stopping point the first command set."""
+    run = tmp_path / "mid"
+    shutil.copytree(runs / "stopped_mid", run)
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}  # where the user's model class lives
+    cmd = [sys.executable, "-m", "framework", f"resume={run}", GO_ON]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "outputs").exists()  # continued in its own directory
+    assert read_summary(run)["resumes"][-1]["changed_keys"] == ["trainer.max_steps"]
+    assert differences(runs / "straight", run) == []

@@ -1,4 +1,5 @@
-"""Training through the real command line: every option runs, and a run leaves what it should."""
+"""Training: every option runs (in process), and a run leaves what it should (through the real
+command line, where only it shows: the run directory, the console, --config-dir)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import termios
 
 import numpy as np
 import pytest
-from helpers import QUICK, ROOT, read_jsonl, read_summary, run_cli
+from helpers import QUICK, ROOT, read_jsonl, read_summary, read_tensorboard, run_cli, train_in_process
+
+from framework.config import ConfigError
 
 # Four runs that between them use every option of model, optimizer, scheduler and data.
 OPTION_RUNS = [
@@ -25,7 +28,7 @@ OPTION_RUNS = [
 
 
 @pytest.mark.parametrize("overrides", OPTION_RUNS, ids=[" ".join(o) for o in OPTION_RUNS])
-def test_each_option_trains_from_the_command_line(tmp_path, overrides):
+def test_each_option_trains(tmp_path, overrides):
     if "data=npz" in overrides:
         rng = np.random.default_rng(0)
         y = np.arange(300) % 3
@@ -37,7 +40,7 @@ def test_each_option_trains_from_the_command_line(tmp_path, overrides):
             "data.source.y_key=labels",
         ]
     run_dir = tmp_path / "run"
-    run_cli(run_dir, *overrides, *QUICK, "trainer.max_epochs=2")
+    train_in_process(run_dir, *overrides, *QUICK, "trainer.max_epochs=2")
     summary = read_summary(run_dir)
     assert summary["status"] == "completed"
     assert summary["epochs_completed"] == 2
@@ -77,14 +80,19 @@ def test_default_run_is_good_and_leaves_a_complete_run_directory(tmp_path):
     assert {"train/loss", "val/loss", "val/acc", "lr", "test/acc", "test/loss"} <= tags
     val_acc = [e.value for e in events.Scalars("val/acc")]
     assert len(val_acc) == 30 and val_acc[-1] == pytest.approx(lines[-2]["val/acc"])
+    # The experiment, not only its curves: the config as text, the hparams with the final metrics.
+    board = read_tensorboard(run_dir)
+    assert board["text"] == ["".join(f"    {line}\n" for line in resolved_config_yaml(run_dir).splitlines())]
+    assert board["hparams"]["optimizer.lr"] == 0.1 and board["hparams"]["model._target_"] == "framework.models.CNN"
+    assert "test/acc" in board["metric_tags"]
     # Not a terminal here: plain log lines, no progress bar.
     assert "train/loss" in proc.stdout and "it/s" not in proc.stderr
 
 
 def test_max_steps_is_a_stopping_point_not_part_of_the_schedule(tmp_path):
     common = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none"]
-    run_cli(tmp_path / "full", *common)
-    run_cli(tmp_path / "stopped", *common, "trainer.max_steps=29")  # mid-epoch 2 (20 steps an epoch)
+    train_in_process(tmp_path / "full", *common)
+    train_in_process(tmp_path / "stopped", *common, "trainer.max_steps=29")  # mid-epoch 2 (20 steps an epoch)
     full = [r for r in read_jsonl(tmp_path / "full") if r["event"] == "step"]
     stopped = [r for r in read_jsonl(tmp_path / "stopped") if r["event"] == "step"]
     assert len(full) == 60 and len(stopped) == 29
@@ -112,19 +120,19 @@ def test_a_users_own_model_and_optimizer_work_through_target(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "16-mixed"])
 def test_reduced_precision_runs(tmp_path, precision):
-    run_cli(
+    summary = train_in_process(
         tmp_path / "run",
         f"trainer.precision={precision}",
         "trainer.max_steps=5",
         "trainer.gradient_clip_val=1.0",
         *QUICK,
     )
-    assert read_summary(tmp_path / "run")["status"] == "completed"
+    assert summary["status"] == "completed"
 
 
 def test_a_failing_run_records_its_status(tmp_path):
-    proc = run_cli(tmp_path / "run", "data=npz", "data.source.path=/no/such.npz", *QUICK, check=False)
-    assert proc.returncode != 0
+    with pytest.raises(ConfigError, match="/no/such.npz"):
+        train_in_process(tmp_path / "run", "data=npz", "data.source.path=/no/such.npz", *QUICK)
     summary = read_summary(tmp_path / "run")
     assert summary["status"] == "failed" and "/no/such.npz" in summary["error"]
 
@@ -148,3 +156,24 @@ def test_progress_bar_on_a_terminal(tmp_path):
     screen = b"".join(chunks).decode(errors="replace")
     # tqdm's bar: "epoch 1/1:  25%|##5       | 5/20 [00:00<00:00, ...it/s, loss=...]"
     assert re.search(r"epoch 1/1: +\d+%\|.*\| \d+/20 \[", screen), screen
+
+
+def resolved_config_yaml(run_dir) -> str:
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["config"]
+
+
+def test_tensorboard_shows_the_config_and_the_hparams_with_the_final_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = train_in_process(run_dir, "model=mlp", "optimizer=adamw", "trainer.max_epochs=2", "seed=3")
+    board = read_tensorboard(run_dir)
+    (text,) = board["text"]
+    assert "    optimizer:\n      _target_: torch.optim.AdamW\n" in text and "    seed: 3\n" in text
+    hparams = board["hparams"]
+    assert hparams["seed"] == 3 and hparams["optimizer.lr"] == pytest.approx(1e-3)
+    assert hparams["model.hidden"] == "[256, 256]" and hparams["scheduler.T_max"] == "null"
+    assert board["metric_tags"] == ["train/loss_epoch", "val/loss", "val/acc", "test/loss", "test/acc"]
+    # Each metric column's value is the last point of its scalar: the final metric.
+    for tag, key in (("test/acc", "test/acc"), ("val/loss", "val/loss"), ("train/loss_epoch", "train/loss")):
+        assert board["events"].Scalars(tag)[-1].value == pytest.approx(summary["metrics"][key])

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli
+from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli, train_in_process
 
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
@@ -42,10 +42,12 @@ def assert_summary_files(sweep: Path) -> dict:
 def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path):
     seed0 = fingerprint_of(tmp_path / "a", "seed=0")
     assert fingerprint_of(tmp_path / "b", "seed=0") == seed0  # another process, same bits
-    assert fingerprint_of(tmp_path / "c", "seed=1") != seed0
+    # In this process (after whatever other tests left behind), same bits too.
+    assert train_in_process(tmp_path / "in", *QUICK, "seed=0")["fingerprint"] == seed0
+    assert train_in_process(tmp_path / "c", *QUICK, "seed=1")["fingerprint"] != seed0
     # The batches do not depend on which worker process loads them.
     for workers in (1, 2, 4):
-        assert fingerprint_of(tmp_path / f"w{workers}", "seed=0", f"data.num_workers={workers}") == seed0
+        assert train_in_process(tmp_path / f"w{workers}", *QUICK, f"data.num_workers={workers}")["fingerprint"] == seed0
     strict = fingerprint_of(tmp_path / "s1", "seed=0", "determinism=strict")
     assert fingerprint_of(tmp_path / "s2", "seed=0", "determinism=strict") == strict
 
@@ -147,13 +149,15 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path):
     # The basic launcher runs both jobs in one process: strict must not stay on for the second,
     # and each job's randomness must start from its own seed.
     sweep = tmp_path / "sweep"
-    proc = multirun(ROOT, "determinism=strict,seeded", "seed=0", *QUICK, sweep_dir=sweep)
+    # Hydra's sweep syntax: the strict re-launch (PYTHONHASHSEED) must see strict inside it.
+    proc = multirun(ROOT, "determinism=choice(strict,seeded)", "seed=0", *QUICK, sweep_dir=sweep)
     assert proc.returncode == 0, proc.stderr
     first, second = (read_summary(sweep / str(i)) for i in (0, 1))
     assert first["determinism"]["deterministic_algorithms"] is True
     assert second["determinism"]["deterministic_algorithms"] is False
     # strict pins one thread; the seeded job after it is back to every CPU.
     assert first["determinism"]["num_threads"] == 1
+    assert first["determinism"]["pythonhashseed"] == os.environ.get("PYTHONHASHSEED", "0")  # re-launched
     assert second["determinism"]["num_threads"] == len(os.sched_getaffinity(0))
     assert first["fingerprint"] == fingerprint_of(tmp_path / "alone1", "seed=0", "determinism.num_threads=1")
     assert second["fingerprint"] == fingerprint_of(tmp_path / "alone", "seed=0")

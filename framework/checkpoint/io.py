@@ -49,7 +49,7 @@ def required_keys(kind: str) -> tuple[str, ...]:
     return FULL_KEYS if kind == "full" else MODEL_KEYS
 
 
-def expected_size(payload) -> int:
+def expected_size(payload: object) -> int:
     """Bytes of tensor data in the payload (the file is this plus a little pickle)."""
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()

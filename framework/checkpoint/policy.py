@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from framework.checkpoint import io
 from framework.checkpoint.index import Index
@@ -28,7 +28,7 @@ log = logging.getLogger("framework")
 
 
 class Checkpointer:
-    def __init__(self, cfg, folder: Path, resumed_from: Path | None = None):
+    def __init__(self, cfg: DictConfig, folder: Path, resumed_from: Path | None = None):
         # Plain values: step_due runs every step, and DictConfig lookups are slow.
         cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg

@@ -1,0 +1,55 @@
+"""A real install: `pip install .` (not editable) into a fresh virtual environment, then
+`python -m framework` from another directory trains. The configs travel inside the wheel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import venv
+
+import pytest
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_non_editable_install_trains_from_any_directory(tmp_path):
+    # The wheel is built from a copy of the source, so that building leaves nothing in the checkout.
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=ignore)
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = wheels.glob("framework-*.whl")
+    # A fresh environment that sees the packages already installed here (torch, hydra, ...), so
+    # nothing is downloaded; the framework goes into it from the wheel alone.
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    shutil.rmtree(source)  # the installed package must not need its source
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([python, "-c", "import framework; print(framework.__file__)"], cwd=elsewhere,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert where.stdout.startswith(str(env_dir)), where.stdout + where.stderr  # the installed copy, not the checkout
+
+    run = subprocess.run([python, "-m", "framework", "trainer.max_epochs=2", "logger=none"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (run_dir,) = (elsewhere / "outputs").glob("*/*")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["meta"]["git_commit"] is None
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    help_text = subprocess.run([python, "-m", "framework", "--help"], cwd=elsewhere, capture_output=True, text=True,
+                               timeout=120).stdout  # fmt: skip
+    assert "model: cnn, mlp" in help_text
