@@ -91,3 +91,8 @@ def given_keys(task_overrides: list[str], groups: Mapping[str, object]) -> list[
         else:
             keys.append(o.key_or_group)
     return keys
+
+
+def without(lines: list[str], key: str) -> list[str]:
+    """Override lines (as in .hydra/overrides.yaml) except those that set `key`, however spelt."""
+    return [o.input_line for o in OverridesParser.create().parse_overrides(lines) if o.key_or_group != key]

@@ -30,6 +30,7 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from framework.atomic import replace_atomically, write_json_atomic
+from framework.overrides import without
 from framework.reproducibility import why_runs_differ
 
 log = logging.getLogger("framework")
@@ -115,7 +116,7 @@ def statistics_of(values: list[float]) -> dict:
 
 def group_key(record: dict) -> tuple:
     """Runs with the same overrides but for `repeat` are repeats of one configuration."""
-    return tuple(sorted(o for o in record["overrides"] if not o.startswith("repeat=")))
+    return tuple(sorted(without(record["overrides"], "repeat")))
 
 
 # ---- the summary -------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def markdown(s: dict) -> str:
             "|---:|---|---:|---|",
         ]
         for r in s["reproducibility"]:
-            others = " ".join(o for o in r["overrides"] if not o.startswith("seed=")) or "(none)"
+            others = " ".join(without(r["overrides"], "seed")) or "(none)"
             out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
         causes = [(r["seed"], c) for r in s["reproducibility"] for c in r["possible_causes"]]
         if causes:

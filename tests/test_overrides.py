@@ -52,3 +52,9 @@ def test_the_keys_an_override_touches():
         groups,
     )  # fmt: skip
     assert given == ["optimizer", "model.width", "optimizer.amsgrad", "seed", "trainer.max_steps", "backbone", "data"]
+
+
+def test_a_key_is_dropped_from_recorded_overrides_however_spelt():
+    lines = ["seed=0", "++repeat=1", "optimizer.lr=0.1", "model=mlp"]
+    assert overrides.without(lines, "repeat") == ["seed=0", "optimizer.lr=0.1", "model=mlp"]
+    assert overrides.without(["+repeat=0", "repeat_note=x"], "repeat") == ["repeat_note=x"]
