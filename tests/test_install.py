@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 import venv
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
@@ -27,11 +29,15 @@ def test_a_non_editable_install_trains_from_any_directory(tmp_path):
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("framework-*.whl")
-    # A fresh environment that sees the packages already installed here (torch, hydra, ...), so
-    # nothing is downloaded; the framework goes into it from the wheel alone.
+    # A fresh environment that can import what this one has (torch, hydra, ...), so nothing is
+    # downloaded: a .pth file lists this environment's site-packages after its own. The .pth
+    # files in those folders are not read, so the checkout's editable install stays out of it.
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer_environment.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
     install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
