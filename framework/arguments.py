@@ -63,8 +63,7 @@ def explain_unknown_key(e: Exception) -> str | None:
         return None
     if not isinstance(parent, DictConfig) or not full_key:
         return None
-    section = parent._get_full_key(None)  # "" at the top level
-    name = full_key[len(section) + 1 :] if section else full_key
+    section, _, name = full_key.rpartition(".")  # section "" at the top level
     target = parent.get("_target_") if "_target_" in parent else None
     if target is None:
         keys = ", ".join(str(k) for k in parent if k != "hydra")

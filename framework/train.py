@@ -67,20 +67,9 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     device = pick_device(t.device)
 
     # Seed before anything is built: the model's initial weights come from the torch RNG.
-    recorded = resume_point.ckpt["meta"].get("determinism_settings", {}) if resume_point else {}
-    num_threads, threads_from = pick_num_threads(cfg.determinism.num_threads, recorded.get("num_threads"))
-    determinism = apply_determinism(cfg.determinism.level, num_threads)
+    determinism = determinism_in_force(cfg, resume_point, device)
     seed_everything(cfg.seed)
     log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
-    log.info("%d intra-op threads (%s): the bits depend on it", num_threads, threads_from)
-    if os.environ.get("OMP_NUM_THREADS", str(num_threads)) != str(num_threads):
-        log.info(
-            "OMP_NUM_THREADS=%s is not what sets the thread count: determinism.num_threads does "
-            "(a launcher may set OMP_NUM_THREADS, and the bits must not follow it)",
-            os.environ["OMP_NUM_THREADS"],
-        )
-    if gpu_note(cfg.determinism.level, str(device)):
-        log.warning(gpu_note(cfg.determinism.level, str(device)))
 
     environment = describe()
     summary = previous_summary(run_dir) if resume_point else {}
@@ -312,6 +301,25 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     finally:
         logger.close()
         preemption.close()
+
+
+def determinism_in_force(cfg: DictConfig, resume_point: resume_lib.ResumePoint | None, device: torch.device) -> dict:
+    """Put the level and the thread count in force (a resumed run keeps the count it ran with);
+    return the settings in force, and say what a user must know about them."""
+    recorded = resume_point.ckpt["meta"].get("determinism_settings", {}) if resume_point else {}
+    num_threads, threads_from = pick_num_threads(cfg.determinism.num_threads, recorded.get("num_threads"))
+    settings = apply_determinism(cfg.determinism.level, num_threads)
+    log.info("%d intra-op threads (%s): the bits depend on it", num_threads, threads_from)
+    if os.environ.get("OMP_NUM_THREADS", str(num_threads)) != str(num_threads):
+        log.info(
+            "OMP_NUM_THREADS=%s is not what sets the thread count: determinism.num_threads does "
+            "(a launcher may set OMP_NUM_THREADS, and the bits must not follow it)",
+            os.environ["OMP_NUM_THREADS"],
+        )
+    note = gpu_note(cfg.determinism.level, str(device))
+    if note:
+        log.warning(note)
+    return settings
 
 
 def train_step(
