@@ -1,11 +1,59 @@
-"""checkpoints/index.json: every checkpoint file with its epoch, step, metric, size and sha256."""
+"""checkpoints/index.json: every checkpoint file with its epoch, step, metric, size and sha256.
+
+Everything read from disk is checked before it is used: an entry names a plain file inside the
+checkpoints folder (no path, no `..`, no link that leads out), with fields of the right types.
+Anything else is ignored with a warning: retention deletes what the index lists, and the
+framework often runs as root.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 from framework.atomic import replace_atomically
+
+log = logging.getLogger("framework")
+
+ROLES = ("last", "best", "periodic")
+KINDS = ("full", "model")
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name with no directory part: what every name in the index must be."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and not any(c in name for c in "/\\\0")
+    )
+
+
+def stays_inside(folder: Path, name: str) -> bool:
+    """Whether folder/name is, after following any link, a file directly in `folder`."""
+    return (folder / name).resolve().parent == folder.resolve()
+
+
+def entry_problem(entry: object) -> str | None:
+    """Why an index entry cannot be trusted, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    if not is_plain_name(entry.get("file")):
+        return f"file {entry.get('file')!r} is not a plain file name"
+    expected = {"role": ROLES, "kind": KINDS}
+    for key, allowed in expected.items():
+        if entry.get(key) not in allowed:
+            return f"{key} {entry.get(key)!r} is not one of {allowed}"
+    for key in ("epoch", "step"):
+        if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool) or entry[key] < 0:
+            return f"{key} {entry.get(key)!r} is not a count"
+    if not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+        return "sha256 is not a hex digest"
+    if not isinstance(entry.get("time", 0.0), (int, float)):
+        return "time is not a number"
+    return None
 
 
 class Index:
@@ -13,13 +61,24 @@ class Index:
         self.folder = folder
         self.path = folder / "index.json"
         self.entries: dict[str, dict] = {}
-        if self.path.is_file():
-            # Written atomically, so it is whole; a hand-edited broken one is set aside, not trusted.
-            try:
-                self.entries = {e["file"]: e for e in json.loads(self.path.read_text())["files"]}
-            except (ValueError, KeyError, TypeError):
-                self.entries = {}
-
+        if not self.path.is_file():
+            return
+        # Written atomically, so it is whole; a hand-edited broken one is set aside, not trusted.
+        try:
+            listed = json.loads(self.path.read_text())["files"]
+            if not isinstance(listed, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is not a valid index; ignoring it", self.path)
+            return
+        for entry in listed:
+            problem = entry_problem(entry)
+            if problem is None and not stays_inside(folder, entry["file"]):
+                problem = f"{entry['file']} leads out of {folder}"
+            if problem is not None:
+                log.warning("ignoring an entry of %s: %s", self.path, problem)
+                continue
+            self.entries[entry["file"]] = entry
     def record(self, entry: dict) -> None:
         self.entries[entry["file"]] = entry
         self.save()
@@ -38,8 +97,15 @@ class Index:
         `.pt` file the index does not list (those can only be checked by loading them)."""
         listed = sorted(self.entries.values(), key=lambda e: (e["step"], e["role"] == "last"), reverse=True)
         paths = [self.folder / e["file"] for e in listed if e.get("kind") == "full"]
-        paths += sorted(p for p in self.folder.glob("*.pt") if p.name not in self.entries)
+        paths += sorted(p for p in self.folder.glob("*.pt") if p.name not in self.entries and self.on_disk(p.name))
         return paths
+
+    def on_disk(self, name: str) -> bool:
+        """A regular file of this folder (a link that leads out is refused, with a warning)."""
+        if not stays_inside(self.folder, name):
+            log.warning("ignoring %s: it leads out of %s", self.folder / name, self.folder)
+            return False
+        return (self.folder / name).is_file()
 
     def sha256(self, path: Path) -> str | None:
         entry = self.entries.get(path.name)
