@@ -20,6 +20,7 @@ import framework
 from framework import config, overrides, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
+from framework.run_dir import EXISTING_RUN, holds_a_run, make_room, refusal
 
 config.register()
 log = logging.getLogger("framework")
@@ -54,6 +55,33 @@ def continue_in_place(argv: list[str]) -> list[str]:
     if has_checkpoints and overrides.value_of(argv, "hydra.output_subdir") is None:
         extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}")
     return argv + extra
+
+
+def protect_existing_run(argv: list[str]) -> None:
+    """A new run (no `resume`) in a directory that holds a run is refused before Hydra writes
+    anything into it, unless `existing_run=archive|overwrite` makes room (framework/run_dir.py).
+
+    Only a directory given on the command line is seen here; one from a config file is checked
+    when the run starts.
+    """
+    if overrides.value_of(argv, "resume") not in (None, "", "None", "null"):
+        return
+    key = "hydra.sweep.dir" if overrides.is_multirun(argv) else "hydra.run.dir"
+    given = overrides.value_of(argv, key)
+    if given is None:
+        return  # Hydra makes a new, timestamped directory
+    folder = Path(given)
+    if key == "hydra.run.dir":
+        occupied = holds_a_run(folder)
+    else:
+        occupied = folder.is_dir() and any(holds_a_run(job) for job in folder.iterdir() if job.is_dir())
+    policy = overrides.value_of(argv, "existing_run") or "refuse"
+    if not occupied or policy not in EXISTING_RUN:
+        return  # a wrong value is refused with the rest of the config
+    if policy == "refuse":
+        print(f"Error: {refusal(folder, key)}", file=sys.stderr)
+        sys.exit(1)
+    print(make_room(folder, policy), file=sys.stderr)
 
 
 def relaunch_for_strict(argv: list[str]) -> None:
@@ -102,6 +130,7 @@ def entry(argv: list[str]) -> None:
         print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
         return
     relaunch_for_strict(argv)
+    protect_existing_run(argv)
     sys.argv = [sys.argv[0], *continue_in_place(argv)]
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set; set, they reach us, and the
     # one a user meets most (a key the config does not have) gets a message that says what to do.

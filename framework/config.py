@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import framework
+from framework.run_dir import EXISTING_RUN
 
 # The config shipped inside the package (and so inside the wheel): config.yaml and the groups.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -235,6 +236,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     seed: int = MISSING
     resume: Optional[str] = MISSING
+    existing_run: str = MISSING  # refuse, archive or overwrite (framework/run_dir.py)
     allow_config_changes: bool = MISSING
     repeat: int = MISSING
 
@@ -295,6 +297,8 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"trainer.max_steps={t.max_steps} must be at least 1 (or null for no limit)")
     if t.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={t.log_every_n_steps} must be at least 1")
+    if cfg.existing_run not in EXISTING_RUN:
+        problems.append(f"existing_run={cfg.existing_run!r} is not one of {EXISTING_RUN}")
     if cfg.seed < 0:
         problems.append(f"seed={cfg.seed} must be zero or positive")
     c = cfg.checkpoint

@@ -34,6 +34,15 @@ def parse(argv: list[str]) -> list[Override]:
         return []
 
 
+def is_multirun(argv: list[str]) -> bool:
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return bool(get_args_parser().parse_known_args(argv)[0].multirun)
+    except SystemExit:
+        return False
+
+
 def values(override: Override, options: Iterable[str] = ()) -> list[str]:
     """Every value an override may take: one, or each of a sweep's (a glob over `options`)."""
     if override.is_delete():

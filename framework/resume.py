@@ -32,7 +32,7 @@ SAFE_TO_CHANGE = (
     "data.num_workers",
 )
 # How this invocation resumes, not what the experiment is: never compared.
-NOT_COMPARED = ("resume", "allow_config_changes", "repeat")
+NOT_COMPARED = ("resume", "allow_config_changes", "repeat", "existing_run")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 

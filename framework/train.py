@@ -37,6 +37,7 @@ from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
+from framework.run_dir import clear_leftovers, holds_a_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState
 
 log = logging.getLogger("framework")
@@ -55,6 +56,11 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     check(cfg)
     # Resuming: the checkpoint's config is the source of truth (see framework/resume.py).
     resume_point = resume_lib.find(cfg.resume, run_dir)
+    if resume_point is None and holds_a_run(run_dir):
+        if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
+            raise ConfigError(refusal(run_dir, "hydra.run.dir"))
+        # resume=auto found no checkpoint: an attempt that never saved one is replaced, not continued.
+        clear_leftovers(run_dir)
     changes, follows_original = [], True
     if resume_point is not None:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
@@ -262,7 +268,14 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
                 wall_time_s=round(time.time() - started, 3),
             )
             write_json_atomic(run_dir / "metrics.json", summary)
-            log.warning("preempted at step %d; continue with resume=auto (or resume=%s)", state.global_step, run_dir)
+            if cfg.checkpoint.enabled:
+                log.warning(
+                    "preempted at step %d; continue with resume=auto (or resume=%s)", state.global_step, run_dir
+                )
+            else:
+                log.warning(
+                    "preempted at step %d; nothing was saved (checkpoint=off): a rerun starts over", state.global_step
+                )
             return summary
 
         test = prefixed("test", evaluate(model, test_loader, device, autocast))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,25 @@ def run_cli(run_dir: Path, *overrides: str, extra_args=(), env=None, timeout=300
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc
+
+
+def start_cli(run_dir: Path, *overrides: str, extra_args=(), **popen) -> subprocess.Popen:
+    """`python -m framework ...` started in the background (to be signalled or killed)."""
+    cmd = [sys.executable, "-m", "framework", *extra_args, f"hydra.run.dir={run_dir}", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, **popen)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
+    """Until metrics.jsonl has a line for `step` (fails if the run ends first)."""
+    history = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and f'"step": {step},' in history.read_text():
+            return
+        time.sleep(0.002)
+    pytest.fail(f"the run ended or stalled before step {step} (exit {proc.poll()})")
 
 
 def read_summary(run_dir: Path) -> dict:

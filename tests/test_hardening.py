@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 
 import pytest
-from helpers import read_summary, run_cli
+from helpers import read_jsonl, read_summary, run_cli, start_cli, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +48,39 @@ def test_a_crafted_index_cannot_make_retention_delete_files_outside_the_run(stop
     assert all(v.read_text() == "precious" for v in victims)
     assert "is not a plain file name" in proc.stdout and "leads out of" in proc.stdout
     assert read_summary(run)["status"] == "completed"
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    before = files_of(run)
+    proc = run_cli(run, *BASE, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "already holds a run (status 'completed', step 25)" in proc.stderr
+    assert "resume=auto" in proc.stderr and "existing_run=archive" in proc.stderr
+    assert files_of(run) == before  # not even Hydra's .hydra/ or train.log
+
+    archived = run_cli(run, *BASE, "existing_run=archive")
+    (aside,) = tmp_path.glob("run.archived-*")
+    assert files_of(aside) == before and "is now in" in archived.stderr
+    fresh = read_summary(run)
+    assert fresh["status"] == "completed" and fresh["global_step"] == 40 and "resumes" not in fresh
+
+
+def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp_path):
+    run = tmp_path / "run"
+    unsaved = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint=off", "resume=auto"]
+    proc = start_cli(run, *unsaved)
+    wait_for_step(proc, run, 20)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert "nothing was saved" in out + err and "continue with resume=auto" not in out + err
+
+    run_cli(run, *unsaved)  # the requeue: same command, nothing to resume from, a fresh start
+    alone = tmp_path / "alone"
+    run_cli(alone, *unsaved)
+    assert read_jsonl(run) == read_jsonl(alone)  # one history, not the killed one and another

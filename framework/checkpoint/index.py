@@ -79,6 +79,7 @@ class Index:
                 log.warning("ignoring an entry of %s: %s", self.path, problem)
                 continue
             self.entries[entry["file"]] = entry
+
     def record(self, entry: dict) -> None:
         self.entries[entry["file"]] = entry
         self.save()
