@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -28,17 +30,20 @@ log = logging.getLogger("framework")
 PREEMPTED_EXIT = 128 + 15
 
 
-def continue_in_place(argv: list[str]) -> list[str]:
+def continue_in_place(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """With `resume=RUN_DIR` or `resume=FILE.pt`, run in that run's own directory.
 
     Hydra picks the run directory before any of our code runs, so this is decided from the
     command line: add `hydra.run.dir=<the run's directory>` unless the user set one. And so that
     the run's original `.hydra/` record is kept, Hydra's files for this invocation go to
     `.hydra/resume-<time>/` whenever the directory already holds checkpoints.
+
+    Returns the arguments, and what takes back Hydra's writes into the run (that folder, the lines
+    added to train.log) if the resume is refused before it starts.
     """
     resume = overrides.value_of(argv, "resume")
     if resume in (None, "", "None", "null"):
-        return argv
+        return argv, None
     run_dir_arg = overrides.value_of(argv, "hydra.run.dir")
     extra, run_dir = [], None
     if run_dir_arg is not None:
@@ -52,9 +57,30 @@ def continue_in_place(argv: list[str]) -> list[str]:
         if run_dir is not None:
             extra.append(f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
     has_checkpoints = run_dir is not None and any((run_dir / "checkpoints").glob("*.pt"))
-    if has_checkpoints and overrides.value_of(argv, "hydra.output_subdir") is None:
-        extra.append(f"hydra.output_subdir=.hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}")
-    return argv + extra
+    if not has_checkpoints or overrides.value_of(argv, "hydra.output_subdir") is not None:
+        return argv + extra, None
+    subdir = f".hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}"
+    return argv + [*extra, f"hydra.output_subdir={subdir}"], take_back_if_not_started(run_dir, run_dir / subdir)
+
+
+def take_back_if_not_started(run_dir: Path, hydra_files: Path) -> Callable[[], None]:
+    """What undoes Hydra's writes into `run_dir` for this invocation, as long as the run has not
+    started (its metrics.json is as it was): a refused resume leaves the run as it found it."""
+    log_file = run_dir / "train.log"
+    log_size = log_file.stat().st_size if log_file.is_file() else None
+    summary = run_dir / "metrics.json"
+    summary_before = summary.read_bytes() if summary.is_file() else None
+
+    def take_back() -> None:
+        if (summary.read_bytes() if summary.is_file() else None) != summary_before:
+            return  # the run started: what it wrote is its record
+        shutil.rmtree(hydra_files, ignore_errors=True)
+        if log_size is None:
+            log_file.unlink(missing_ok=True)
+        elif log_file.is_file():
+            os.truncate(log_file, log_size)
+
+    return take_back
 
 
 def protect_existing_run(argv: list[str]) -> None:
@@ -131,13 +157,18 @@ def entry(argv: list[str]) -> None:
         return
     relaunch_for_strict(argv)
     protect_existing_run(argv)
-    sys.argv = [sys.argv[0], *continue_in_place(argv)]
+    argv, take_back = continue_in_place(argv)
+    sys.argv = [sys.argv[0], *argv]
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set; set, they reach us, and the
     # one a user meets most (a key the config does not have) gets a message that says what to do.
     user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except SystemExit as e:
+        if e.code == 1 and take_back is not None:
+            take_back()  # the resume was refused
+        raise
     except Exception as e:
         if user_wants_tracebacks:
             raise

@@ -87,13 +87,9 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
         meta=environment,
         follows_original_trajectory=follows_original,
     )
-    write_json_atomic(run_dir / "metrics.json", summary)
-    logger = MetricsLogger(
-        run_dir,
-        tensorboard=cfg.logger.tensorboard,
-        keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
-        resume_step=resume_point.ckpt["global_step"] if resume_point else None,
-    )
+    # Nothing in the run directory changes before a resumed state is restored: a failed resume
+    # leaves the run it failed to resume as it was. The summary and the history come after.
+    logger = None
     preemption = StopOnSignal()
     try:
         splits = build_data(cfg.data)
@@ -122,7 +118,6 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             cfg.checkpoint, run_dir / "checkpoints", resumed_from=resume_point.path if resume_point else None
         )
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        logger.log_config(config_yaml, resume_point.ckpt["global_step"] if resume_point else 0)
 
         def make_payload(kind: str, val_loss: float | None) -> dict:
             meta = {
@@ -184,6 +179,15 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
                 summary["resumes"][-1]["val_check"] = check_restored_val_loss(
                     ckpt["val_loss"], evaluate(model, val_loader, device, autocast).get("loss")
                 )
+
+        write_json_atomic(run_dir / "metrics.json", summary)
+        logger = MetricsLogger(
+            run_dir,
+            tensorboard=cfg.logger.tensorboard,
+            keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
+            resume_step=resume_point.ckpt["global_step"] if resume_point else None,
+        )
+        logger.log_config(config_yaml, resume_point.ckpt["global_step"] if resume_point else 0)
 
         progress = Progress(every=t.log_every_n_steps)
         stopped_by = "max_epochs"
@@ -302,7 +306,8 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             error=f"{type(e).__name__}: {e}",
             wall_time_s=round(time.time() - started, 3),
         )
-        write_json_atomic(run_dir / "metrics.json", summary)
+        if logger is not None or resume_point is None:  # a resume that failed to restore changes nothing
+            write_json_atomic(run_dir / "metrics.json", summary)
         if isinstance(e, RuntimeError) and NONDETERMINISTIC in str(e):
             op = str(e).split(NONDETERMINISTIC)[0].strip()
             raise ConfigError(
@@ -312,7 +317,8 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             ) from e
         raise
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
         preemption.close()
 
 

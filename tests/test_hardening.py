@@ -84,3 +84,19 @@ def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp
     alone = tmp_path / "alone"
     run_cli(alone, *unsaved)
     assert read_jsonl(run) == read_jsonl(alone)  # one history, not the killed one and another
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        (["optimizer.lr=0.5"], "optimizer.lr: 0.1 -> 0.5"),  # refused by the config check
+        (["model.hidden=[32,32]", "allow_config_changes=true"], "do not fit the model"),  # by the restore
+    ],
+)
+def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, change, says):
+    run = copy_of(stopped, tmp_path)
+    (run / "train.log").write_text("the first run's log\n")
+    before = files_of(run)
+    proc = run_cli(run, *BASE, f"resume={run}", *change, check=False)
+    assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert files_of(run) == before  # status, history, checkpoints, .hydra/ and train.log untouched
