@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from framework.arguments import COMPONENTS
-from framework.checkpoint import CheckpointError, Index, load
+from framework.checkpoint import CheckpointError, Index, load_checked
 from framework.config import ConfigError, flatten
 
 log = logging.getLogger("framework")
@@ -59,9 +59,10 @@ def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
     if not path.is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file or run directory")
     try:
-        ckpt = load(path, Index(path.parent).sha256(path))
+        ckpt, passed = load_checked(path, Index(path.parent).sha256(path))
     except CheckpointError as e:
         raise ConfigError(f"resume={resume}: {e}") from e
+    log.info("resuming from %s (epoch %d, step %d); checked: %s", path, ckpt["epoch"], ckpt["global_step"], passed)
     if ckpt["meta"]["kind"] != "full":
         raise ConfigError(
             f"resume={resume}: a model-only checkpoint (weights and config) cannot continue "
@@ -71,12 +72,12 @@ def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
 
 
 def newest_valid(folder: Path) -> ResumePoint:
-    """The newest full checkpoint in `folder` that passes its checksum and loads safely."""
+    """The most recent full checkpoint in `folder` that passes its check and loads safely."""
     index = Index(folder)
     rejected = []
     for path in index.newest_first():
         try:
-            ckpt = load(path, index.sha256(path))
+            ckpt, passed = load_checked(path, index.sha256(path))
         except CheckpointError as e:
             log.warning("skipping %s: %s", path.name, e)
             rejected.append(f"{path.name} ({e})")
@@ -84,10 +85,11 @@ def newest_valid(folder: Path) -> ResumePoint:
         if ckpt["meta"]["kind"] != "full":
             continue
         log.info(
-            "resuming from %s (epoch %d, step %d): the newest checkpoint that passes its checksum",
+            "resuming from %s (epoch %d, step %d): the most recent save that passes its check; checked: %s",
             path,
             ckpt["epoch"],
             ckpt["global_step"],
+            passed,
         )
         return ResumePoint(path, ckpt)
     detail = "; ".join(rejected) if rejected else "none found"

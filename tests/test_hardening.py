@@ -11,6 +11,8 @@ import signal
 import pytest
 from helpers import read_jsonl, read_summary, run_cli, start_cli, wait_for_step
 
+from framework.compare import compare as differences
+
 pytestmark = pytest.mark.slow
 
 # 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
@@ -100,3 +102,74 @@ def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, 
     proc = run_cli(run, *BASE, f"resume={run}", *change, check=False)
     assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr
     assert files_of(run) == before  # status, history, checkpoints, .hydra/ and train.log untouched
+
+
+# Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
+ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
+             "checkpoint.monitor=null"]  # fmt: skip
+# last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
+PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    root = tmp_path_factory.mktemp("straight")
+    for name, config in (("only_last", ONLY_LAST), ("periodic", PERIODIC)):
+        run_cli(root / name, *config)
+    return root
+
+
+@pytest.mark.parametrize(
+    "boundary,config",
+    [("written", "only_last"), ("renamed", "only_last"), ("indexed", "only_last"), ("linked", "periodic"),
+     ("retained", "periodic")],
+)  # fmt: skip
+def test_a_save_killed_at_any_boundary_leaves_a_run_that_resumes_exactly(straight, tmp_path, boundary, config):
+    overrides = {"only_last": ONLY_LAST, "periodic": PERIODIC}[config]
+    run = tmp_path / "run"
+    killed = run_cli(run, *overrides, "resume=auto", env={"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}, check=False)
+    assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}"
+    run_cli(run, *overrides, "resume=auto")  # the requeue
+    assert differences(straight / config, run) == []
+    # A periodic file written but not yet listed when the run was killed is not left behind.
+    periodic = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+    assert len(periodic) == (1 if config == "periodic" else 0), periodic
+
+
+def flip_a_bit_inside_a_tensor(path):
+    """Flip one bit in the middle of the largest tensor's bytes: torch.load still reads the file."""
+    import torch
+
+    weights = torch.load(path, weights_only=True)["model_state_dict"]
+    tensor = max(weights.values(), key=lambda t: t.numel())
+    data = path.read_bytes()
+    at = data.index(tensor.numpy().tobytes()[:64]) + tensor.numel() * tensor.element_size() // 2
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+
+
+def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(tmp_path):
+    config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
+    straight_run = tmp_path / "straight"
+    run_cli(straight_run, *config)
+    run = tmp_path / "run"
+    run_cli(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
+    (run / "checkpoints" / "index.json").unlink()
+    flip_a_bit_inside_a_tensor(run / "checkpoints" / "last.pt")
+
+    proc = run_cli(run, *config, "resume=auto", GO_ON)
+    assert "skipping last.pt" in proc.stdout and "fails its own integrity check" in proc.stdout
+    assert "step_00000020.pt (epoch 1, step 20)" in proc.stdout and "checked: its own integrity record" in proc.stdout
+    assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
+    assert differences(straight_run, run) == []
+
+
+def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
+    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
+    run = tmp_path / "run"
+    run_cli(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
+    # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
+    rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
+    run_cli(run, *config, *rewind, "trainer.max_steps=30")
+    proc = run_cli(run, *config, "resume=auto", GO_ON, "optimizer.lr=0.05", "allow_config_changes=true")
+    resumed = read_summary(run)["resumes"][-1]
+    assert resumed["global_step"] == 30 and resumed["from"].endswith("last.pt"), proc.stdout

@@ -2,7 +2,7 @@
 that decides what to write and what to delete (policy)."""
 
 from framework.checkpoint.index import Index
-from framework.checkpoint.io import CheckpointError, load, write
+from framework.checkpoint.io import CheckpointError, load, load_checked, write
 from framework.checkpoint.policy import Checkpointer
 
-__all__ = ["CheckpointError", "Checkpointer", "Index", "load", "write"]
+__all__ = ["CheckpointError", "Checkpointer", "Index", "load", "load_checked", "write"]

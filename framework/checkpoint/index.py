@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+import torch
 
 from framework.atomic import replace_atomically
 
@@ -56,6 +60,31 @@ def entry_problem(entry: object) -> str | None:
     return None
 
 
+@dataclass
+class OnDisk:
+    name: str
+    role: str
+    kind: str
+    order: tuple[float, int]  # (when it was saved, its step): the larger, the more recent
+
+
+PERIODIC = re.compile(r"(epoch_\d+|step_\d+)\.pt")
+
+
+def described_by_itself(path: Path) -> OnDisk:
+    """What an unindexed file's own meta says (read memory-mapped: the tensors stay on disk). An
+    unreadable one sorts oldest: it is tried last and is the first a retention removes."""
+    role = {"last.pt": "last", "best.pt": "best"}.get(
+        path.name, "periodic" if PERIODIC.fullmatch(path.name) else "other"
+    )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = datetime.fromisoformat(ckpt["meta"]["timestamp"]).timestamp()
+        return OnDisk(path.name, role, ckpt["meta"].get("kind", "full"), (saved, int(ckpt["global_step"])))
+    except Exception:  # tried anyway, so that the reason it is skipped is logged
+        return OnDisk(path.name, role, "full", (float("-inf"), -1))
+
+
 class Index:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -93,13 +122,23 @@ class Index:
         self.folder.mkdir(parents=True, exist_ok=True)
         replace_atomically(self.path, json.dumps({"files": files}, indent=2))
 
+    def files(self) -> list[OnDisk]:
+        """Every checkpoint file: those the index lists, and the `.pt` files it does not (a run
+        killed before it listed them, or a lost index), described by their own meta."""
+        found = [
+            OnDisk(e["file"], e["role"], e["kind"], (e.get("time", 0.0), e["step"])) for e in self.entries.values()
+        ]
+        for path in sorted(self.folder.glob("*.pt")):
+            if path.name not in self.entries and self.on_disk(path.name):
+                found.append(described_by_itself(path))
+        return found
+
     def newest_first(self) -> list[Path]:
-        """Every checkpoint on disk, newest (highest step) first: indexed ones, then any
-        `.pt` file the index does not list (those can only be checked by loading them)."""
-        listed = sorted(self.entries.values(), key=lambda e: (e["step"], e["role"] == "last"), reverse=True)
-        paths = [self.folder / e["file"] for e in listed if e.get("kind") == "full"]
-        paths += sorted(p for p in self.folder.glob("*.pt") if p.name not in self.entries and self.on_disk(p.name))
-        return paths
+        """The full checkpoints, the most recent save first: after a rewind (a resume from an
+        older file), the abandoned branch's later steps are older saves. last.pt first among the
+        names of one save."""
+        full = [f for f in self.files() if f.kind == "full"]
+        return [self.folder / f.name for f in sorted(full, key=lambda f: (f.order, f.role == "last"), reverse=True)]
 
     def on_disk(self, name: str) -> bool:
         """A regular file of this folder (a link that leads out is refused, with a warning)."""

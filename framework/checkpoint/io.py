@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
+from framework import faults
 from framework.atomic import fsync_dir
+from framework.reproducibility import fingerprint
 
 FORMAT_VERSION = 1
 FULL_KEYS = (
@@ -86,13 +88,15 @@ def write(payload: dict, path: Path) -> dict:
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            torch.save(with_integrity(payload), f)
             f.flush()
             os.fsync(f.fileno())
+        faults.boundary("written")
         verify(tmp, payload["meta"]["kind"])
         size, digest = tmp.stat().st_size, sha256_of(tmp)
         os.replace(tmp, path)
         fsync_dir(folder)
+        faults.boundary("renamed")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -113,12 +117,26 @@ def link(source: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def with_integrity(payload: dict) -> dict:
+    """The payload and a record of its exact contents (every tensor's bytes, every value), so a
+    file can be checked without its index entry: a kill between the rename and the index update
+    leaves a complete file that the index does not describe yet, and an index can be lost."""
+    return {**payload, "integrity": {"fingerprint": fingerprint(payload)}}
+
+
+def safe_load(path: Path, mmap: bool = False) -> object:
+    """torch.load with weights_only: nothing executed, a one-line error naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        # torch's own message goes on to advise weights_only=False: never ours to pass on.
+        reason = str(e).split("Re-running `torch.load`")[0].split("\n")[0].strip() or type(e).__name__
+        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {reason}") from e
+
+
 def verify(path: Path, kind: str) -> dict:
     """Reload safely (weights_only, memory-mapped so the data is not read twice) and check keys."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {e}") from e
+    ckpt = safe_load(path, mmap=True)
     check_keys(ckpt, path, kind)
     return ckpt
 
@@ -130,20 +148,65 @@ def check_keys(ckpt: dict, path: Path, kind: str) -> None:
 
 
 def load(path: Path, expected_sha256: str | None = None) -> dict:
-    """Load a checkpoint for use: checksum (when known), weights_only, required keys, version."""
+    """Load a checkpoint for use; see load_checked."""
+    return load_checked(path, expected_sha256)[0]
+
+
+def load_checked(path: Path, expected_sha256: str | None = None) -> tuple[dict, str]:
+    """Load a checkpoint for use, checked: the sha256 its index lists, or else the file's own
+    integrity record; then weights_only, the format version, the keys and their types.
+
+    Returns the checkpoint and which check it passed, in words: a log must never claim a check
+    that was not made.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint file: {path}")
-    if expected_sha256 is not None and sha256_of(path) != expected_sha256:
-        raise CheckpointError(f"{path} does not match the sha256 in its index.json: the file is corrupt or torn")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {e}") from e
-    if not isinstance(ckpt, dict) or "meta" not in ckpt:
+    listed = expected_sha256 is not None and sha256_of(path) == expected_sha256
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'meta')")
+    if listed:
+        passed = "its sha256 in index.json"
+    elif isinstance(ckpt.get("integrity"), dict) and "fingerprint" in ckpt["integrity"]:
+        contents = {k: v for k, v in ckpt.items() if k != "integrity"}
+        if fingerprint(contents) != ckpt["integrity"]["fingerprint"]:
+            raise CheckpointError(f"{path} fails its own integrity check: its contents changed after it was written")
+        passed = "its own integrity record"
+        if expected_sha256 is not None:
+            passed += " (index.json's sha256 for it is out of date: a save was cut short after the rename)"
+    elif expected_sha256 is not None:
+        raise CheckpointError(f"{path} does not match the sha256 in its index.json: the file is corrupt or torn")
+    else:
+        passed = "no check: index.json does not list it and it has no integrity record"
     version = ckpt["meta"].get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
     check_keys(ckpt, path, ckpt["meta"].get("kind", "full"))
-    return ckpt
+    check_types(ckpt, path)
+    return ckpt, passed
+
+
+def check_types(ckpt: dict, path: Path) -> None:
+    """The fields the loop reads, of the types it needs: a hand-made or foreign file gets a
+    one-line error naming the field, not a traceback from deep in the restore."""
+
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    problems = [f"{k} is {ckpt.get(k)!r}, not a count" for k in ("epoch", "global_step") if not count(ckpt.get(k))]
+    if not isinstance(ckpt.get("config"), str):
+        problems.append("config is not YAML text")
+    if not isinstance(ckpt.get("model_state_dict"), dict):
+        problems.append("model_state_dict is not a dict")
+    if ckpt["meta"].get("kind", "full") == "full":
+        loader = ckpt.get("loader_state")
+        if not (isinstance(loader, dict) and count(loader.get("epoch")) and count(loader.get("position"))):
+            problems.append(f"loader_state is {loader!r}, not {{'epoch': count, 'position': count}}")
+        for key in ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict"):
+            if not isinstance(ckpt.get(key), dict):
+                problems.append(f"{key} is not a dict")
+        if not isinstance(ckpt.get("epoch_loss_sum", 0.0), (int, float)):
+            problems.append("epoch_loss_sum is not a number")
+    if problems:
+        raise CheckpointError(f"{path} has fields of the wrong type: " + "; ".join(problems))

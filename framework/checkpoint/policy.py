@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework import faults
 from framework.checkpoint import io
 from framework.checkpoint.index import Index
 
@@ -90,6 +91,7 @@ class Checkpointer:
             written.append(name)
             for role, other in rest:  # the same bytes under another name: a hard link, not a rewrite
                 io.link(self.folder / name, self.folder / other)
+                faults.boundary("linked")
                 self.index.record({**first, "file": other, "role": role})
                 written.append(other)
         if periodic and cfg.model_only:
@@ -97,6 +99,7 @@ class Checkpointer:
             written.append(periodic)
         if periodic:
             self._apply_retention()
+            faults.boundary("retained")
         log.info("checkpoint at epoch %d step %d: %s", epoch, step, ", ".join(written))
         return written
 
@@ -110,15 +113,18 @@ class Checkpointer:
             "time": time.time(),
         }
         self.index.record(entry)
+        faults.boundary("indexed")
         return entry
 
     def _apply_retention(self) -> None:
         n = self.cfg.keep_last_n
         if not n:
             return
-        periodic = sorted((e for e in self.index.entries.values() if e["role"] == "periodic"), key=lambda e: e["step"])
-        for entry in periodic[:-n]:
-            if entry["file"] in self.protected:
+        # The most recent saves are kept, those the index lists and those a killed run wrote
+        # without listing them (else they would pile up past keep_last_n).
+        periodic = [f for f in self.index.files() if f.role == "periodic"]
+        for old in sorted(periodic, key=lambda f: f.order, reverse=True)[n:]:
+            if old.name in self.protected:
                 continue
-            (self.folder / entry["file"]).unlink(missing_ok=True)
-            self.index.remove(entry["file"])
+            (self.folder / old.name).unlink(missing_ok=True)
+            self.index.remove(old.name)
