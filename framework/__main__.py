@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -22,12 +23,14 @@ import framework
 from framework import config, overrides, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
+from framework.preemption import EXIT_CODES
 from framework.run_dir import EXISTING_RUN, holds_a_run, make_room, refusal
+from framework.sweep import summarize, verdict
 
 config.register()
 log = logging.getLogger("framework")
-# What a process killed by SIGTERM exits with; a run stopped gracefully by it says the same.
-PREEMPTED_EXIT = 128 + 15
+# A run stopped gracefully by a signal exits as a process killed by it would: not done.
+STOPPED_EXIT = {"preempted": EXIT_CODES[signal.SIGTERM], "interrupted": EXIT_CODES[signal.SIGINT]}
 
 
 def continue_in_place(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
@@ -133,8 +136,11 @@ def main(cfg: DictConfig) -> None:
     given = overrides.given_keys(list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices)
     try:
         summary = train.run(cfg, run_dir, given=given)
-        if summary["status"] == "preempted" and not in_sweep:
-            sys.exit(PREEMPTED_EXIT)  # not finished: a scheduler must not take it for done
+        if summary["status"] in STOPPED_EXIT:  # not finished: a scheduler must not take it for done
+            if in_sweep:
+                # The signal was for the whole sweep: start no more jobs; summarize what ran.
+                stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
+            sys.exit(STOPPED_EXIT[summary["status"]])
     except (config.ConfigError, CheckpointError) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
         if in_sweep:
@@ -149,6 +155,15 @@ def main(cfg: DictConfig) -> None:
         # skip the summary): it is recorded in its own metrics.json and in the summary, and the
         # sweep exits non-zero at the end.
         log.exception("job failed")
+
+
+def stop_the_sweep(sweep_dir: Path, status: str) -> None:
+    line = verdict(summarize(sweep_dir))[1]
+    print(
+        f"sweep {status}: no more jobs started. {line}. Continue with the same command and resume=auto "
+        f"(the summary: {sweep_dir / 'summary.md'})",
+        file=sys.stderr,
+    )
 
 
 def entry(argv: list[str]) -> None:
@@ -169,6 +184,12 @@ def entry(argv: list[str]) -> None:
         if e.code == 1 and take_back is not None:
             take_back()  # the resume was refused
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one's graceful stop was not awaited
+        print(
+            "Interrupted: stopped at once, without a checkpoint. resume=auto continues from the last one.",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CODES[signal.SIGINT])
     except Exception as e:
         if user_wants_tracebacks:
             raise

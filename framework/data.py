@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from framework.preemption import ignore_stop_signals
+
 # Each use of the seed gets its own tag, so that the streams never coincide.
 SPLIT, SHUFFLE, AUGMENT, NOISE, WORKERS = 1, 2, 3, 4, 5
 
@@ -166,10 +168,11 @@ def seed_worker(worker_id: int) -> None:
 
     Torch seeds each worker from the loader's generator; the other two libraries would start
     every worker, every epoch, in the same state. Our own augmentation does not use them, but a
-    user's transform might.
+    user's transform might. Stop signals are left to the main process (framework/preemption.py).
     """
     import random
 
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -203,4 +206,5 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoad
         shuffle=False,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals,
     )

@@ -36,6 +36,8 @@ from framework.reproducibility import why_runs_differ
 log = logging.getLogger("framework")
 
 METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
+# Jobs a signal stopped with a checkpoint: not failed, not done.
+STOPPED = ("preempted", "interrupted")
 
 
 # ---- reading the jobs --------------------------------------------------------------------
@@ -80,6 +82,8 @@ def read_job(job: Path) -> dict:
     if record["status"] == "running":
         record["status"] = "failed"  # killed: it never wrote an end
         record["error"] = record["error"] or "the job never finished (killed?)"
+    if record["status"] in STOPPED:
+        record["error"] = f"{record['status']} at step {summary.get('global_step')}: continue with resume=auto"
     try:
         lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
         record["curve"] = [
@@ -152,12 +156,14 @@ def summarize(sweep_dir: Path) -> dict:
                 "possible_causes": [] if reproduces else why_runs_differ([r.get("settings") or {} for r in g]),
             }
         )
-    failed = [r for r in runs if r["status"] != "completed"]
+    failed = [r for r in runs if r["status"] not in ("completed", *STOPPED)]
+    stopped = [r for r in runs if r["status"] in STOPPED]
     summary = {
         "sweep_dir": str(sweep_dir),
         "jobs": len(runs),
-        "completed": len(runs) - len(failed),
+        "completed": len(runs) - len(failed) - len(stopped),
         "failed": len(failed),
+        "stopped": len(stopped),
         "metrics": stats,
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
@@ -178,7 +184,7 @@ def markdown(s: dict) -> str:
     out = [
         f"# Sweep summary: {s['sweep_dir']}",
         "",
-        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed.",
+        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed, {s['stopped']} stopped by a signal.",
         "",
     ]
     if s["metrics"]:
@@ -197,9 +203,10 @@ def markdown(s: dict) -> str:
         values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
         fp = (r["fingerprint"] or "")[:16]
         out.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
-    failed = [r for r in s["runs"] if r["status"] != "completed"]
-    if failed:
-        out += ["", "Failed jobs:"] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in failed]
+    for title, statuses in (("Failed jobs:", ("failed",)), ("Stopped jobs:", STOPPED)):
+        listed = [r for r in s["runs"] if r["status"] in statuses]
+        if listed:
+            out += ["", title] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in listed]
     if s["reproducibility_checked"]:
         verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
         out += [
@@ -272,6 +279,8 @@ def verdict(summary: dict) -> tuple[int, str]:
     problems = []
     if summary["failed"]:
         problems.append(f"{summary['failed']} of {summary['jobs']} jobs failed")
+    if summary.get("stopped"):
+        problems.append(f"{summary['stopped']} of {summary['jobs']} jobs stopped by a signal")
     if summary["all_reproduce"] is False:
         bad = [
             " ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]

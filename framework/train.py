@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ from framework.checkpoint.io import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
-from framework.preemption import StopOnSignal
+from framework.preemption import StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
 from framework.run_dir import clear_leftovers, holds_a_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState
@@ -205,11 +206,12 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
             progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
-            batches = iter(
-                data_lib.train_loader(
-                    train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+            with signals_held():  # its workers start here
+                batches = iter(
+                    data_lib.train_loader(
+                        train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+                    )
                 )
-            )
             if restore_rng_from is not None:
                 # Only now: anything that creating the iterator drew must not shift the streams.
                 state.restore(restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
@@ -264,7 +266,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
 
         if stopped_by == "signal":
             summary.update(
-                status="preempted",
+                status="preempted" if preemption.received == signal.SIGTERM else "interrupted",
                 stopped_by=stopped_by,
                 epochs_completed=state.epoch,
                 global_step=state.global_step,
@@ -274,11 +276,16 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             write_json_atomic(run_dir / "metrics.json", summary)
             if cfg.checkpoint.enabled:
                 log.warning(
-                    "preempted at step %d; continue with resume=auto (or resume=%s)", state.global_step, run_dir
+                    "%s at step %d; continue with resume=auto (or resume=%s)",
+                    summary["status"],
+                    state.global_step,
+                    run_dir,
                 )
             else:
                 log.warning(
-                    "preempted at step %d; nothing was saved (checkpoint=off): a rerun starts over", state.global_step
+                    "%s at step %d; nothing was saved (checkpoint=off): a rerun starts over",
+                    summary["status"],
+                    state.global_step,
                 )
             return summary
 
@@ -378,7 +385,9 @@ def evaluate(
         return {}
     model.eval()
     loss_sum, correct = 0.0, 0
-    for x, y in loader:
+    with signals_held():  # its workers start here
+        batches = iter(loader)
+    for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x)

@@ -5,11 +5,15 @@ Every test here was run against the code before its fix and failed there."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
-from helpers import read_jsonl, read_summary, run_cli, start_cli, wait_for_step
+import torch
+from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, wait_for_step
 
 from framework.compare import compare as differences
 
@@ -138,8 +142,6 @@ def test_a_save_killed_at_any_boundary_leaves_a_run_that_resumes_exactly(straigh
 
 def flip_a_bit_inside_a_tensor(path):
     """Flip one bit in the middle of the largest tensor's bytes: torch.load still reads the file."""
-    import torch
-
     weights = torch.load(path, weights_only=True)["model_state_dict"]
     tensor = max(weights.values(), key=lambda t: t.numel())
     data = path.read_bytes()
@@ -173,3 +175,62 @@ def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
     proc = run_cli(run, *config, "resume=auto", GO_ON, "optimizer.lr=0.05", "allow_config_changes=true")
     resumed = read_summary(run)["resumes"][-1]
     assert resumed["global_step"] == 30 and resumed["from"].endswith("last.pt"), proc.stdout
+
+
+WORKERS = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none", "data.num_workers=2"]
+
+
+@pytest.mark.parametrize("sig,status,code", [(signal.SIGTERM, "preempted", 143), (signal.SIGINT, "interrupted", 130)])
+def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(tmp_path, sig, status, code):
+    """SLURM and Kubernetes signal every process of a job; a terminal's Ctrl-C does the same."""
+    run = tmp_path / "run"
+    proc = start_cli(run, *WORKERS, "resume=auto", start_new_session=True)
+    wait_for_step(proc, run, 25)
+    os.killpg(proc.pid, sig)  # the loader workers too
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    summary = read_summary(run)
+    assert summary["status"] == status and summary["stopped_by"] == "signal"
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["global_step"] == summary["global_step"] >= 25
+
+    run_cli(run, *WORKERS, "resume=auto")
+    straight = tmp_path / "straight"
+    run_cli(straight, *WORKERS)
+    assert differences(straight, run) == []
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    proc = start_cli(run, *WORKERS, start_new_session=True)
+    wait_for_step(proc, run, 5)
+    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert read_summary(run)["status"] == "interrupted"
+
+
+def test_sigterm_to_a_sweep_stops_it_and_the_requeue_finishes_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "framework", "-m", "seed=0,1,2", "model=mlp", "trainer.max_epochs=2", "logger=none",
+           "trainer.log_every_n_steps=1", "resume=auto", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    wait_for_step(proc, sweep / "0", 10)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "no more jobs started" in err
+    assert not (sweep / "1").exists() and not (sweep / "2").exists()
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert (summary["stopped"], summary["failed"]) == (1, 0)
+    assert summary["runs"][0]["status"] == "preempted" and "resume=auto" in summary["runs"][0]["error"]
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert (summary["jobs"], summary["completed"]) == (3, 3)
+    assert len(read_summary(sweep / "0")["resumes"]) == 1
