@@ -24,7 +24,7 @@ from framework import config, overrides, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 from framework.preemption import EXIT_CODES
-from framework.run_dir import EXISTING_RUN, holds_a_run, make_room, refusal
+from framework.run_dir import EXISTING_RUN, RunDirInUse, holds_a_run, make_room, refusal
 from framework.sweep import summarize, verdict
 
 config.register()
@@ -86,6 +86,19 @@ def take_back_if_not_started(run_dir: Path, hydra_files: Path) -> Callable[[], N
     return take_back
 
 
+def warn_about_auto_without_a_directory(argv: list[str]) -> None:
+    """resume=auto looks for checkpoints in the run directory; without a fixed one, every run
+    gets a new timestamped directory, and there is never anything to continue from."""
+    key = "hydra.sweep.dir" if overrides.is_multirun(argv) else "hydra.run.dir"
+    if overrides.value_of(argv, "resume") == "auto" and overrides.value_of(argv, key) is None:
+        print(
+            f"Warning: resume=auto without {key}: this run gets a new timestamped directory, so it can "
+            f"never find a checkpoint to continue from (unless your config sets {key}). Give "
+            f"{key}=A_FIXED_DIRECTORY, the same on every requeue.",
+            file=sys.stderr,
+        )
+
+
 def protect_existing_run(argv: list[str]) -> None:
     """A new run (no `resume`) in a directory that holds a run is refused before Hydra writes
     anything into it, unless `existing_run=archive|overwrite` makes room (framework/run_dir.py).
@@ -141,7 +154,7 @@ def main(cfg: DictConfig) -> None:
                 # The signal was for the whole sweep: start no more jobs; summarize what ran.
                 stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
             sys.exit(STOPPED_EXIT[summary["status"]])
-    except (config.ConfigError, CheckpointError) as e:
+    except (config.ConfigError, CheckpointError, RunDirInUse, train.RunStopped) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
         if in_sweep:
             log.error("job failed: %s", e)
@@ -171,6 +184,7 @@ def entry(argv: list[str]) -> None:
         print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
         return
     relaunch_for_strict(argv)
+    warn_about_auto_without_a_directory(argv)
     protect_existing_run(argv)
     argv, take_back = continue_in_place(argv)
     sys.argv = [sys.argv[0], *argv]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,11 +27,39 @@ def replace_atomically(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno != errno.ENOSPC or not path.is_file():
+            raise
+        # No room for a second file (the inodes ran out): overwrite in place, so that a run's
+        # status is still recorded. The last resort: a crash now could leave the file torn.
+        with open(path, "r+") as f:
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
 
+def json_text(value, **dumps) -> str:
+    """JSON that stays JSON: a NaN or infinite float (a loss gone wrong) is written as null,
+    never as the bare NaN that json.dumps writes by default and no JSON reader accepts."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), allow_nan=False, **dumps)
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    replace_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    replace_atomically(path, json_text(payload, indent=2, sort_keys=True) + "\n")

@@ -18,13 +18,48 @@ from framework.config import ConfigError
 
 
 def build_data(cfg: DictConfig) -> data_lib.Splits:
-    x, y = _instantiate(cfg.source, "data.source")
-    if len(y) == 0:
-        raise ConfigError("data.source: the data set is empty")
+    x, y = checked_arrays(*_instantiate(cfg.source, "data.source"))
     splits = data_lib.split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     if len(splits.train) == 0:
         raise ConfigError("data: no training samples left after the val/test split")
     return splits
+
+
+def checked_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs [N, ...] of finite floats and labels [N] of class indices, or a one-line error
+    that says what is wrong, before any training: a NaN input, a fractional or negative label,
+    one-hot labels or flat inputs would otherwise train nonsense or crash mid-epoch."""
+    try:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"data.source must return two arrays (inputs, labels): {e}") from e
+    where = "data.source"
+    if len(y) == 0:
+        raise ConfigError(f"{where}: the data set is empty")
+    if x.dim() < 2:
+        raise ConfigError(f"{where}: inputs must have shape [N, features...], got {list(x.shape)}")
+    if y.dim() != 1:
+        raise ConfigError(
+            f"{where}: labels must have shape [N] (class indices), got {list(y.shape)}"
+            + (": one-hot labels? give y.argmax(1)" if y.dim() == 2 else "")
+        )
+    if len(x) != len(y):
+        raise ConfigError(f"{where}: {len(x)} inputs but {len(y)} labels")
+    if y.is_floating_point():
+        if not torch.equal(y, y.round()):
+            bad = y[y != y.round()][0].item()
+            raise ConfigError(f"{where}: labels must be whole class indices, got {bad} (a regression target?)")
+    elif y.dtype == torch.bool or not (y.dtype.is_signed or y.dtype == torch.uint8):
+        raise ConfigError(f"{where}: labels must be integer class indices, got {y.dtype}")
+    y = y.to(torch.int64)
+    if y.min() < 0:
+        raise ConfigError(f"{where}: labels must be class indices 0, 1, ..., got {y.min().item()}")
+    x = x.to(torch.float32)
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = bad.flatten(1).any(1).nonzero()[0].item()
+        raise ConfigError(f"{where}: {bad.sum().item()} input values are NaN or infinite (the first in sample {first})")
+    return x, y
 
 
 def build_model(cfg: DictConfig, splits: data_lib.Splits) -> torch.nn.Module:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from framework.checkpoint.io import CheckpointError, safe_load
 from framework.reproducibility import why_runs_differ
 
 HISTORY_EVENTS = ("step", "epoch", "stop")
@@ -82,8 +83,7 @@ def compare(a: Path, b: Path) -> list[str]:
         found.append(divergence)
     la, lb = a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt"
     if la.is_file() and lb.is_file():
-        load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
-        tensors = tensor_differences(load(la), load(lb))
+        tensors = tensor_differences(safe_load(la), safe_load(lb))
         if tensors:
             found.append(f"{len(tensors)} entries of the final state differ: " + ", ".join(tensors))
     return found
@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "metrics.json").is_file() or not (run / "metrics.jsonl").is_file():
             print(f"Error: {run} is not a finished run directory (no metrics.json / metrics.jsonl)", file=sys.stderr)
             return 2
-    found = compare(args.run_a, args.run_b)
+    try:
+        found = compare(args.run_a, args.run_b)
+    except (CheckpointError, OSError, ValueError) as e:  # a damaged file: not a difference, an error
+        print(f"Error: cannot compare, a file cannot be read: {e}", file=sys.stderr)
+        return 2
     if not found:
         print(f"identical: {args.run_a} and {args.run_b} (fingerprint, metrics history and final state)")
         return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -217,6 +218,7 @@ class LoggerConfig:
 class TrainerConfig:
     max_epochs: int = MISSING
     max_steps: Optional[int] = MISSING  # a stopping point, not part of the schedule
+    stop_on_nonfinite_loss: bool = MISSING  # a NaN or infinite train/loss stops the run before it saves
     device: str = MISSING
     precision: str = MISSING
     gradient_clip_val: Optional[float] = MISSING
@@ -299,8 +301,17 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"trainer.log_every_n_steps={t.log_every_n_steps} must be at least 1")
     if cfg.existing_run not in EXISTING_RUN:
         problems.append(f"existing_run={cfg.existing_run!r} is not one of {EXISTING_RUN}")
-    if cfg.seed < 0:
-        problems.append(f"seed={cfg.seed} must be zero or positive")
+    if not 0 <= cfg.seed < 2**63:
+        problems.append(f"seed={cfg.seed} must be zero or positive and below 2**63")
+    if t.gradient_clip_val is not None and t.gradient_clip_val <= 0:
+        problems.append(f"trainer.gradient_clip_val={t.gradient_clip_val} must be positive (or null: no clipping)")
+    if t.eval_batch_size < 1:
+        problems.append(f"trainer.eval_batch_size={t.eval_batch_size} must be at least 1")
+    # The built-in schedulers' counts (StepLR divides by step_size at its first step).
+    for key, least in (("step_size", 1), ("T_max", 1), ("total_steps", 1), ("warmup_steps", 0), ("total_iters", 0)):
+        value = cfg.scheduler.get(key) if isinstance(cfg.scheduler, DictConfig) else None
+        if isinstance(value, int) and value < least:
+            problems.append(f"scheduler.{key}={value} must be at least {least}")
     c = cfg.checkpoint
     if c.monitor is not None and c.monitor not in MONITORS:
         problems.append(f"checkpoint.monitor={c.monitor!r} is not one of {MONITORS} (or null)")
@@ -333,6 +344,28 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
             else:
                 found += _missing_keys(node._get_node(key), full + ".")
     return found
+
+
+def config_from_text(text: object, where: str) -> DictConfig:
+    """A checkpoint's config (YAML text), parsed with limits: a file from elsewhere can hold an
+    alias bomb (a few hundred bytes whose aliases expand without end) or nesting deep enough to
+    exhaust the stack. The framework writes neither, so such a config is refused."""
+    if not isinstance(text, str) or len(text) > 2**20:
+        raise ConfigError(f"{where}: its config is not YAML text of at most 1 MiB")
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events: nothing is expanded
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{where}: its config uses YAML aliases, which the framework never writes")
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > 64:
+                raise ConfigError(f"{where}: its config is nested deeper than any the framework writes")
+        cfg = OmegaConf.create(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: its config is not valid YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{where}: its config is not a mapping of keys to values")
+    return cfg
 
 
 def flatten(tree, prefix: str = "") -> dict:

@@ -81,7 +81,7 @@ def load_npz(path: str, x_key: str = "x", y_key: str = "y"):
         x, y = arrays[x_key], arrays[y_key]
     if len(x) != len(y):
         raise ValueError(f"{file}: {x_key} has {len(x)} rows but {y_key} has {len(y)}")
-    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    return torch.as_tensor(x), torch.as_tensor(y)  # their types are checked (and converted) by build_data
 
 
 # ---- split -------------------------------------------------------------------------------

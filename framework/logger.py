@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from framework.atomic import replace_atomically
+from framework.atomic import json_text, replace_atomically
 from framework.config import flatten
 
 log = logging.getLogger("framework")
@@ -40,7 +40,7 @@ class MetricsLogger:
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, event: str, epoch: int, step: int, metrics: dict) -> None:
-        self.jsonl.write(json.dumps({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
+        self.jsonl.write(json_text({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
         self.lines += 1
         if self.tb is not None:
             for name, value in metrics.items():

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework.arguments import COMPONENTS
 from framework.checkpoint import CheckpointError, Index, load_checked
-from framework.config import ConfigError, flatten
+from framework.config import ConfigError, config_from_text, flatten
 
 log = logging.getLogger("framework")
 
@@ -105,7 +105,7 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
     section, or "" for everything; None compares everything). A default composed afresh is not
     the user's wish: it may have changed since, or the first run may have overridden it.
     """
-    old = OmegaConf.create(ckpt["config"])
+    old = config_from_text(ckpt["config"], "the checkpoint")
     old_flat = flatten(OmegaConf.to_container(old, resolve=True))
     new_flat = flatten(OmegaConf.to_container(new, resolve=True))
 

@@ -1,4 +1,5 @@
-"""The run directory: whether it already holds a run, and what to do with one that does.
+"""The run directory: whether it already holds a run, what to do with one that does, and the
+lock that gives it one writer.
 
 A new run started in a directory that holds another (`hydra.run.dir=D` without `resume`) would
 overwrite its checkpoints, add a second history to its metrics and leave its later files to
@@ -9,12 +10,19 @@ own files into the directory, when the directory is on the command line.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import platform
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 EXISTING_RUN = ("refuse", "archive", "overwrite")
+
+
+class RunDirInUse(Exception):
+    """Another process is writing this run directory: reported in one line, exit 1."""
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -62,3 +70,43 @@ def clear_leftovers(folder: Path) -> None:
     for name in ("metrics.jsonl", "metrics.json"):
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+
+
+class RunLock:
+    """One writer per run directory: an OS lock (flock) on `.lock`, which dies with its process,
+    so a run killed with -9 never leaves its directory locked. A second start is refused, naming
+    the process that holds the lock."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "another process"
+                self.file.close()
+                raise RunDirInUse(
+                    f"{folder} is in use by {holder}: one run at a time writes a run directory. "
+                    "Wait for it to end (or stop it), or choose another hydra.run.dir."
+                ) from None
+            # The previous holder may have removed the file between our open and our lock.
+            if self.path.exists() and os.fstat(self.file.fileno()).st_ino == os.stat(self.path).st_ino:
+                break
+            self.file.close()
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {platform.node()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)  # before unlocking: a newcomer then locks a new file
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -38,7 +38,7 @@ from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
-from framework.run_dir import clear_leftovers, holds_a_run, refusal
+from framework.run_dir import RunLock, clear_leftovers, holds_a_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState
 
 log = logging.getLogger("framework")
@@ -52,8 +52,13 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     `given`: the config keys the command line set (see framework/overrides.py). On resume only
     these may differ from the checkpoint's config; None compares every key.
     """
-    started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):  # one writer per run directory
+        return run_locked(cfg, run_dir, given)
+
+
+def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
+    started = time.time()
     check(cfg)
     # Resuming: the checkpoint's config is the source of truth (see framework/resume.py).
     resume_point = resume_lib.find(cfg.resume, run_dir)
@@ -67,6 +72,19 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
         check(cfg)
     check_arguments(cfg)  # before any data is loaded
+    if resume_point is not None and nothing_left(resume_point.ckpt, cfg):
+        finished = previous_summary(run_dir)
+        if finished.get("status") == "completed":
+            log.warning(
+                "nothing left to train: the checkpoint is at epoch %d, step %d, and the config stops there "
+                "(trainer.max_epochs=%d, trainer.max_steps=%s). The run's results are kept as they are. To go on, "
+                "give trainer.max_steps=null or more epochs (trainer.max_epochs=N allow_config_changes=true).",
+                resume_point.ckpt["epoch"],
+                resume_point.ckpt["global_step"],
+                cfg.trainer.max_epochs,
+                cfg.trainer.max_steps,
+            )
+            return finished
     # Plain values: reading a DictConfig attribute costs microseconds, which the step loop would
     # pay several times a step.
     t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -116,7 +134,10 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
 
         state = TrainState(model, optimizer, scheduler, scaler)
         checkpointer = Checkpointer(
-            cfg.checkpoint, run_dir / "checkpoints", resumed_from=resume_point.path if resume_point else None
+            cfg.checkpoint,
+            run_dir / "checkpoints",
+            resumed_from=resume_point.path if resume_point else None,
+            state_bytes=expected_state_bytes(model),
         )
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
@@ -178,7 +199,9 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             summary["resumes"] = summary.get("resumes", []) + [resume_record(resume_point, changes)]
             if cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
                 summary["resumes"][-1]["val_check"] = check_restored_val_loss(
-                    ckpt["val_loss"], evaluate(model, val_loader, device, autocast).get("loss")
+                    ckpt["val_loss"],
+                    evaluate(model, val_loader, device, autocast).get("loss"),
+                    rebatched="trainer.eval_batch_size" in changes,
                 )
 
         write_json_atomic(run_dir / "metrics.json", summary)
@@ -206,12 +229,14 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
             progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
+            # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
+            state.position = min(state.position, steps_per_epoch)
+            loader = data_lib.train_loader(
+                train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+            )
             with signals_held():  # its workers start here
-                batches = iter(
-                    data_lib.train_loader(
-                        train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
-                    )
-                )
+                batches = iter(loader) if state.position < steps_per_epoch else iter(())
+            loss = None
             if restore_rng_from is not None:
                 # Only now: anything that creating the iterator drew must not shift the streams.
                 state.restore(restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
@@ -225,6 +250,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
                 logged = None
                 if state.global_step % t.log_every_n_steps == 0:
                     logged = loss.item()
+                    stop_if_not_finite(logged, state, t.stop_on_nonfinite_loss)
                     logger.log(
                         "step", state.epoch, state.global_step, {"train/loss": logged, "lr": current_lr(optimizer)}
                     )
@@ -237,9 +263,13 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
                     break  # the epoch end or the stop below saves what is due
                 if checkpointer.step_due(state.global_step):
                     state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
+                    stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
                     save("step", prefixed("val", evaluate(model, val_loader, device, autocast)))
             progress.end_epoch()
-            state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
+            if loss is not None:
+                state.last_loss = loss.item()
+            state.epoch_loss_sum = loss_sum.item()
+            stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
 
             metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(optimizer)}
             metrics.update(prefixed("val", evaluate(model, val_loader, device, autocast)))
@@ -329,6 +359,33 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
         preemption.close()
 
 
+def nothing_left(ckpt: dict, cfg: DictConfig) -> bool:
+    """Whether a resumed run's config stops it where its checkpoint already is."""
+    max_steps = cfg.trainer.max_steps
+    return ckpt["epoch"] >= cfg.trainer.max_epochs or (max_steps is not None and ckpt["global_step"] >= max_steps)
+
+
+def expected_state_bytes(model: torch.nn.Module) -> int:
+    """About how large a full checkpoint of this model gets: its weights and up to two optimizer
+    buffers per weight (Adam's moments)."""
+    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+class RunStopped(Exception):
+    """The run cannot go on meaningfully (a non-finite loss): one line, exit 1, status failed."""
+
+
+def stop_if_not_finite(loss: float, state: TrainState, stop: bool) -> None:
+    """A NaN or infinite train/loss (a step's, or the epoch's running sum) stops the run before
+    it saves or logs that state as if it were fine."""
+    if stop and not math.isfinite(loss):
+        raise RunStopped(
+            f"train/loss is {loss} at step {state.global_step} (epoch {state.epoch + 1}): the run stopped before "
+            "saving that state. Lower optimizer.lr, set trainer.gradient_clip_val or check the data; "
+            "trainer.stop_on_nonfinite_loss=false goes on regardless."
+        )
+
+
 def determinism_in_force(cfg: DictConfig, resume_point: resume_lib.ResumePoint | None, device: torch.device) -> dict:
     """Put the level and the thread count in force (a resumed run keeps the count it ran with);
     return the settings in force, and say what a user must know about them."""
@@ -398,11 +455,18 @@ def evaluate(
     return {"loss": loss_sum / n, "acc": correct / n}
 
 
-def check_restored_val_loss(recorded: float, now: float | None) -> dict:
-    """Validation right after restoring must reproduce the loss the checkpoint recorded."""
+def check_restored_val_loss(recorded: float, now: float | None, rebatched: bool = False) -> dict:
+    """Validation right after restoring must reproduce the loss the checkpoint recorded: to the
+    bit, or, when trainer.eval_batch_size changed (a sum batched otherwise rounds otherwise in its
+    last bits), to float rounding."""
     identical = now == recorded
+    if rebatched and now is not None and not identical:
+        identical = math.isclose(now, recorded, rel_tol=1e-6, abs_tol=1e-9)
     if identical:
-        log.info("resume check: val/loss %.10g after restoring, identical to the checkpoint's", now)
+        how = "identical to the checkpoint's"
+        if now != recorded:
+            how = "equal to the checkpoint's within float rounding (trainer.eval_batch_size changed)"
+        log.info("resume check: val/loss %.10g after restoring, %s", now, how)
     else:
         log.warning("!" * 72)
         log.warning(
@@ -414,7 +478,12 @@ def check_restored_val_loss(recorded: float, now: float | None) -> dict:
             (now or 0.0) - recorded,
         )
         log.warning("!" * 72)
-    return {"recorded_val_loss": recorded, "val_loss_after_restore": now, "identical": identical}
+    return {
+        "recorded_val_loss": recorded,
+        "val_loss_after_restore": now,
+        "identical": identical,
+        "rebatched": rebatched,
+    }
 
 
 def resume_record(point: resume_lib.ResumePoint, changes: list[str]) -> dict:

@@ -234,3 +234,217 @@ def test_sigterm_to_a_sweep_stops_it_and_the_requeue_finishes_it(tmp_path):
     summary = json.loads((sweep / "summary.json").read_text())
     assert (summary["jobs"], summary["completed"]) == (3, 3)
     assert len(read_summary(sweep / "0")["resumes"]) == 1
+
+
+def test_a_second_process_in_a_run_directory_is_refused_and_the_first_goes_on(tmp_path):
+    run = tmp_path / "run"
+    long = ["model=mlp", "trainer.max_epochs=20", "trainer.log_every_n_steps=1", "logger=none", "resume=auto"]
+    first = start_cli(run, *long)
+    wait_for_step(first, run, 5)
+    second = run_cli(run, *long, check=False)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"is in use by process {first.pid} on " in second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    steps = [r["step"] for r in read_jsonl(run) if r["event"] == "step"]
+    assert steps == list(range(1, 401))  # one history, not two interleaved
+    assert not (run / ".lock").exists()  # released with the run
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    config = ["model=mlp", "trainer.max_epochs=3", "logger=none", "trainer.max_steps=30", "resume=auto"]
+    run_cli(run, *config)
+    before = {name: (run / name).read_bytes() for name in ("metrics.json", "metrics.jsonl")}
+    for _ in range(2):  # the same command again, as a requeue would
+        proc = run_cli(run, *config)
+        assert "nothing left to train" in proc.stdout
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert read_summary(run)["global_step"] == 30
+
+
+def strict_json(path):
+    """Standard JSON only: NaN and Infinity are not JSON (Python's reader takes them by default)."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    if path.suffix == ".jsonl":
+        return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def npz(tmp_path, x, y):
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.asarray(x), y=np.asarray(y))
+    return ["data=npz", f"data.source.path={path}", "model=mlp"]
+
+
+BAD_VALUES = {
+    "negative clip": (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1.0 must be positive"),
+    "step_size 0": (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 must be at least 1"),
+    "huge seed": ([f"seed={2**70}"], "must be zero or positive and below 2**63"),
+}
+BAD_DATA = {  # (inputs, labels) -> what the error says
+    "fractional labels": (lambda: ([[0.0, 1.0]] * 20, [0.5, 1.0] * 10), "labels must be whole class indices, got 0.5"),
+    "negative labels": (lambda: ([[0.0, 1.0]] * 20, [-1, 1] * 10), "labels must be class indices 0, 1, ..., got -1"),
+    "one-hot labels": (lambda: ([[0.0, 1.0]] * 20, [[1, 0], [0, 1]] * 10), "one-hot labels? give y.argmax(1)"),
+    "flat inputs": (lambda: ([0.0, 1.0] * 10, [0, 1] * 10), "inputs must have shape [N, features...], got [20]"),
+    "a NaN input": (lambda: ([[0.0, 1.0]] * 19 + [[float("nan"), 1.0]], [0, 1] * 10),
+                    "1 input values are NaN or infinite (the first in sample 19)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [*BAD_VALUES, *BAD_DATA])
+def test_values_and_data_that_would_train_nonsense_are_refused_before_training(tmp_path, case):
+    if case in BAD_VALUES:
+        overrides, says = BAD_VALUES[case]
+    else:
+        make, says = BAD_DATA[case]
+        overrides = npz(tmp_path, *make())
+    run = tmp_path / "run"
+    proc = run_cli(run, *overrides, "trainer.max_epochs=1", "logger=none", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert says in proc.stderr
+    assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # not one step trained
+
+
+def test_a_loss_that_goes_non_finite_stops_the_run_and_every_json_file_stays_json(tmp_path):
+    diverging = ["model=mlp", "optimizer.lr=1e12", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                 "logger=none"]  # fmt: skip
+    stopped = run_cli(tmp_path / "stopped", *diverging, check=False)
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert "train/loss is nan at step" in stopped.stderr or "train/loss is inf at step" in stopped.stderr
+    assert "trainer.stop_on_nonfinite_loss=false" in stopped.stderr
+    assert strict_json(tmp_path / "stopped" / "metrics.json")["status"] == "failed"
+    assert not (tmp_path / "stopped" / "checkpoints" / "last.pt").exists()  # that state was never saved
+
+    run_cli(tmp_path / "on", *diverging, "trainer.stop_on_nonfinite_loss=false")
+    for name in ("metrics.json", "metrics.jsonl", "checkpoints/index.json"):
+        strict_json(tmp_path / "on" / name)  # NaN written as null
+    assert strict_json(tmp_path / "on" / "metrics.json")["metrics"]["train/loss"] is None
+
+
+def test_a_different_eval_batch_size_on_resume_is_no_false_alarm(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    proc = run_cli(run, *BASE, f"resume={run}", GO_ON, "trainer.eval_batch_size=7")
+    assert "RESUME CHECK FAILED" not in proc.stdout
+    assert "resume check: val/loss" in proc.stdout
+    assert read_summary(run)["resumes"][-1]["val_check"]["identical"] is True
+
+
+def test_a_resumed_epoch_with_no_batches_left_ends_cleanly(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)  # stopped at batch 5 of epoch 2; 512 a batch leaves 3 batches an epoch
+    proc = run_cli(run, *BASE, f"resume={run}", GO_ON, "data.batch_size=512", "allow_config_changes=true", check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+
+
+def resave(path, **fields):
+    """A checkpoint changed by hand, with a valid integrity record (as an attacker can make)."""
+    from framework.checkpoint.io import with_integrity
+
+    ckpt = torch.load(path, weights_only=True)
+    ckpt.pop("integrity")
+    torch.save(with_integrity({**ckpt, **fields}), path)
+
+
+def test_hand_made_fields_of_the_wrong_type_get_one_line(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    resave(run / "checkpoints" / "last.pt", epoch="1", loader_state=[1, 5])
+    proc = run_cli(run, *BASE, f"resume={run / 'checkpoints' / 'last.pt'}", GO_ON, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "has fields of the wrong type: epoch is '1', not a count; loader_state is [1, 5]" in proc.stderr
+
+
+def test_a_yaml_alias_bomb_in_a_checkpoint_is_refused_at_once(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    names = "abcdefghij"
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip(names, names[1:])
+    )  # about 600 bytes that expand to 9**10 elements
+    resave(run / "checkpoints" / "last.pt", config=bomb)
+    proc = run_cli(run, *BASE, f"resume={run / 'checkpoints' / 'last.pt'}", check=False, timeout=60)
+    assert proc.returncode == 1 and "its config uses YAML aliases" in proc.stderr
+
+
+def test_a_hostile_pickle_is_refused_without_torchs_advice_to_unpickle_it(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    marker = tmp_path / "pwned"
+    payload = f"import os; open({str(marker)!r}, 'w').close()"
+    torch.save({"meta": {}, "x": Hostile(payload)}, run / "checkpoints" / "evil.pt")
+    proc = run_cli(run, *BASE, f"resume={run / 'checkpoints' / 'evil.pt'}", check=False)
+    assert proc.returncode == 1 and "evil.pt does not load with torch.load(weights_only=True)" in proc.stderr
+    assert "weights_only=False" not in proc.stderr and "Re-running" not in proc.stderr
+    assert not marker.exists()
+
+
+class Hostile:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def test_a_checkpoints_path_that_is_a_file_is_found_before_training(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("not a folder")
+    proc = run_cli(run, "model=mlp", "trainer.max_epochs=1", "logger=none", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "checkpoints is not a folder" in proc.stderr
+    assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # before the first step
+
+
+def test_compare_says_it_cannot_read_a_damaged_file(stopped, tmp_path):
+    a, b = copy_of(stopped, tmp_path), tmp_path / "b"
+    shutil.copytree(stopped, b)
+    (b / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    proc = subprocess.run([sys.executable, "-m", "framework.compare", str(a), str(b)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: cannot compare") and "different" not in proc.stdout
+
+
+def test_resume_auto_without_a_fixed_directory_is_warned_about(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
+    cmd = [sys.executable, "-m", "framework", "resume=auto", "model=mlp", "trainer.max_steps=2", "logger=none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0
+    assert "Warning: resume=auto without hydra.run.dir" in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, small file system (tmpfs): mount(size, inodes) -> its folder."""
+    mounted = []
+
+    def mount(size: str, inodes: int):
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "size,inodes,says", [("16m", 10000, "not enough free disk space"), ("256m", 10, "free inodes")]
+)
+def test_no_room_for_checkpoints_is_found_before_training_and_recorded(small_disk, size, inodes, says):
+    run = small_disk(size, inodes) / "run"
+    proc = run_cli(run, "model=mlp", "trainer.max_epochs=1", "logger=none", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert says in proc.stderr
+    assert read_summary(run)["status"] == "failed"  # not left at "running"
+    assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)

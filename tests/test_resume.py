@@ -264,7 +264,7 @@ def test_a_resume_needs_none_of_the_original_overrides(runs, tmp_path):
     Only `trainer.max_steps=null`, to go past the stopping point the first command set."""
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}  # where the user's model class lives
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}  # where the user's model class lives
     cmd = [sys.executable, "-m", "framework", f"resume={run}", GO_ON]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

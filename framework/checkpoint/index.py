@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from framework.atomic import replace_atomically
+from framework.atomic import json_text, replace_atomically
 
 log = logging.getLogger("framework")
 
@@ -120,7 +120,7 @@ class Index:
     def save(self) -> None:
         files = sorted(self.entries.values(), key=lambda e: (e["step"], e["file"]))
         self.folder.mkdir(parents=True, exist_ok=True)
-        replace_atomically(self.path, json.dumps({"files": files}, indent=2))
+        replace_atomically(self.path, json_text({"files": files}, indent=2))
 
     def files(self) -> list[OnDisk]:
         """Every checkpoint file: those the index lists, and the `.pt` files it does not (a run

@@ -62,6 +62,29 @@ def expected_size(payload: object) -> int:
     return 64
 
 
+# Files one save may create at once (the temporary file, index.json's, links' temporaries).
+INODES_NEEDED = 16
+
+
+def check_room(folder: Path, data_bytes: int, what: str) -> None:
+    """Refuse, in one line and before anything is written, when `folder`'s file system lacks the
+    space or the free inodes (files) that a checkpoint of `data_bytes` needs."""
+    need = data_bytes + DISK_MARGIN
+    usage = os.statvfs(folder)
+    free = usage.f_bavail * usage.f_frsize
+    if free < need:
+        raise CheckpointError(
+            f"not enough free disk space {what}: it needs about {need / 2**20:.0f} MiB "
+            f"(with a {DISK_MARGIN // 2**20} MiB margin), {folder} has {free / 2**20:.0f} MiB free. "
+            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n."
+        )
+    if usage.f_files and usage.f_favail < INODES_NEEDED:  # f_files is 0 where a file system has no inode limit
+        raise CheckpointError(
+            f"no room for new files {what}: the file system of {folder} has {usage.f_favail} free inodes "
+            f"(a save needs up to {INODES_NEEDED}). Existing checkpoints are kept; delete some files."
+        )
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,14 +100,7 @@ def write(payload: dict, path: Path) -> dict:
     """
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    need = expected_size(payload) + DISK_MARGIN
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise CheckpointError(
-            f"not enough free disk space to write {path}: it needs about {need / 2**20:.0f} MiB "
-            f"(with a {DISK_MARGIN // 2**20} MiB margin), {folder} has {free / 2**20:.0f} MiB free. "
-            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n."
-        )
+    check_room(folder, expected_size(payload), f"to write {path}")
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -97,6 +113,9 @@ def write(payload: dict, path: Path) -> dict:
         os.replace(tmp, path)
         fsync_dir(folder)
         faults.boundary("renamed")
+    except OSError as e:  # the disk filled up, inodes ran out, the folder went away
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}. Existing checkpoints are kept.") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

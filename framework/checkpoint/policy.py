@@ -14,6 +14,7 @@ last.pt, best.pt or the file this run resumed from.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +30,21 @@ log = logging.getLogger("framework")
 
 
 class Checkpointer:
-    def __init__(self, cfg: DictConfig, folder: Path, resumed_from: Path | None = None):
+    def __init__(self, cfg: DictConfig, folder: Path, resumed_from: Path | None = None, state_bytes: int = 0):
+        """`state_bytes`: about how large a checkpoint will be. The folder and the room for one
+        are checked now, before training, not at the first save an epoch later."""
         # Plain values: step_due runs every step, and DictConfig lookups are slow.
         cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
         self.folder = folder
+        if cfg.enabled:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as e:
+                raise io.CheckpointError(f"{folder} is not a folder: checkpoints cannot be written there") from e
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise io.CheckpointError(f"{folder} is not writable: checkpoints cannot be written there")
+            io.check_room(folder, state_bytes, "for this run's checkpoints")
         self.index = Index(folder) if cfg.enabled else None
         # Half-written temporary files of a run that was killed mid-write: never valid, only in the way.
         for leftover in folder.glob(".*.tmp-*") if cfg.enabled else ():
