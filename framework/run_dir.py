@@ -73,17 +73,20 @@ def clear_leftovers(folder: Path) -> None:
 
 
 class RunLock:
-    """One writer per run directory: an OS lock (flock) on `.lock`, which dies with its process,
-    so a run killed with -9 never leaves its directory locked. A second start is refused, naming
-    the process that holds the lock."""
+    """One writer per run directory: an OS lock on `.lock`, which dies with its process, so a run
+    killed with -9 never leaves its directory locked. A second start is refused, naming the
+    process that holds the lock.
+
+    A POSIX record lock (lockf), not flock: loader workers forked by the run would inherit an
+    flock and hold the directory until they noticed their parent was gone."""
 
     def __init__(self, folder: Path):
         self.path = folder / ".lock"
         while True:
             self.file = open(self.path, "a+")
             try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EACCES or EAGAIN: held by another process
                 self.file.seek(0)
                 holder = self.file.read().strip() or "another process"
                 self.file.close()
@@ -102,7 +105,7 @@ class RunLock:
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)  # before unlocking: a newcomer then locks a new file
-        fcntl.flock(self.file, fcntl.LOCK_UN)
+        fcntl.lockf(self.file, fcntl.LOCK_UN)
         self.file.close()
 
     def __enter__(self) -> RunLock:

@@ -13,9 +13,10 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, wait_for_step
+from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, train_in_process, wait_for_step
 
 from framework.compare import compare as differences
+from framework.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,7 @@ def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp
     "change,says",
     [
         (["optimizer.lr=0.5"], "optimizer.lr: 0.1 -> 0.5"),  # refused by the config check
-        (["model.hidden=[32,32]", "allow_config_changes=true"], "do not fit the model"),  # by the restore
+        (["model.hidden=[32,32]", "allow_config_changes=true", GO_ON], "do not fit the model"),  # by the restore
     ],
 )
 def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, change, says):
@@ -109,7 +110,7 @@ def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, 
 
 
 # Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
-ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
+ONLY_LAST = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none",
              "checkpoint.monitor=null"]  # fmt: skip
 # last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
 PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
@@ -166,22 +167,33 @@ def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(tmp_pa
 
 
 def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
-    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
+    config = [*ONLY_LAST, "trainer.max_epochs=3", "checkpoint.every_n_epochs=1"]
     run = tmp_path / "run"
     run_cli(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
     # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
     rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
     run_cli(run, *config, *rewind, "trainer.max_steps=30")
-    proc = run_cli(run, *config, "resume=auto", GO_ON, "optimizer.lr=0.05", "allow_config_changes=true")
+    proc = run_cli(
+        run, *config, "resume=auto", "trainer.max_steps=31", "optimizer.lr=0.05", "allow_config_changes=true"
+    )
     resumed = read_summary(run)["resumes"][-1]
     assert resumed["global_step"] == 30 and resumed["from"].endswith("last.pt"), proc.stdout
 
 
-WORKERS = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none", "data.num_workers=2"]
+WORKERS = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none", "data.num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def straight_with_workers(tmp_path_factory):
+    run = tmp_path_factory.mktemp("workers") / "straight"
+    run_cli(run, *WORKERS)
+    return run
 
 
 @pytest.mark.parametrize("sig,status,code", [(signal.SIGTERM, "preempted", 143), (signal.SIGINT, "interrupted", 130)])
-def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(tmp_path, sig, status, code):
+def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(
+    straight_with_workers, tmp_path, sig, status, code
+):
     """SLURM and Kubernetes signal every process of a job; a terminal's Ctrl-C does the same."""
     run = tmp_path / "run"
     proc = start_cli(run, *WORKERS, "resume=auto", start_new_session=True)
@@ -196,9 +208,7 @@ def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(tmp_p
     assert ckpt["global_step"] == summary["global_step"] >= 25
 
     run_cli(run, *WORKERS, "resume=auto")
-    straight = tmp_path / "straight"
-    run_cli(straight, *WORKERS)
-    assert differences(straight, run) == []
+    assert differences(straight_with_workers, run) == []
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
@@ -257,9 +267,8 @@ def test_rerunning_a_finished_run_changes_nothing_and_says_so(tmp_path):
     config = ["model=mlp", "trainer.max_epochs=3", "logger=none", "trainer.max_steps=30", "resume=auto"]
     run_cli(run, *config)
     before = {name: (run / name).read_bytes() for name in ("metrics.json", "metrics.jsonl")}
-    for _ in range(2):  # the same command again, as a requeue would
-        proc = run_cli(run, *config)
-        assert "nothing left to train" in proc.stdout
+    proc = run_cli(run, *config)  # the same command again, as a requeue would
+    assert "nothing left to train" in proc.stdout
     assert {name: (run / name).read_bytes() for name in before} == before
     assert read_summary(run)["global_step"] == 30
 
@@ -298,13 +307,16 @@ BAD_DATA = {  # (inputs, labels) -> what the error says
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", [*BAD_VALUES, *BAD_DATA])
-def test_values_and_data_that_would_train_nonsense_are_refused_before_training(tmp_path, case):
+def overrides_of(case, tmp_path):
     if case in BAD_VALUES:
-        overrides, says = BAD_VALUES[case]
-    else:
-        make, says = BAD_DATA[case]
-        overrides = npz(tmp_path, *make())
+        return BAD_VALUES[case]
+    make, says = BAD_DATA[case]
+    return npz(tmp_path, *make()), says
+
+
+@pytest.mark.parametrize("case", ["negative clip", "fractional labels"])
+def test_values_and_data_that_would_train_nonsense_get_one_line_from_the_command_line(tmp_path, case):
+    overrides, says = overrides_of(case, tmp_path)
     run = tmp_path / "run"
     proc = run_cli(run, *overrides, "trainer.max_epochs=1", "logger=none", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -312,8 +324,18 @@ def test_values_and_data_that_would_train_nonsense_are_refused_before_training(t
     assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # not one step trained
 
 
+@pytest.mark.parametrize("case", [*BAD_VALUES, *BAD_DATA])
+def test_values_and_data_that_would_train_nonsense_are_refused_before_training(tmp_path, case):
+    overrides, says = overrides_of(case, tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError) as refused:
+        train_in_process(run, *overrides, "trainer.max_epochs=1", "logger=none")
+    assert says in str(refused.value)
+    assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)
+
+
 def test_a_loss_that_goes_non_finite_stops_the_run_and_every_json_file_stays_json(tmp_path):
-    diverging = ["model=mlp", "optimizer.lr=1e12", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+    diverging = ["model=mlp", "optimizer.lr=1e12", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
                  "logger=none"]  # fmt: skip
     stopped = run_cli(tmp_path / "stopped", *diverging, check=False)
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
