@@ -76,6 +76,11 @@ def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
     fresh = read_summary(run)
     assert fresh["status"] == "completed" and fresh["global_step"] == 40 and "resumes" not in fresh
 
+    first_fresh = files_of(run)
+    overwritten = run_cli(run, *BASE, "existing_run=overwrite", "seed=1")
+    assert "was deleted" in overwritten.stderr and files_of(run) != first_fresh
+    assert read_summary(run)["seed"] == 1 and len(list(tmp_path.glob("run.archived-*"))) == 1
+
 
 def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp_path):
     run = tmp_path / "run"
@@ -88,9 +93,9 @@ def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp
     assert "nothing was saved" in out + err and "continue with resume=auto" not in out + err
 
     run_cli(run, *unsaved)  # the requeue: same command, nothing to resume from, a fresh start
-    alone = tmp_path / "alone"
-    run_cli(alone, *unsaved)
-    assert read_jsonl(run) == read_jsonl(alone)  # one history, not the killed one and another
+    history = read_jsonl(run)  # one history, not the killed one and another after it
+    assert [r["step"] for r in history if r["event"] == "step"] == [10, 20, 30, 40]  # logged every 10 steps
+    assert [r["event"] for r in history if r["event"] != "step"] == ["epoch", "epoch", "test"]
 
 
 @pytest.mark.parametrize(
@@ -150,10 +155,9 @@ def flip_a_bit_inside_a_tensor(path):
     path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
 
 
-def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(tmp_path):
+def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(straight, tmp_path):
     config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
-    straight_run = tmp_path / "straight"
-    run_cli(straight_run, *config)
+    straight_run = straight / "only_last"  # checkpoints never change the trajectory (test_resume.py)
     run = tmp_path / "run"
     run_cli(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
     (run / "checkpoints" / "index.json").unlink()
@@ -167,9 +171,9 @@ def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(tmp_pa
 
 
 def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
-    config = [*ONLY_LAST, "trainer.max_epochs=3", "checkpoint.every_n_epochs=1"]
+    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
     run = tmp_path / "run"
-    run_cli(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
+    run_cli(run, *config)  # epoch_0001 (step 20), epoch_0002 (step 40), last.pt at 40
     # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
     rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
     run_cli(run, *config, *rewind, "trainer.max_steps=30")
@@ -265,10 +269,12 @@ def test_a_second_process_in_a_run_directory_is_refused_and_the_first_goes_on(tm
 def test_rerunning_a_finished_run_changes_nothing_and_says_so(tmp_path):
     run = tmp_path / "run"
     config = ["model=mlp", "trainer.max_epochs=3", "logger=none", "trainer.max_steps=30", "resume=auto"]
-    run_cli(run, *config)
+    first = run_cli(run, *config)
+    assert "no checkpoint" in first.stdout  # resume=auto with nothing to resume: a fresh start
     before = {name: (run / name).read_bytes() for name in ("metrics.json", "metrics.jsonl")}
     proc = run_cli(run, *config)  # the same command again, as a requeue would
     assert "nothing left to train" in proc.stdout
+    assert (run / ".hydra" / "config.yaml").exists() and list((run / ".hydra").glob("resume-*"))
     assert {name: (run / name).read_bytes() for name in before} == before
     assert read_summary(run)["global_step"] == 30
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TEST_CONF, TESTS, read_jsonl, read_summary, run_cli
+from helpers import ROOT, TEST_CONF, TESTS, read_jsonl, read_summary, run_cli, train_in_process
 
 from framework.compare import compare as differences
 from framework.compare import read_history
@@ -117,24 +117,28 @@ def test_resume_after_sigkill_with_resume_auto_is_exact(runs, tmp_path):
 
 
 def test_saving_checkpoints_never_changes_the_trajectory(runs, tmp_path):
-    train(tmp_path / "often", "checkpoint.every_n_steps=3", "checkpoint.every_n_epochs=1")
-    train(tmp_path / "never", "checkpoint=off")
+    # In this process: what is shown is the config's effect (and that it matches the CLI's bits).
+    train_in_process(tmp_path / "often", *EXACT, "checkpoint.every_n_steps=3", "checkpoint.every_n_epochs=1",
+                     test_conf=True)  # fmt: skip
+    train_in_process(tmp_path / "never", *EXACT, "checkpoint=off", test_conf=True)
     assert not (tmp_path / "never" / "checkpoints").exists()
     fingerprints = {read_summary(p)["fingerprint"] for p in (runs / "straight", tmp_path / "often", tmp_path / "never")}
     assert len(fingerprints) == 1
     assert read_history(tmp_path / "often") == read_history(tmp_path / "never") == read_history(runs / "straight")
 
 
-# Each restored piece, skipped on purpose, must break the comparison.
+# Each restored piece, skipped on purpose, must break the comparison; skipping none must not
+# (the control: the resumes run in this process, the straight run in its own).
 TEETH = ["optimizer", "scheduler", "counters", "data_order", "data_position", "python_rng", "numpy_rng", "torch_rng"]
 
 
-@pytest.mark.parametrize("piece", TEETH)
-def test_skipping_any_restored_piece_breaks_exact_resume(runs, tmp_path, piece):
+@pytest.mark.parametrize("piece", ["none", *TEETH])
+def test_skipping_any_restored_piece_breaks_exact_resume(runs, tmp_path, monkeypatch, piece):
     run = tmp_path / "mid"
     shutil.copytree(runs / "stopped_mid", run)
-    train(run, f"resume={run}", GO_ON, env={"FRAMEWORK_TEST_SKIP_RESTORE": piece})
-    assert differences(runs / "straight", run) != []
+    monkeypatch.setenv("FRAMEWORK_TEST_SKIP_RESTORE", "" if piece == "none" else piece)
+    train_in_process(run, *EXACT, f"resume={run}", GO_ON, test_conf=True)
+    assert (differences(runs / "straight", run) == []) == (piece == "none")
 
 
 def test_a_trajectory_changing_override_is_refused_and_nothing_is_lost(runs, tmp_path):
@@ -160,18 +164,6 @@ def test_extending_a_finished_run_is_allowed_explicitly_and_recorded(runs, tmp_p
     assert summary["resumes"][-1]["changed_keys"] == ["trainer.max_epochs"]
     meta = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["meta"]
     assert meta["follows_original_trajectory"] is False
-
-
-def test_resume_auto_starts_fresh_then_a_rerun_changes_nothing(tmp_path):
-    run = tmp_path / "requeued"
-    quick = ["model=mlp", "trainer.max_epochs=2", "logger=none"]
-    first = run_cli(run, *quick, "resume=auto")
-    assert "no checkpoint" in first.stdout and "resumes" not in read_summary(run)
-    finished = (run / "metrics.json").read_bytes()
-    again = run_cli(run, *quick, "resume=auto", "trainer.max_epochs=2")
-    assert "nothing left to train" in again.stdout
-    assert (run / "metrics.json").read_bytes() == finished  # nothing trained twice, nothing rewritten
-    assert (run / ".hydra" / "config.yaml").exists() and list((run / ".hydra").glob("resume-*"))
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_refused_by_name(runs, tmp_path):
@@ -201,9 +193,9 @@ def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
 
     run = tmp_path / "tb"
     quick = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=7"]
-    run_cli(run, *quick, "trainer.max_steps=29")
+    train_in_process(run, *quick, "trainer.max_steps=29")
     # Go back to step 21, as after a crash: the events of steps 22-29 must be purged, not doubled.
-    run_cli(run, *quick, f"resume={run / 'checkpoints' / 'step_00000021.pt'}", GO_ON)
+    train_in_process(run, *quick, f"resume={run / 'checkpoints' / 'step_00000021.pt'}", GO_ON)
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
