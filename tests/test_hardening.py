@@ -115,7 +115,7 @@ def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, 
 
 
 # Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
-ONLY_LAST = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none",
+ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
              "checkpoint.monitor=null"]  # fmt: skip
 # last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
 PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
@@ -123,27 +123,25 @@ PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    root = tmp_path_factory.mktemp("straight")
-    for name, config in (("only_last", ONLY_LAST), ("periodic", PERIODIC)):
-        run_cli(root / name, *config)
-    return root
+    """The run never stopped (checkpoints never change a trajectory: test_resume.py)."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    run_cli(run, *PERIODIC)
+    return run
 
 
-@pytest.mark.parametrize(
-    "boundary,config",
-    [("written", "only_last"), ("renamed", "only_last"), ("indexed", "only_last"), ("linked", "periodic"),
-     ("retained", "periodic")],
-)  # fmt: skip
-def test_a_save_killed_at_any_boundary_leaves_a_run_that_resumes_exactly(straight, tmp_path, boundary, config):
-    overrides = {"only_last": ONLY_LAST, "periodic": PERIODIC}[config]
+def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exactly(straight, tmp_path):
+    """The requeue command, killed (SIGKILL) at each boundary of a save in turn, each time in
+    the second save of the process: temp file written, renamed (the index still describes the
+    old file), indexed, linked (a periodic name not yet listed), retention done."""
     run = tmp_path / "run"
-    killed = run_cli(run, *overrides, "resume=auto", env={"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}, check=False)
-    assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}"
-    run_cli(run, *overrides, "resume=auto")  # the requeue
-    assert differences(straight / config, run) == []
-    # A periodic file written but not yet listed when the run was killed is not left behind.
-    periodic = sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
-    assert len(periodic) == (1 if config == "periodic" else 0), periodic
+    for boundary in ("written", "renamed", "indexed", "linked", "retained"):
+        killed = run_cli(run, *PERIODIC, "resume=auto", env={"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}, check=False)
+        assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}: {killed.stderr}"
+    run_cli(run, *PERIODIC, "resume=auto")
+    assert differences(straight, run) == []
+    assert len(read_summary(run)["resumes"]) == 5
+    # A periodic file written but not yet listed when a run was killed is not left behind.
+    assert [p.name for p in (run / "checkpoints").glob("step_*.pt")] == ["step_00000056.pt"]
 
 
 def flip_a_bit_inside_a_tensor(path):
@@ -157,7 +155,6 @@ def flip_a_bit_inside_a_tensor(path):
 
 def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(straight, tmp_path):
     config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
-    straight_run = straight / "only_last"  # checkpoints never change the trajectory (test_resume.py)
     run = tmp_path / "run"
     run_cli(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
     (run / "checkpoints" / "index.json").unlink()
@@ -167,13 +164,13 @@ def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(straig
     assert "skipping last.pt" in proc.stdout and "fails its own integrity check" in proc.stdout
     assert "step_00000020.pt (epoch 1, step 20)" in proc.stdout and "checked: its own integrity record" in proc.stdout
     assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
-    assert differences(straight_run, run) == []
+    assert differences(straight, run) == []
 
 
 def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
     config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
     run = tmp_path / "run"
-    run_cli(run, *config)  # epoch_0001 (step 20), epoch_0002 (step 40), last.pt at 40
+    run_cli(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
     # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
     rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
     run_cli(run, *config, *rewind, "trainer.max_steps=30")
