@@ -70,14 +70,14 @@ def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
     assert "resume=auto" in proc.stderr and "existing_run=archive" in proc.stderr
     assert files_of(run) == before  # not even Hydra's .hydra/ or train.log
 
-    archived = run_cli(run, *BASE, "existing_run=archive")
+    archived = run_cli(run, *BASE, "existing_run=archive", "trainer.max_steps=5")
     (aside,) = tmp_path.glob("run.archived-*")
     assert files_of(aside) == before and "is now in" in archived.stderr
     fresh = read_summary(run)
-    assert fresh["status"] == "completed" and fresh["global_step"] == 40 and "resumes" not in fresh
+    assert fresh["status"] == "completed" and fresh["global_step"] == 5 and "resumes" not in fresh
 
     first_fresh = files_of(run)
-    overwritten = run_cli(run, *BASE, "existing_run=overwrite", "seed=1")
+    overwritten = run_cli(run, *BASE, "existing_run=overwrite", "seed=1", "trainer.max_steps=5")
     assert "was deleted" in overwritten.stderr and files_of(run) != first_fresh
     assert read_summary(run)["seed"] == 1 and len(list(tmp_path.glob("run.archived-*"))) == 1
 
@@ -225,7 +225,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
 
 def test_sigterm_to_a_sweep_stops_it_and_the_requeue_finishes_it(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "framework", "-m", "seed=0,1,2", "model=mlp", "trainer.max_epochs=2", "logger=none",
+    cmd = [sys.executable, "-m", "framework", "-m", "seed=0,1,2", "model=mlp", "trainer.max_epochs=1", "logger=none",
            "trainer.log_every_n_steps=1", "resume=auto", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
