@@ -1,7 +1,9 @@
 """A graceful stop on SIGTERM (what SLURM preemption, Kubernetes and torchrun send before they
 kill a job) and on Ctrl-C.
 
-The handler only raises a flag; the training loop looks at it after each optimizer step, writes
+The handler only raises a flag (it may run in the middle of a log write, so it must not log
+itself: that once broke the log file's stream); the training loop looks at it after each
+optimizer step, says what it received, writes
 a checkpoint at that exact step and ends the run ("preempted" after SIGTERM, exit 143;
 "interrupted" after Ctrl-C, exit 130), so `resume=auto` continues from there. A second Ctrl-C
 aborts at once. The previous handlers are put back when the run ends: in a sweep run by Hydra's
@@ -31,6 +33,7 @@ EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.
 class StopOnSignal:
     def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
         self.received: int | None = None
+        self.announced = False
         self.previous = {}
         if threading.current_thread() is not threading.main_thread():
             return  # Python only lets the main thread install handlers
@@ -40,12 +43,20 @@ class StopOnSignal:
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
-        if self.received is None:
-            again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
-            log.warning(
-                "received %s: stopping after this step, with a checkpoint%s", signal.Signals(signum).name, again
-            )
         self.received = signum
+
+    def stop_requested(self) -> bool:
+        """Whether a signal came; said in the log the first time it is seen (here, at a step
+        boundary, where logging is safe)."""
+        if self.received is not None and not self.announced:
+            self.announced = True
+            again = " (Ctrl-C again aborts at once)" if self.received == signal.SIGINT else ""
+            log.warning(
+                "received %s: stopping after this step, with a checkpoint%s",
+                signal.Signals(self.received).name,
+                again,
+            )
+        return self.received is not None
 
     def close(self) -> None:
         for sig, handler in self.previous.items():

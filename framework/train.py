@@ -257,7 +257,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
                 progress.step(state.global_step, logged, current_lr(optimizer))
                 if t.max_steps is not None and state.global_step >= t.max_steps:
                     stopped_by = "max_steps"
-                if preemption.received:
+                if preemption.stop_requested():
                     stopped_by = "signal"
                 if state.position == steps_per_epoch or stopped_by != "max_epochs":
                     break  # the epoch end or the stop below saves what is due

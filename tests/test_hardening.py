@@ -17,6 +17,7 @@ from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, t
 
 from framework.compare import compare as differences
 from framework.config import ConfigError
+from framework.preemption import StopOnSignal
 
 pytestmark = pytest.mark.slow
 
@@ -210,6 +211,23 @@ def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(
 
     run_cli(run, *WORKERS, "resume=auto")
     assert differences(straight_with_workers, run) == []
+
+
+def test_the_signal_handler_itself_never_logs(caplog):
+    """A signal can land while a log line is being flushed; a handler that logged then broke
+    the log file's stream ("reentrant call inside BufferedWriter", seen in CI). It only raises
+    the flag; the loop says what came, once, at a step boundary."""
+    stop = StopOnSignal()
+    try:
+        with caplog.at_level("INFO", logger="framework"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM and caplog.records == []
+            assert stop.stop_requested() and stop.stop_requested()
+        assert [r.getMessage() for r in caplog.records] == [
+            "received SIGTERM: stopping after this step, with a checkpoint"
+        ]
+    finally:
+        stop.close()
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
