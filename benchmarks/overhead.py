@@ -77,7 +77,7 @@ def time_framework(cfg) -> list[float]:
 def time_hand_written(cfg) -> list[float]:
     """The loop a PyTorch user writes by hand, built from the same config values."""
     torch.manual_seed(cfg.seed)
-    splits = build.build_data(cfg.data)
+    splits = build.build_data(cfg.data, cfg.seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(input_shape=splits.input_shape, num_classes=splits.num_classes)
     model = instantiate(model_cfg)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import framework
-from framework import config, overrides, train
+from framework import config, overrides, recipe, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 from framework.preemption import EXIT_CODES
@@ -28,6 +28,7 @@ from framework.run_dir import EXISTING_RUN, RunDirInUse, holds_a_run, make_room,
 from framework.sweep import summarize, verdict
 
 config.register()
+RECIPE_PROBLEMS = recipe.register()
 log = logging.getLogger("framework")
 # A run stopped gracefully by a signal exits as a process killed by it would: not done.
 STOPPED_EXIT = {"preempted": EXIT_CODES[signal.SIGTERM], "interrupted": EXIT_CODES[signal.SIGINT]}
@@ -139,8 +140,14 @@ def relaunch_for_strict(argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
 
 
+# What a failed job returns in a sweep: a sweeper that optimizes records the trial as failed
+# (Optuna refuses a NaN value) and the study goes on; the job's metrics.json says why.
+FAILED = float("nan")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train; return the final value of `optimized_metric`, for sweepers that optimize it."""
     # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -148,17 +155,20 @@ def main(cfg: DictConfig) -> None:
     # The keys this command line sets: on resume only these may differ from the checkpoint's config.
     given = overrides.given_keys(list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices)
     try:
+        check_objective(cfg, hydra_cfg)
         summary = train.run(cfg, run_dir, given=given)
         if summary["status"] in STOPPED_EXIT:  # not finished: a scheduler must not take it for done
             if in_sweep:
                 # The signal was for the whole sweep: start no more jobs; summarize what ran.
                 stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
             sys.exit(STOPPED_EXIT[summary["status"]])
+        metric = summary.get("optimized_metric")
+        return summary["metrics"].get(metric, FAILED) if metric else None
     except (config.ConfigError, CheckpointError, RunDirInUse, train.RunStopped) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
         if in_sweep:
             log.error("job failed: %s", e)
-            return
+            return FAILED
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception:
@@ -168,6 +178,18 @@ def main(cfg: DictConfig) -> None:
         # skip the summary): it is recorded in its own metrics.json and in the summary, and the
         # sweep exits non-zero at the end.
         log.exception("job failed")
+        return FAILED
+
+
+def check_objective(cfg: DictConfig, hydra_cfg) -> None:
+    """A sweeper that optimizes takes the value each job returns: without a metric to return,
+    every trial would fail ("No trials are completed yet") after training for nothing."""
+    sweeper = str(hydra_cfg.sweeper.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.get("optimized_metric") is None and "BasicSweeper" not in sweeper:
+        raise config.ConfigError(
+            f"optimized_metric=null, but the sweeper ({sweeper}) optimizes the value each job returns: "
+            f"set optimized_metric to one of {config.FINAL_METRICS}"
+        )
 
 
 def stop_the_sweep(sweep_dir: Path, status: str) -> None:
@@ -183,6 +205,10 @@ def entry(argv: list[str]) -> None:
     if "--version" in argv:  # Hydra's own flag would print Hydra's version, not ours
         print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
         return
+    chosen = overrides.value_of(argv, "recipe")
+    if chosen in RECIPE_PROBLEMS:
+        print(f"Error: {RECIPE_PROBLEMS[chosen]}", file=sys.stderr)
+        sys.exit(1)
     relaunch_for_strict(argv)
     warn_about_auto_without_a_directory(argv)
     protect_existing_run(argv)

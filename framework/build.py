@@ -8,21 +8,87 @@ leaves null, so a user's class that does not take them never receives them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from framework import data as data_lib
 from framework.config import ConfigError
 
 
-def build_data(cfg: DictConfig) -> data_lib.Splits:
-    x, y = checked_arrays(*_instantiate(cfg.source, "data.source"))
-    splits = data_lib.split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+def build_data(cfg: DictConfig, seed: int) -> data_lib.Splits:
+    """What `data.source._target_` returns, split into train, val and test: arrays (inputs,
+    labels), one map-style Dataset (split by data.split_seed like arrays), or a dict of
+    `train`, `val` and optionally `test` datasets (used as they are)."""
+    made = _instantiate(cfg.source, "data.source")
+    if isinstance(made, Mapping):
+        splits = given_datasets(made, seed)
+    elif isinstance(made, Dataset):
+        parts = data_lib.split_dataset(
+            checked_dataset(made, "data.source"), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+        )
+        splits = datasets_split(*parts, seed=seed, classes_from=made)
+    else:
+        if not isinstance(made, (tuple, list)) or len(made) != 2:
+            raise ConfigError(
+                "data.source must return (inputs, labels) arrays, a map-style torch Dataset, or a dict of "
+                f"'train', 'val' and optionally 'test' datasets; got {type(made).__name__}"
+            )
+        x, y = checked_arrays(*made)
+        splits = data_lib.split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     if len(splits.train) == 0:
         raise ConfigError("data: no training samples left after the val/test split")
     return splits
+
+
+def given_datasets(made: Mapping, seed: int) -> data_lib.Splits:
+    unknown = set(made) - {"train", "val", "test"}
+    if unknown or not {"train", "val"} <= set(made):
+        raise ConfigError(
+            f"data.source returned a dict with keys {sorted(made)}: it must have 'train' and 'val', and may have 'test'"
+        )
+    parts = {name: checked_dataset(made[name], f"data.source['{name}']") for name in made}
+    empty = torch.utils.data.TensorDataset(torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    return datasets_split(
+        parts["train"], parts["val"], parts.get("test", empty), seed=seed, classes_from=parts["train"]
+    )
+
+
+def checked_dataset(dataset, where: str) -> Dataset:
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not isinstance(dataset, Dataset):
+        raise ConfigError(
+            f"{where}: a {type(dataset).__name__} is not a map-style torch Dataset (__len__ and __getitem__)"
+        )
+    try:
+        len(dataset)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {type(dataset).__name__} has no __len__: {e}") from e
+    return dataset
+
+
+def datasets_split(train: Dataset, val: Dataset, test: Dataset, seed: int, classes_from: Dataset) -> data_lib.Splits:
+    """Datasets as the loop uses them: validation and test samples keyed by their index (the
+    training samples get their (epoch, index) key from data.Augmented). The input shape comes
+    from the first training sample, the number of classes from what the dataset says."""
+    if len(train) == 0:
+        raise ConfigError("data: no training samples left after the val/test split")
+    x, y = data_lib.load_sample(train, 0, (seed, data_lib.EVAL, 0))
+    if not x.is_floating_point() or x.dim() < 1 or torch.as_tensor(y).is_floating_point() or torch.as_tensor(y).dim():
+        raise ConfigError(
+            "data.source: a sample must be (input: a float tensor, label: an integer class index); the first "
+            f"training sample is ({type(x).__name__} {x.dtype} {list(x.shape)}, {type(y).__name__} {y!r})"
+        )
+    return data_lib.Splits(
+        train=train,
+        val=data_lib.EvalView(val, seed),
+        test=data_lib.EvalView(test, seed),
+        input_shape=list(x.shape),
+        num_classes=data_lib.num_classes_of(classes_from),
+    )
 
 
 def checked_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +130,11 @@ def checked_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_model(cfg: DictConfig, splits: data_lib.Splits) -> torch.nn.Module:
     known = {"input_shape": splits.input_shape, "num_classes": splits.num_classes}
+    if splits.num_classes is None and "num_classes" in cfg and cfg.num_classes is None:
+        raise ConfigError(
+            "model.num_classes: the dataset does not say how many classes it has (no num_classes, classes or "
+            "targets attribute); set model.num_classes=N"
+        )
     model = _instantiate(cfg, "model", **_fill_nulls(cfg, known))
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model._target_={cfg._target_} built a {type(model).__name__}, not a torch.nn.Module")

@@ -191,6 +191,8 @@ class DeterminismConfig:
 
 
 MONITORS = ("val/loss", "val/acc", "train/loss")
+# What a run reports at its end (metrics.json "metrics"), and so what a sweep can optimize.
+FINAL_METRICS = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc")
 
 
 @dataclass
@@ -241,6 +243,7 @@ class Config:
     existing_run: str = MISSING  # refuse, archive or overwrite (framework/run_dir.py)
     allow_config_changes: bool = MISSING
     repeat: int = MISSING
+    optimized_metric: Optional[str] = MISSING  # what the task returns, for sweepers that optimize it
 
 
 # group -> option -> schema. Stored as `<group>_<option>_schema`, outside any group.
@@ -253,7 +256,12 @@ SCHEMAS = {
         "cosine": CosineConfig,
         "warmup_cosine": WarmupCosineConfig,
     },
-    "data": {"digits": DigitsDataConfig, "synthetic": SyntheticDataConfig, "npz": NpzDataConfig},
+    "data": {
+        "digits": DigitsDataConfig,
+        "synthetic": SyntheticDataConfig,
+        "npz": NpzDataConfig,
+        "custom": DataConfig,  # any source: its keys are the user's target's arguments
+    },
     "determinism": {"base": DeterminismConfig},
     "checkpoint": {"base": CheckpointConfig},
     "logger": {"base": LoggerConfig},
@@ -299,6 +307,9 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"trainer.max_steps={t.max_steps} must be at least 1 (or null for no limit)")
     if t.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={t.log_every_n_steps} must be at least 1")
+    metric = cfg.get("optimized_metric")
+    if metric is not None and metric not in FINAL_METRICS:
+        problems.append(f"optimized_metric={metric!r} is not one of {FINAL_METRICS} (or null)")
     if cfg.existing_run not in EXISTING_RUN:
         problems.append(f"existing_run={cfg.existing_run!r} is not one of {EXISTING_RUN}")
     if not 0 <= cfg.seed < 2**63:

@@ -1,10 +1,15 @@
-"""Data: sources that give arrays, a seeded split, keyed augmentation and the loaders.
+"""Data: sources that give arrays or datasets, a seeded split, keyed augmentation and the loaders.
 
 Randomness in the data path is keyed, not streamed. The shuffle of epoch e is drawn from a
 generator seeded with (seed, e); the augmentation of sample i in epoch e from one seeded with
 (seed, e, i). So the data seen at any step is a pure function of the seed, the epoch and the
 position in it: nothing to carry in a checkpoint but two counters, nothing taken from the
 global RNG, and the same batches whichever worker process loads them.
+
+A user's own map-style Dataset gets the same guarantee for its random transforms when it draws
+them from `sample_generator()` (or `sample_seed()`): keyed by (seed, epoch, index) of the sample
+being loaded. Drawn from the global streams instead, they depend on the number of workers and
+break exact resume (the README says how).
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from framework.preemption import ignore_stop_signals
 
 # Each use of the seed gets its own tag, so that the streams never coincide.
-SPLIT, SHUFFLE, AUGMENT, NOISE, WORKERS = 1, 2, 3, 4, 5
+SPLIT, SHUFFLE, AUGMENT, NOISE, WORKERS, TRANSFORM, EVAL = 1, 2, 3, 4, 5, 6, 7
 
 
 _MASK = 2**64 - 1
@@ -94,11 +99,15 @@ class Splits:
     num_classes: int
 
 
-def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
-    n = len(y)
+def split_indices(n: int, val_fraction: float, test_fraction: float, split_seed: int):
+    """Train, val and test indices of n samples: a keyed permutation cut in three."""
     order = torch.randperm(n, generator=keyed_generator(split_seed, SPLIT))
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
-    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float, split_seed: int) -> Splits:
+    train, val, test = split_indices(len(y), val_fraction, test_fraction, split_seed)
     return Splits(
         train=TensorDataset(x[train], y[train]),
         val=TensorDataset(x[val], y[val]),
@@ -106,6 +115,74 @@ def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: 
         input_shape=list(x.shape[1:]),
         num_classes=int(y.max()) + 1,
     )
+
+
+def split_dataset(dataset: Dataset, val_fraction: float, test_fraction: float, split_seed: int):
+    """One map-style dataset cut like arrays are: train, val and test views of it."""
+    parts = split_indices(len(dataset), val_fraction, test_fraction, split_seed)
+    return [Subset(dataset, part.tolist()) for part in parts]
+
+
+def num_classes_of(dataset: Dataset) -> int | None:
+    """What a dataset says about its classes, by the conventions torchvision's follow:
+    `num_classes`, `classes`, or the labels in `targets`. None when it says nothing."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if isinstance(getattr(dataset, "num_classes", None), int):
+        return dataset.num_classes
+    if getattr(dataset, "classes", None) is not None:
+        return len(dataset.classes)
+    if getattr(dataset, "targets", None) is not None and len(dataset.targets):
+        return int(torch.as_tensor(dataset.targets).max()) + 1
+    return None
+
+
+# ---- keyed randomness for a user's own Dataset --------------------------------------------
+# The key of the sample being loaded in this process (loader workers are processes of their
+# own, and each loads one sample at a time), set around the dataset's __getitem__.
+_sample_key: tuple[int, ...] | None = None
+
+
+def sample_seed() -> int:
+    """A 64-bit seed for the sample being loaded, a function of (run seed, epoch, index): call it
+    in a Dataset's __getitem__ or a transform to draw that sample's random choices.
+
+    Outside the framework's loaders (a notebook calling dataset[i]) there is no key: the seed then
+    comes from torch's global generator, as an unkeyed transform's would.
+    """
+    if _sample_key is None:
+        return int(torch.randint(0, 2**63 - 1, ()))
+    return keyed_seed(*_sample_key)
+
+
+def sample_generator() -> torch.Generator:
+    """A torch.Generator seeded with `sample_seed()`: `torch.rand(..., generator=sample_generator())`."""
+    return torch.Generator().manual_seed(sample_seed())
+
+
+def load_sample(dataset: Dataset, index: int, key: tuple[int, ...]):
+    """dataset[index], with `key` in force for sample_seed(); the input as a tensor."""
+    global _sample_key
+    _sample_key = key
+    try:
+        x, y = dataset[index]
+    finally:
+        _sample_key = None
+    return (torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x), y
+
+
+class EvalView(Dataset):
+    """A user's dataset read for validation or testing: each sample keyed by its index alone,
+    so that a random transform, if the dataset has one, draws the same every time."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed = base, seed
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return load_sample(self.base, index, (self.seed, EVAL, index))
 
 
 # ---- training data: keyed shuffle, keyed augmentation --------------------------------------
@@ -131,32 +208,40 @@ class EpochSampler(Sampler):
 
 
 class Augmented(Dataset):
-    """Random shift (zero fill) and Gaussian noise, drawn from a (seed, epoch, index) key.
+    """The training set read at (epoch, index) keys: random shift (zero fill) and Gaussian noise
+    drawn from a (seed, epoch, index) key, and a user dataset's own transform keyed the same way.
 
-    Images are zero-padded once up front, so a shift is a slice of the padded image: the
-    per-sample cost stays a few microseconds, small next to a training step.
+    Arrays (a TensorDataset) are zero-padded once up front, so a shift is a slice of the padded
+    image: the per-sample cost stays a few microseconds, small next to a training step.
     """
 
-    def __init__(self, base: TensorDataset, seed: int, max_shift: int, noise_std: float):
-        self.x, self.y = base.tensors
-        self.seed, self.noise_std = seed, noise_std
-        # Shifting needs at least two spatial dims; flat feature vectors are not shifted.
-        self.max_shift = max_shift if self.x.dim() >= 3 else 0
-        s = self.max_shift
-        self.padded = F.pad(self.x, (s, s, s, s)) if s else self.x
+    def __init__(self, base: Dataset, seed: int, max_shift: int, noise_std: float):
+        self.base, self.seed, self.noise_std, self.max_shift = base, seed, noise_std, max_shift
+        self.padded = None
+        if isinstance(base, TensorDataset):
+            self.x, self.y = base.tensors
+            # Shifting needs at least two spatial dims; flat feature vectors are not shifted.
+            self.max_shift = max_shift if self.x.dim() >= 3 else 0
+            s = self.max_shift
+            self.padded = F.pad(self.x, (s, s, s, s)) if s else self.x
 
     def __len__(self):
-        return len(self.y)
+        return len(self.base)
 
     def __getitem__(self, key):
         epoch, index = key
-        x, y = self.x[index], self.y[index]
-        if self.max_shift:
-            span = 2 * self.max_shift + 1
+        if self.padded is not None:
+            x, y = self.x[index], self.y[index]
+        else:
+            x, y = load_sample(self.base, index, (self.seed, TRANSFORM, epoch, index))
+        if self.max_shift and x.dim() >= 3:
+            s = self.max_shift
+            span = 2 * s + 1
             h = keyed_seed(self.seed, AUGMENT, epoch, index)
             top, left = h % span, (h // span) % span  # offset into the padded image
             height, width = x.shape[-2:]
-            x = self.padded[index, ..., top : top + height, left : left + width]
+            padded = self.padded[index] if self.padded is not None else F.pad(x, (s, s, s, s))
+            x = padded[..., top : top + height, left : left + width]
         if self.noise_std:
             g = keyed_generator(self.seed, NOISE, epoch, index)
             x = x + self.noise_std * torch.randn(x.shape, generator=g)

@@ -27,6 +27,7 @@ SAFE_TO_CHANGE = (
     "logger",
     "checkpoint",
     "trainer.max_steps",
+    "optimized_metric",
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",
     "data.num_workers",

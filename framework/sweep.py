@@ -61,6 +61,7 @@ def read_job(job: Path) -> dict:
         "fingerprint": None,
         "error": None,
         "curve": [],
+        "optimized_metric": None,
     }
     config_file = job / ".hydra" / "config.yaml"
     if config_file.is_file():
@@ -78,6 +79,7 @@ def read_job(job: Path) -> dict:
         metrics=summary.get("metrics", {}),
         fingerprint=summary.get("fingerprint"),
         error=summary.get("error"),
+        optimized_metric=summary.get("optimized_metric"),
     )
     if record["status"] == "running":
         record["status"] = "failed"  # killed: it never wrote an end
@@ -168,6 +170,7 @@ def summarize(sweep_dir: Path) -> dict:
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
         "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
+        "best": best_result(sweep_dir, runs),
         "runs": [
             {k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
             for r in runs
@@ -178,6 +181,19 @@ def summarize(sweep_dir: Path) -> dict:
     replace_atomically(sweep_dir / "summary.md", markdown(summary))
     plot_curves(runs, sweep_dir / "val_curves.png")
     return summary
+
+
+def best_result(sweep_dir: Path, runs: list[dict]) -> dict | None:
+    """What a sweeper that optimizes found (Optuna writes optimization_results.yaml when its
+    study ends): the best value, its parameters, and which metric it is."""
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    found = yaml.safe_load(results.read_text()) or {}
+    if "best_value" not in found:
+        return None  # a study with several objectives: its Pareto front is in that file
+    metric = next((r["optimized_metric"] for r in runs if r["optimized_metric"]), None)
+    return {"metric": metric, "value": found["best_value"], "params": found.get("best_params", {})}
 
 
 def markdown(s: dict) -> str:
@@ -207,6 +223,10 @@ def markdown(s: dict) -> str:
         listed = [r for r in s["runs"] if r["status"] in statuses]
         if listed:
             out += ["", title] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in listed]
+    if s.get("best"):
+        b = s["best"]
+        params = " ".join(f"{k}={v}" for k, v in b["params"].items())
+        out += ["", f"Best {b['metric'] or 'value'}: {b['value']} with {params}"]
     if s["reproducibility_checked"]:
         verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
         out += [
@@ -289,10 +309,14 @@ def verdict(summary: dict) -> tuple[int, str]:
         causes = sorted({c for r in summary["reproducibility"] for c in r["possible_causes"]})
         if causes:
             problems.append("possible causes: " + " | ".join(causes))
+    best = summary.get("best")
+    if best:
+        params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        best_line = f"best {best['metric'] or 'value'} {best['value']} with {params}"
     if problems:
-        return 1, "; ".join(problems)
+        return 1, "; ".join(problems + ([best_line] if best else []))
     extra = ", every seed reproduces" if summary["all_reproduce"] else ""
-    return 0, f"{summary['jobs']} jobs completed{extra}"
+    return 0, f"{summary['jobs']} jobs completed{extra}" + (f"; {best_line}" if best else "")
 
 
 class SummaryCallback(Callback):

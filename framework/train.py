@@ -105,13 +105,15 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
         device=str(device),
         meta=environment,
         follows_original_trajectory=follows_original,
+        optimized_metric=cfg.get("optimized_metric"),
     )
     # Nothing in the run directory changes before a resumed state is restored: a failed resume
     # leaves the run it failed to resume as it was. The summary and the history come after.
     logger = None
     preemption = StopOnSignal()
     try:
-        splits = build_data(cfg.data)
+        splits = build_data(cfg.data, cfg.seed)
+        check_metric_exists(cfg.get("optimized_metric"), splits)
         model = build_model(cfg.model, splits).to(device)
         optimizer = build_optimizer(cfg.optimizer, model)
         steps_per_epoch = math.ceil(len(splits.train) / cfg.data.batch_size)
@@ -357,6 +359,15 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
         if logger is not None:
             logger.close()
         preemption.close()
+
+
+def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
+    """Before any training: the run would end without the metric a sweeper optimizes."""
+    for prefix, part in (("val/", splits.val), ("test/", splits.test)):
+        if metric is not None and metric.startswith(prefix) and len(part) == 0:
+            raise ConfigError(
+                f"optimized_metric={metric}: the {prefix[:-1]} split is empty, so the run ends without it"
+            )
 
 
 def nothing_left(ckpt: dict, cfg: DictConfig) -> bool:

@@ -67,9 +67,10 @@ def compose_config(*overrides: str, test_conf: bool = False, hydra_node: bool = 
     (with `hydra_node`, Hydra's own settings too, as the run sees them in HydraConfig)."""
     from hydra import compose, initialize_config_dir
 
-    from framework import config
+    from framework import config, recipe
 
     config.register()
+    recipe.register()
     if test_conf:  # the tests' own config folder, as --config-dir adds it
         overrides = (f"hydra.searchpath=[file://{TESTS / 'conf'}]", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -44,7 +44,7 @@ def test_every_option_composes_and_builds(compose, tmp_path, group, option):
         overrides.append(f"data.source.path={path}")
     cfg = compose(overrides)
     config.check(cfg)
-    splits = build.build_data(cfg.data)
+    splits = build.build_data(cfg.data, cfg.seed)
     model = build.build_model(cfg.model, splits)
     optimizer = build.build_optimizer(cfg.optimizer, model)
     scheduler = build.build_scheduler(cfg.scheduler, optimizer, total_steps=100)
@@ -57,7 +57,7 @@ def test_every_option_composes_and_builds(compose, tmp_path, group, option):
 
 def test_the_chosen_option_is_what_gets_built(compose):
     cfg = compose(["model=mlp", "model.hidden=[7]", "optimizer=adamw", "optimizer.lr=0.003", "scheduler=cosine"])
-    splits = build.build_data(cfg.data)
+    splits = build.build_data(cfg.data, cfg.seed)
     model = build.build_model(cfg.model, splits)
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [7, 10]
     optimizer = build.build_optimizer(cfg.optimizer, model)
@@ -91,7 +91,7 @@ def test_out_of_range_choices_are_refused(compose):
 
 def test_split_is_fixed_by_the_seed(compose):
     def held_out_images(seed):
-        splits = build.build_data(compose([f"seed={seed}"]).data)
+        splits = build.build_data(compose([f"seed={seed}"]).data, seed)
         return splits.test.tensors[0]
 
     assert torch.equal(held_out_images(3), held_out_images(3))
@@ -146,7 +146,7 @@ def test_an_added_argument_reaches_the_component(compose):
         check_arguments(cfg)
     cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true"])
     check_arguments(cfg)
-    model = build.build_model(cfg.model, build.build_data(cfg.data))
+    model = build.build_model(cfg.model, build.build_data(cfg.data, cfg.seed))
     assert build.build_optimizer(cfg.optimizer, model).defaults["amsgrad"] is True
 
 

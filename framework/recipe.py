@@ -1,0 +1,200 @@
+"""Recipes: experiment templates. `python -m framework.recipe list` and `... new NAME`.
+
+A recipe is a Hydra experiment file, NAME.yaml: `# @package _global_`, a comment line that says
+what it is for, one with the command that runs it, a defaults list of `override /group: option`,
+then only the values that differ from the defaults. `python -m framework recipe=NAME` runs it:
+its values beat the defaults (it comes after `_self_` in conf/config.yaml) and the command line
+beats it. A recipe may bring a Python module beside it, NAME.py, with its own model or dataset,
+named by `_target_`.
+
+Where recipes are found (the first of a name wins):
+  1. the user's own folders: those in $FRAMEWORK_RECIPES (separated by ':'), else ./recipes;
+  2. the ones shipped with the framework: the top-level recipes/ folder (framework/recipes links
+     to it, and the wheel holds it as the package framework.recipes).
+A module beside a recipe imports as FOLDER.NAME (`recipes.my_idea.Net` for ./recipes/my_idea.py,
+`framework.recipes.template.Net` for a shipped one): the parent of each user folder is put on
+sys.path when the recipes are registered, so a resumed run finds its classes too.
+
+Hydra's config groups are folders named for the group under a search path; a recipe folder
+holds the recipes themselves. So each recipe is read here and stored in Hydra's ConfigStore as
+the option NAME of the group `recipe`, at the package its header names (`_global_`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+
+from framework.config import ConfigError, config_from_text
+
+SHIPPED = (Path(__file__).parent / "recipes").resolve()
+SHIPPED_PACKAGE = "framework.recipes"
+FOLDERS_ENV = "FRAMEWORK_RECIPES"
+DEFAULT_TEMPLATE = "template"  # what `new` copies without --from: its own model and dataset
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HEADER = "# @package _global_"
+
+
+@dataclass
+class Recipe:
+    name: str
+    file: Path
+    package: str  # the module beside it imports as PACKAGE.NAME
+
+    @property
+    def module(self) -> Path | None:
+        path = self.file.with_suffix(".py")
+        return path if path.is_file() else None
+
+    @property
+    def shipped(self) -> bool:
+        return self.file.parent.resolve() == SHIPPED
+
+    def comment_lines(self) -> list[str]:
+        """The comment block it opens with, without the `#` and the package header."""
+        lines = []
+        for line in self.file.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            if line.strip() != HEADER:
+                lines.append(line.lstrip("#").strip())
+        return lines
+
+    def description(self) -> str:
+        lines = self.comment_lines()
+        return lines[0] if lines else "(no description: its first comment line says what it is for)"
+
+
+def user_folders() -> list[Path]:
+    listed = os.environ.get(FOLDERS_ENV)
+    if listed:
+        return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
+    return [Path("recipes")]
+
+
+def find_all() -> dict[str, Recipe]:
+    """Every recipe by name: the user's folders first, then the shipped ones."""
+    found: dict[str, Recipe] = {}
+    folders = [(folder, folder.resolve().name) for folder in user_folders()] + [(SHIPPED, SHIPPED_PACKAGE)]
+    for folder, package in folders:
+        if folder.resolve() == SHIPPED:
+            package = SHIPPED_PACKAGE
+        for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            found.setdefault(file.stem, Recipe(file.stem, file, package))
+    return found
+
+
+def read(recipe: Recipe):
+    """The recipe's config, or a one-line error naming its file."""
+    try:
+        text = recipe.file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe={recipe.name}: cannot read {recipe.file}: {e}") from e
+    if HEADER not in text.split("\n\n", 1)[0].splitlines():
+        raise ConfigError(
+            f"recipe={recipe.name}: {recipe.file} must open with '{HEADER}' (a recipe sets keys of the whole config)"
+        )
+    return config_from_text(text, str(recipe.file))
+
+
+def register() -> dict[str, str]:
+    """Store every recipe in Hydra's ConfigStore (group `recipe`); return the ones that could
+    not be read, name -> why (said when one of them is asked for, not on every run)."""
+    problems = {}
+    store = ConfigStore.instance()
+    for recipe in find_all().values():
+        try:
+            node = read(recipe)
+        except ConfigError as e:
+            problems[recipe.name] = str(e)
+            continue
+        store.store(group="recipe", name=recipe.name, node=node, package="_global_")
+        if not recipe.shipped:
+            parent = str(recipe.file.parent.resolve().parent)
+            if parent not in sys.path:
+                sys.path.append(parent)
+    return problems
+
+
+# ---- python -m framework.recipe ----------------------------------------------------------
+def list_recipes() -> int:
+    recipes = find_all()
+    width = max(map(len, recipes), default=0)
+    for recipe in recipes.values():
+        where = "" if recipe.shipped else f"  [{recipe.file.parent}]"
+        print(f"{recipe.name:<{width}}  {recipe.description()}{where}")
+    print("\nRun one: python -m framework recipe=NAME [overrides]; start your own: python -m framework.recipe new NAME")
+    return 0
+
+
+def new_recipe(name: str, source_name: str, folder: Path | None) -> int:
+    recipes = find_all()
+    if not NAME.fullmatch(name):
+        return refuse(f"{name!r} is not a valid recipe name: letters, digits and _, not starting with a digit")
+    if source_name not in recipes:
+        return refuse(f"--from {source_name}: no such recipe (there are: {', '.join(recipes)})")
+    folder = folder or user_folders()[0]
+    target_yaml, target_py = folder / f"{name}.yaml", folder / f"{name}.py"
+    for existing in (target_yaml, target_py):
+        if existing.exists():
+            return refuse(
+                f"{existing} exists: the new recipe would overwrite it. Pick another name, or delete it first"
+            )
+    if name in recipes:
+        return refuse(f"a recipe named {name} exists already ({recipes[name].file}): pick another name")
+    package = SHIPPED_PACKAGE if folder.resolve() == SHIPPED else folder.resolve().name
+    if not all(NAME.fullmatch(part) for part in package.split(".")):
+        return refuse(f"{folder}: its name must be a Python identifier, for {name}.py to import as FOLDER.{name}")
+
+    source = recipes[source_name]
+    text = source.file.read_text()
+    text = text.replace(f"{source.package}.{source_name}.", f"{package}.{name}.")  # _target_ paths
+    text = text.replace(f"recipe={source_name}", f"recipe={name}")  # the command in its opening comment
+    folder.mkdir(parents=True, exist_ok=True)
+    target_yaml.write_text(text)
+    written = [target_yaml]
+    if source.module is not None:
+        target_py.write_text(source.module.read_text())
+        written.append(target_py)
+    print(f"wrote {', '.join(map(str, written))} (from {source_name})")
+    if folder.resolve() not in {f.resolve() for f in user_folders()}:
+        print(f"{folder} is not where recipes are looked for: set {FOLDERS_ENV}={folder}")
+    print(f"edit it, then: python -m framework recipe={name}")
+    return 0
+
+
+def refuse(message: str) -> int:
+    print(f"Error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.recipe",
+        description="Experiment templates: list them, or start a new one from one of them.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="each recipe with its line of description")
+    new = commands.add_parser("new", help="write a new recipe (and its Python module) to edit")
+    new.add_argument("name", help="the new recipe's name (a Python identifier)")
+    new.add_argument("--from", dest="source", default=DEFAULT_TEMPLATE, help=f"the recipe to copy ({DEFAULT_TEMPLATE})")
+    new.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help=f"the folder to write into (default: the first of ${FOLDERS_ENV}, else ./recipes)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return list_recipes()
+    return new_recipe(args.name, args.source, args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
