@@ -209,6 +209,16 @@ def entry(argv: list[str]) -> None:
     if chosen in RECIPE_PROBLEMS:
         print(f"Error: {RECIPE_PROBLEMS[chosen]}", file=sys.stderr)
         sys.exit(1)
+    known = recipe.find_all()
+    if chosen and recipe.NAME.fullmatch(chosen) and chosen not in known:
+        folders = " or ".join(str(f) for f in recipe.user_folders())
+        print(
+            f"Error: recipe={chosen}: no such recipe in {folders} (yours, relative to where you run from; "
+            f"${recipe.FOLDERS_ENV} names others) nor among the shipped ones: {', '.join(known)}. "
+            "python -m framework.recipe list shows them all.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     relaunch_for_strict(argv)
     warn_about_auto_without_a_directory(argv)
     protect_existing_run(argv)

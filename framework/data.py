@@ -125,9 +125,12 @@ def split_dataset(dataset: Dataset, val_fraction: float, test_fraction: float, s
 
 def num_classes_of(dataset: Dataset) -> int | None:
     """What a dataset says about its classes, by the conventions torchvision's follow:
-    `num_classes`, `classes`, or the labels in `targets`. None when it says nothing."""
+    `num_classes`, `classes`, or the labels in `targets` (a TensorDataset's second tensor).
+    None when it says nothing."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
+    if isinstance(dataset, TensorDataset) and len(dataset):
+        return int(dataset.tensors[1].max()) + 1
     if isinstance(getattr(dataset, "num_classes", None), int):
         return dataset.num_classes
     if getattr(dataset, "classes", None) is not None:

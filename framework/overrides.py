@@ -94,7 +94,9 @@ def given_keys(task_overrides: list[str], groups: Mapping[str, object]) -> list[
     for o in OverridesParser.create().parse_overrides(task_overrides):
         if o.is_hydra_override():
             continue
-        if o.key_or_group in groups:
+        if o.key_or_group == "recipe":
+            keys.append("")  # a recipe sets keys anywhere in the config (its package is _global_)
+        elif o.key_or_group in groups:
             package = o.package if o.package is not None else o.key_or_group.replace("/", ".")
             keys.append("" if package == "_global_" else package)
         else:

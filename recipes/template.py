@@ -1,7 +1,8 @@
-"""Your own model and your own dataset, for recipes/template.yaml.
+"""Your own model and your own dataset, for the recipe of the same name beside this file.
 
-`python -m framework.recipe new NAME` copies this file to recipes/NAME.py (and the recipe to
-recipes/NAME.yaml, pointing at the copy): replace the classes with yours. What the framework
+`python -m framework.recipe new NAME` copies the template recipe to recipes/NAME.yaml and this
+file to recipes/NAME.py (the recipe's `_target_`s point at the copy): replace the classes with
+yours. What the framework
 asks of them:
 - the model is any nn.Module; constructor arguments left null in the recipe (`input_shape`,
   `num_classes`) are filled in from the data;

@@ -27,7 +27,7 @@ def test_groups_have_the_options_the_design_names():
     assert options("model") == ["cnn", "mlp"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step", "warmup_cosine"]
-    assert options("data") == ["digits", "npz", "synthetic"]
+    assert options("data") == ["custom", "digits", "npz", "synthetic"]
     assert options("determinism") == ["off", "seeded", "strict"]
     assert {"tensorboard", "none"} <= set(options("logger"))
     assert "off" in options("checkpoint")
@@ -42,6 +42,8 @@ def test_every_option_composes_and_builds(compose, tmp_path, group, option):
 
         np.savez(path, x=np.random.rand(40, 1, 4, 4).astype("float32"), y=np.arange(40) % 3)
         overrides.append(f"data.source.path={path}")
+    if option == "custom":  # any target: here, one that returns arrays
+        overrides.append("data.source._target_=framework.data.load_digits")
     cfg = compose(overrides)
     config.check(cfg)
     splits = build.build_data(cfg.data, cfg.seed)
@@ -157,8 +159,9 @@ def test_help_lists_the_real_groups_and_the_version():
     assert head.startswith(f"framework {framework.__version__}:")
     groups = head.split("== Configuration groups ==")[1]
     listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
-    assert sorted(listed) == sorted(GROUPS)  # no schema entries
+    assert sorted(listed) == sorted([*GROUPS, "recipe"])  # no schema entries
     assert all(listed[g] == ", ".join(options(g)) for g in GROUPS)
+    assert {"digits_cnn", "template", "seed_study", "lr_search"} <= set(listed["recipe"].split(", "))
     version = subprocess.run([sys.executable, "-m", "framework", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith(f"framework {framework.__version__} (Hydra ")
 

@@ -2,7 +2,11 @@
 
 import math
 
+import torch
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from framework.data import load_digits
 
 
 class TinyNet(nn.Module):
@@ -76,3 +80,26 @@ class UnseededNoiseNet(nn.Module):
         if self.training:
             x = x + int.from_bytes(os.urandom(2), "little") * 1e-6
         return self.linear(x.flatten(1))
+
+
+class GlobalRandomDigits(Dataset):
+    """The template recipe's digits, with a transform that draws from torch's global generator
+    instead of framework.data.sample_generator(): what the README warns against."""
+
+    classes = list(range(10))
+
+    def __init__(self, max_rotation: float = 0.0, erase_prob: float = 0.0):
+        self.images, self.labels = load_digits()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index] + 0.1 * torch.randn(self.images[index].shape), int(self.labels[index])
+
+
+def digit_splits(keys=("train", "val")):
+    """A source that returns datasets as given: the first 1,000 digits to train on, the rest to validate."""
+    x, y = load_digits()
+    parts = {"train": TensorDataset(x[:1000], y[:1000]), "val": TensorDataset(x[1000:], y[1000:])}
+    return {k: parts[k] for k in keys}
