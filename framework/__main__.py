@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -140,11 +141,6 @@ def relaunch_for_strict(argv: list[str]) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
 
 
-# What a failed job returns in a sweep: a sweeper that optimizes records the trial as failed
-# (Optuna refuses a NaN value) and the study goes on; the job's metrics.json says why.
-FAILED = float("nan")
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train; return the final value of `optimized_metric`, for sweepers that optimize it."""
@@ -162,23 +158,41 @@ def main(cfg: DictConfig) -> float | None:
                 # The signal was for the whole sweep: start no more jobs; summarize what ran.
                 stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
             sys.exit(STOPPED_EXIT[summary["status"]])
-        metric = summary.get("optimized_metric")
-        return summary["metrics"].get(metric, FAILED) if metric else None
+        return objective(summary)
     except (config.ConfigError, CheckpointError, RunDirInUse, train.RunStopped) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
         if in_sweep:
             log.error("job failed: %s", e)
-            return FAILED
+            return failed(e)
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
-    except Exception:
+    except Exception as e:
         if not in_sweep:
             raise
         # In a sweep, a failed job must not stop the others (the basic sweeper would raise and
         # skip the summary): it is recorded in its own metrics.json and in the summary, and the
         # sweep exits non-zero at the end.
         log.exception("job failed")
-        return FAILED
+        return failed(e)
+
+
+def objective(summary: dict) -> float | str | None:
+    """The final value of `optimized_metric` (None when none is set): what sweepers that
+    optimize take from each job."""
+    metric = summary.get("optimized_metric")
+    if metric is None:
+        return None
+    value = summary["metrics"].get(metric)
+    if value is None or not math.isfinite(value):
+        return failed(f"{metric} is {value}")
+    return value
+
+
+def failed(reason: object) -> str:
+    """What a failed job returns in a sweep: not a number, so that a sweeper that optimizes
+    records the trial as failed, with this reason in its log, and goes on (Optuna's plugin
+    cannot record a NaN as a failure: it raises). The job's metrics.json says why as well."""
+    return f"failed: {reason}"
 
 
 def check_objective(cfg: DictConfig, hydra_cfg) -> None:

@@ -205,11 +205,13 @@ def test_the_metric_to_optimize_is_refused_before_training_when_it_cannot_exist(
 
 @pytest.mark.slow
 def test_a_search_ends_with_its_best_result_and_a_failed_trial_does_not_end_it(tmp_path):
-    """Two trials on a grid: one whose weight decay AdamW refuses, one that trains."""
+    """Two trials (the sampler's seed fixes which): one whose weight decay AdamW refuses, one that
+    trains. A sweep over a value given on the command line needs -m, even for a multirun recipe."""
     proc = framework_cli(
         tmp_path,
+        "-m",
         "recipe=lr_search",
-        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=2",
         "optimizer.weight_decay=choice(0.01,-1.0)",
         "optimizer.lr=0.003",
         "trainer.max_steps=3",
@@ -222,4 +224,5 @@ def test_a_search_ends_with_its_best_result_and_a_failed_trial_does_not_end_it(t
     summary = json.loads((tmp_path / "study/summary.json").read_text())
     assert summary["completed"] == 1 and summary["failed"] == 1
     assert "weight_decay" in next(r["error"] for r in summary["runs"] if r["status"] == "failed")
+    assert "Got 'failed: optimizer: Invalid weight_decay value: -1.0'" in proc.stdout  # the reason, in the study's log
     assert f"best val/acc {best['best_value']}" in proc.stderr
