@@ -1,5 +1,5 @@
 """A real install: `pip install .` (not editable) into a fresh virtual environment, then
-`python -m framework` from another directory trains. The configs travel inside the wheel."""
+`python -m framework` from another directory trains. The configs and recipes travel inside the wheel."""
 
 from __future__ import annotations
 
@@ -60,3 +60,12 @@ def test_a_non_editable_install_trains_from_any_directory(tmp_path):
     help_text = subprocess.run([python, "-m", "framework", "--help"], cwd=elsewhere, capture_output=True, text=True,
                                timeout=120).stdout  # fmt: skip
     assert "model: cnn, mlp" in help_text
+
+    # The shipped recipes travel in the wheel: one runs, with its own model and dataset module.
+    listed = subprocess.run([python, "-m", "framework.recipe", "list"], cwd=elsewhere, capture_output=True, text=True,
+                            timeout=120).stdout  # fmt: skip
+    assert {line.split()[0] for line in listed.splitlines() if line} >= {"digits_cnn", "template", "lr_search"}
+    recipe_run = subprocess.run([python, "-m", "framework", "recipe=template", "trainer.max_steps=2", "logger=none",
+                                 "hydra.run.dir=template_run"], cwd=elsewhere, capture_output=True, text=True,
+                                timeout=600)  # fmt: skip
+    assert recipe_run.returncode == 0, recipe_run.stderr
