@@ -156,6 +156,7 @@ def new_recipe(name: str, source_name: str, folder: Path | None) -> int:
     text = source.file.read_text()
     text = text.replace(f"{source.package}.{source_name}.", f"{package}.{name}.")  # _target_ paths
     text = text.replace(f"recipe={source_name}", f"recipe={name}")  # the command in its opening comment
+    text = text.replace(f"{source_name}.py", f"{name}.py")  # its module, where the comments name it
     folder.mkdir(parents=True, exist_ok=True)
     target_yaml.write_text(text)
     written = [target_yaml]
