@@ -101,9 +101,11 @@ def test_list_new_and_the_refusals(tmp_path):
     assert "python -m framework recipe=my_idea" in yaml_file.read_text() and module.is_file()
 
     listed = recipe_cli(tmp_path, "list").stdout.splitlines()
-    for name in [*SHIPPED, "my_idea"]:
-        line = next(line for line in listed if line.startswith(name + " "))
-        assert recipe_lib.find_all()[name if name != "my_idea" else "template"].description() in line
+    described = {name: recipe_lib.find_all()[name].description() for name in SHIPPED}
+    described["my_idea"] = yaml_file.read_text().splitlines()[1].lstrip("# ")  # the copy's own line
+    assert "my_idea.py" in described["my_idea"]  # the module it names is its own
+    for name, description in described.items():
+        assert any(line.startswith(f"{name} ") and description in line for line in listed), name
 
     yaml_file.write_text(yaml_file.read_text() + "# my edit\n")
     again = recipe_cli(tmp_path, "new", "my_idea", "--from", "digits_cnn")
