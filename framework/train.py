@@ -1,9 +1,10 @@
 """The training loop: build, maybe resume, train epochs (validating after each), checkpoint,
 test, write the summary.
 
-Everything a run does is in `run`, top to bottom. The steps it calls are small functions in
-this file or in a module named for what it does. All state that survives a checkpoint lives
-in `state` (framework/state.py).
+`run_locked` tells the whole story in a dozen lines. `Training` owns the built components and
+has a method per step of the loop (fit, train an epoch, end it, validate, test, save, restore);
+`RunRecord` keeps the run's record (metrics.json: statuses, resumes, wall time) in one place.
+All state that survives a checkpoint lives in `Training.state` (framework/state.py).
 """
 
 from __future__ import annotations
@@ -58,9 +59,58 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
 
 
 def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
-    started = time.time()
+    """The whole run: resolve the config, set up, build, maybe restore, fit, test, record."""
+    record = RunRecord(run_dir)
+    cfg, resume_point, changes, follows_original = resolve_config(cfg, run_dir, given)
+    if resume_point is not None and nothing_left(resume_point.ckpt, cfg):
+        if record.previous.get("status") == "completed":
+            say_nothing_left(resume_point.ckpt, cfg)
+            return record.previous
+    device = pick_device(cfg.trainer.device)
+    determinism = determinism_in_force(cfg, resume_point, device)
+    seed_everything(cfg.seed)  # before anything is built: the initial weights come from the torch RNG
+    log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
+    record.start(cfg, determinism, device, follows_original, resumed=resume_point is not None)
+
+    preemption = StopOnSignal()
+    training = None
+    try:
+        training = Training(cfg, run_dir, device, record.summary, changes, resume_point)
+        # Nothing in the run directory changes before a resumed state is restored: a failed
+        # resume leaves the run it failed to resume as it was. The record and history come after.
+        if resume_point is not None:
+            record.add_resume(training.restore(resume_point, changes))
+        record.write()
+        training.open_history(resume_point)
+        stopped_by = training.fit(preemption)
+        if stopped_by == "signal":
+            return record.stopped(preemption.received, training, cfg.checkpoint.enabled)
+        test = training.test()
+        return record.completed(stopped_by, training, test, cfg)
+    except BaseException as e:
+        # A resume that failed before its state was restored changes nothing in the run.
+        record.failed(e, write=(training is not None and training.logger is not None) or resume_point is None)
+        if isinstance(e, RuntimeError) and NONDETERMINISTIC in str(e):
+            op = str(e).split(NONDETERMINISTIC)[0].strip()
+            raise ConfigError(
+                f"determinism={cfg.determinism.level}: {op} has no deterministic implementation "
+                f"on this device, so the run stopped. Relax the level with determinism=seeded "
+                "(same seeds; this operation may then vary from run to run)."
+            ) from e
+        raise
+    finally:
+        if training is not None:
+            training.close()
+        preemption.close()
+
+
+def resolve_config(
+    cfg: DictConfig, run_dir: Path, given: list[str] | None
+) -> tuple[DictConfig, resume_lib.ResumePoint | None, list[str], bool]:
+    """The config this run uses, the checkpoint it continues from (None: a fresh start), the keys
+    the command line changed, and whether the run still follows its original trajectory.
+    Resuming, the checkpoint's config is the source of truth (see framework/resume.py)."""
     check(cfg)
-    # Resuming: the checkpoint's config is the source of truth (see framework/resume.py).
     resume_point = resume_lib.find(cfg.resume, run_dir)
     if resume_point is None and holds_a_run(run_dir):
         if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
@@ -72,57 +122,148 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
         check(cfg)
     check_arguments(cfg)  # before any data is loaded
-    if resume_point is not None and nothing_left(resume_point.ckpt, cfg):
-        finished = previous_summary(run_dir)
-        if finished.get("status") == "completed":
-            log.warning(
-                "nothing left to train: the checkpoint is at epoch %d, step %d, and the config stops there "
-                "(trainer.max_epochs=%d, trainer.max_steps=%s). The run's results are kept as they are. To go on, "
-                "give trainer.max_steps=null or more epochs (trainer.max_epochs=N allow_config_changes=true).",
-                resume_point.ckpt["epoch"],
-                resume_point.ckpt["global_step"],
-                cfg.trainer.max_epochs,
-                cfg.trainer.max_steps,
-            )
-            return finished
-    # Plain values: reading a DictConfig attribute costs microseconds, which the step loop would
-    # pay several times a step.
-    t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
+    return cfg, resume_point, changes, follows_original
 
-    device = pick_device(t.device)
 
-    # Seed before anything is built: the model's initial weights come from the torch RNG.
-    determinism = determinism_in_force(cfg, resume_point, device)
-    seed_everything(cfg.seed)
-    log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
-
-    environment = describe()
-    summary = previous_summary(run_dir) if resume_point else {}
-    summary.update(
-        status="running",
-        seed=cfg.seed,
-        determinism=determinism,
-        device=str(device),
-        meta=environment,
-        follows_original_trajectory=follows_original,
-        optimized_metric=cfg.get("optimized_metric"),
+def say_nothing_left(ckpt: dict, cfg: DictConfig) -> None:
+    log.warning(
+        "nothing left to train: the checkpoint is at epoch %d, step %d, and the config stops there "
+        "(trainer.max_epochs=%d, trainer.max_steps=%s). The run's results are kept as they are. To go on, "
+        "give trainer.max_steps=null or more epochs (trainer.max_epochs=N allow_config_changes=true).",
+        ckpt["epoch"],
+        ckpt["global_step"],
+        cfg.trainer.max_epochs,
+        cfg.trainer.max_steps,
     )
-    # Nothing in the run directory changes before a resumed state is restored: a failed resume
-    # leaves the run it failed to resume as it was. The summary and the history come after.
-    logger = None
-    preemption = StopOnSignal()
-    try:
+
+
+class RunRecord:
+    """metrics.json: the run's status, settings, resumes, final metrics and wall time, in one
+    place. A resumed run adds to the record it had (its history of resumes, its last metrics)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.json"
+        self.started = time.time()
+        self.previous = previous_summary(run_dir)
+        self.summary: dict = {}
+
+    def start(self, cfg: DictConfig, determinism: dict, device: torch.device, follows: bool, resumed: bool) -> None:
+        self.summary = dict(self.previous) if resumed else {}
+        self.summary.update(
+            status="running",
+            seed=cfg.seed,
+            determinism=determinism,
+            device=str(device),
+            meta=describe(),
+            follows_original_trajectory=follows,
+            optimized_metric=cfg.get("optimized_metric"),
+        )
+
+    def add_resume(self, resume: dict) -> None:
+        self.summary["resumes"] = self.summary.get("resumes", []) + [resume]
+
+    def write(self) -> None:
+        write_json_atomic(self.path, self.summary)
+
+    def end(self, **fields) -> dict:
+        self.summary.update(**fields, wall_time_s=round(time.time() - self.started, 3))
+        self.write()
+        return self.summary
+
+    def stopped(self, signum: int, training: Training, saved: bool) -> dict:
+        """A signal stopped the run at a step, with a checkpoint (when checkpoints are on)."""
+        state = training.state
+        summary = self.end(
+            status="preempted" if signum == signal.SIGTERM else "interrupted",
+            stopped_by="signal",
+            epochs_completed=state.epoch,
+            global_step=state.global_step,
+            metrics=training.metrics,
+        )
+        if saved:
+            log.warning(
+                "%s at step %d; continue with resume=auto (or resume=%s)",
+                summary["status"],
+                state.global_step,
+                self.path.parent,
+            )
+        else:
+            log.warning(
+                "%s at step %d; nothing was saved (checkpoint=off): a rerun starts over",
+                summary["status"],
+                state.global_step,
+            )
+        return summary
+
+    def completed(self, stopped_by: str, training: Training, test: dict, cfg: DictConfig) -> dict:
+        metrics = {**training.metrics, **test}
+        summary = self.end(
+            status="completed",
+            stopped_by=stopped_by,
+            epochs_completed=training.state.epoch,
+            global_step=training.state.global_step,
+            metrics=metrics,
+            fingerprint=fingerprint(training.model.state_dict(), training.optimizer.state_dict()),
+        )
+        training.logger.log_hparams(OmegaConf.to_container(cfg, resolve=True), metrics, training.state.global_step)
+        log.info("done in %.1fs: %s", summary["wall_time_s"], self.path)
+        return summary
+
+    def failed(self, error: BaseException, write: bool) -> None:
+        self.summary.update(
+            status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+            error=f"{type(error).__name__}: {error}",
+            wall_time_s=round(time.time() - self.started, 3),
+        )
+        if write:
+            self.write()
+
+
+class Training:
+    """The built components and the steps of the loop: fit (epochs of steps, validating after
+    each), save, restore, test. All state that survives a checkpoint lives in `self.state`
+    (framework/state.py); what is built here follows from the config and the seed."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        device: torch.device,
+        summary: dict,
+        changes: list[str],
+        resume_point: resume_lib.ResumePoint | None,
+    ):
+        self.cfg, self.device, self.changes = cfg, device, changes
+        # Plain values: reading a DictConfig attribute costs microseconds, which the step loop
+        # would pay several times a step.
+        self.t = t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
+        self.meta = {
+            **summary["meta"],
+            "world_size": 1,
+            "seed": cfg.seed,
+            "determinism": cfg.determinism.level,
+            "determinism_settings": summary["determinism"],
+            "follows_original_trajectory": summary["follows_original_trajectory"],
+            "config_changes": changes,
+        }
+        # A resumed run that has nothing left to train keeps the final metrics it had.
+        self.metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
+        self.logger: MetricsLogger | None = None
+        self.progress = Progress(every=t.log_every_n_steps)
+        self.restore_rng_from: dict | None = None
+
         splits = build_data(cfg.data, cfg.seed)
         check_metric_exists(cfg.get("optimized_metric"), splits)
-        model = build_model(cfg.model, splits).to(device)
-        optimizer = build_optimizer(cfg.optimizer, model)
-        steps_per_epoch = math.ceil(len(splits.train) / cfg.data.batch_size)
+        self.model = build_model(cfg.model, splits).to(device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.steps_per_epoch = math.ceil(len(splits.train) / cfg.data.batch_size)
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
-        scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=t.max_epochs * steps_per_epoch)
-        autocast, scaler = mixed_precision(t.precision, device)
-        train_set = data_lib.Augmented(splits.train, cfg.seed, cfg.data.augment.max_shift, cfg.data.augment.noise_std)
-        val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, cfg.data.num_workers)
-        test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, cfg.data.num_workers)
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
+        self.autocast, self.scaler = mixed_precision(t.precision, device)
+        augment = cfg.data.augment
+        self.train_set = data_lib.Augmented(splits.train, cfg.seed, augment.max_shift, augment.noise_std)
+        self.val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, cfg.data.num_workers)
+        self.test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, cfg.data.num_workers)
         log.info(
             "data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
             len(splits.train),
@@ -130,92 +271,60 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
             len(splits.test),
             splits.input_shape,
             splits.num_classes,
-            steps_per_epoch,
+            self.steps_per_epoch,
             device,
         )
-
-        state = TrainState(model, optimizer, scheduler, scaler)
-        checkpointer = Checkpointer(
+        self.state = TrainState(self.model, self.optimizer, self.scheduler, self.scaler)
+        self.checkpointer = Checkpointer(
             cfg.checkpoint,
             run_dir / "checkpoints",
             resumed_from=resume_point.path if resume_point else None,
-            state_bytes=expected_state_bytes(model),
+            state_bytes=expected_state_bytes(self.model),
         )
-        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.run_dir = run_dir
 
-        def make_payload(kind: str, val_loss: float | None) -> dict:
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "kind": kind,
-                **environment,
-                "world_size": 1,
-                "seed": cfg.seed,
-                "determinism": cfg.determinism.level,
-                "determinism_settings": determinism,
-                "timestamp": datetime.now(timezone.utc).isoformat(),
-                "follows_original_trajectory": follows_original,
-                "config_changes": changes,
-            }
-            if kind == "model":
-                return {
-                    "epoch": state.epoch,
-                    "global_step": state.global_step,
-                    "model_state_dict": state.model_weights(),
-                    "config": config_yaml,
-                    "meta": meta,
-                }
-            return {
-                **state.capture(),
-                "val_loss": val_loss,
-                "metrics_lines": logger.lines,
-                "config": config_yaml,
-                "meta": meta,
-            }
-
-        def save(event: str, val: dict, improved: bool = False) -> None:
-            checkpointer.save(
-                lambda kind: make_payload(kind, val.get("val/loss")),
-                event=event,
-                epoch=state.epoch,
-                step=state.global_step,
-                position=state.position,
-                metric=val.get(cfg.checkpoint.monitor),
-                improved=improved,
+    # ---- restore and history -------------------------------------------------------------
+    def restore(self, point: resume_lib.ResumePoint, changes: list[str]) -> dict:
+        """Everything but the random streams, which come back once the resumed epoch's data
+        iterator exists (creating it must not shift them). Returns the resume's record."""
+        ckpt = point.ckpt
+        try:
+            notes = self.state.restore(
+                ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=self.cfg.checkpoint.strict_load
             )
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot resume from {point.path}: {e}. "
+                "checkpoint.strict_load=false loads what fits and reports the rest."
+            ) from e
+        for note in notes:
+            log.warning("non-strict load: %s", note)
+        self.restore_rng_from = ckpt
+        resume = resume_record(point, changes)
+        if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
+            resume["val_check"] = check_restored_val_loss(
+                ckpt["val_loss"],
+                self.evaluate(self.val_loader).get("loss"),
+                rebatched="trainer.eval_batch_size" in changes,
+            )
+        return resume
 
-        restore_rng_from = None
-        if resume_point is not None:
-            ckpt = resume_point.ckpt
-            try:
-                notes = state.restore(
-                    ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=cfg.checkpoint.strict_load
-                )
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise CheckpointError(
-                    f"cannot resume from {resume_point.path}: {e}. "
-                    "checkpoint.strict_load=false loads what fits and reports the rest."
-                ) from e
-            for note in notes:
-                log.warning("non-strict load: %s", note)
-            restore_rng_from = ckpt  # after the resumed epoch's data iterator exists (see below)
-            summary["resumes"] = summary.get("resumes", []) + [resume_record(resume_point, changes)]
-            if cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
-                summary["resumes"][-1]["val_check"] = check_restored_val_loss(
-                    ckpt["val_loss"],
-                    evaluate(model, val_loader, device, autocast).get("loss"),
-                    rebatched="trainer.eval_batch_size" in changes,
-                )
-
-        write_json_atomic(run_dir / "metrics.json", summary)
-        logger = MetricsLogger(
-            run_dir,
-            tensorboard=cfg.logger.tensorboard,
-            keep_lines=resume_point.ckpt.get("metrics_lines") if resume_point else None,
-            resume_step=resume_point.ckpt["global_step"] if resume_point else None,
+    def open_history(self, point: resume_lib.ResumePoint | None) -> None:
+        """metrics.jsonl and TensorBoard, cut back to where a resumed run's checkpoint was taken."""
+        step = point.ckpt["global_step"] if point else None
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=self.cfg.logger.tensorboard,
+            keep_lines=point.ckpt.get("metrics_lines") if point else None,
+            resume_step=step,
         )
-        logger.log_config(config_yaml, resume_point.ckpt["global_step"] if resume_point else 0)
+        self.logger.log_config(self.config_yaml, step or 0)
 
-        progress = Progress(every=t.log_every_n_steps)
+    # ---- fit -----------------------------------------------------------------------------
+    def fit(self, preemption: StopOnSignal) -> str:
+        """Train epochs until max_epochs, max_steps or a stop signal; return which one stopped it."""
+        t, state = self.t, self.state
         stopped_by = "max_epochs"
         if t.max_steps is not None and state.global_step >= t.max_steps:
             stopped_by = "max_steps"  # already there: a resumed run whose config stops it at this step
@@ -225,140 +334,149 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
                 t.max_steps,
                 state.global_step,
             )
-        # A resumed run that has nothing left to train keeps the final metrics it had.
-        metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
         while state.epoch < t.max_epochs and stopped_by == "max_epochs":
-            model.train()
-            loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=device)
-            progress.start_epoch(state.epoch, t.max_epochs, steps_per_epoch, done=state.position)
-            # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
-            state.position = min(state.position, steps_per_epoch)
-            loader = data_lib.train_loader(
-                train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
-            )
-            with signals_held():  # its workers start here
-                batches = iter(loader) if state.position < steps_per_epoch else iter(())
-            loss = None
-            if restore_rng_from is not None:
-                # Only now: anything that creating the iterator drew must not shift the streams.
-                state.restore(restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
-                restore_rng_from = None
-            for x, y in batches:
-                loss = train_step(model, x.to(device), y.to(device), optimizer, scaler, autocast, t.gradient_clip_val)
-                scheduler.step()
-                state.global_step += 1
-                state.position += 1
-                loss_sum += loss
-                logged = None
-                if state.global_step % t.log_every_n_steps == 0:
-                    logged = loss.item()
-                    stop_if_not_finite(logged, state, t.stop_on_nonfinite_loss)
-                    logger.log(
-                        "step", state.epoch, state.global_step, {"train/loss": logged, "lr": current_lr(optimizer)}
-                    )
-                progress.step(state.global_step, logged, current_lr(optimizer))
-                if t.max_steps is not None and state.global_step >= t.max_steps:
-                    stopped_by = "max_steps"
-                if preemption.stop_requested():
-                    stopped_by = "signal"
-                if state.position == steps_per_epoch or stopped_by != "max_epochs":
-                    break  # the epoch end or the stop below saves what is due
-                if checkpointer.step_due(state.global_step):
-                    state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
-                    stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
-                    save("step", prefixed("val", evaluate(model, val_loader, device, autocast)))
-            progress.end_epoch()
-            if loss is not None:
-                state.last_loss = loss.item()
-            state.epoch_loss_sum = loss_sum.item()
-            stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
+            stopped_by, loss_sum = self.train_epoch(preemption)
+            self.end_epoch(loss_sum)
+        return stopped_by
 
-            metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(optimizer)}
-            metrics.update(prefixed("val", evaluate(model, val_loader, device, autocast)))
-            log.info(
-                "epoch %d/%d step %d %s",
-                state.epoch + 1,
-                t.max_epochs,
-                state.global_step,
-                " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+    def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor]:
+        """The steps of one epoch from the state's position, until its end or a stop; saves
+        the step checkpoints that fall inside it. Returns what stopped it and the loss sum."""
+        t, state, progress = self.t, self.state, self.progress
+        self.model.train()
+        loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=self.device)
+        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=state.position)
+        # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
+        state.position = min(state.position, self.steps_per_epoch)
+        cfg = self.cfg
+        loader = data_lib.train_loader(
+            self.train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+        )
+        with signals_held():  # its workers start here
+            batches = iter(loader) if state.position < self.steps_per_epoch else iter(())
+        if self.restore_rng_from is not None:
+            # Only now: anything that creating the iterator drew must not shift the streams.
+            state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
+            self.restore_rng_from = None
+        stopped_by, loss = "max_epochs", None
+        for x, y in batches:
+            loss = train_step(
+                self.model,
+                x.to(self.device),
+                y.to(self.device),
+                self.optimizer,
+                self.scaler,
+                self.autocast,
+                t.gradient_clip_val,
             )
-            if state.position == steps_per_epoch:
-                logger.log("epoch", state.epoch, state.global_step, metrics)
-                state.epoch += 1
-                state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
-                improved = checkpointer.improves(metrics.get(cfg.checkpoint.monitor), state.best_metric)
-                if improved:
-                    state.best_metric = metrics[cfg.checkpoint.monitor]
-                save("epoch", metrics, improved)
-            else:
-                # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics
-                # go on from here; then report the stop.
-                save("stop", metrics)
-                logger.log("stop", state.epoch, state.global_step, metrics)
+            self.scheduler.step()
+            state.global_step += 1
+            state.position += 1
+            loss_sum += loss
+            logged = None
+            if state.global_step % t.log_every_n_steps == 0:
+                logged = loss.item()
+                stop_if_not_finite(logged, state, t.stop_on_nonfinite_loss)
+                lr = current_lr(self.optimizer)
+                self.logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": lr})
+            progress.step(state.global_step, logged, current_lr(self.optimizer))
+            if t.max_steps is not None and state.global_step >= t.max_steps:
+                stopped_by = "max_steps"
+            if preemption.stop_requested():
+                stopped_by = "signal"
+            if state.position == self.steps_per_epoch or stopped_by != "max_epochs":
+                break  # the epoch end or the stop saves what is due
+            if self.checkpointer.step_due(state.global_step):
+                state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
+                stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
+                self.save("step", self.validate())
+        progress.end_epoch()
+        if loss is not None:
+            state.last_loss = loss.item()
+        return stopped_by, loss_sum
 
-        if stopped_by == "signal":
-            summary.update(
-                status="preempted" if preemption.received == signal.SIGTERM else "interrupted",
-                stopped_by=stopped_by,
-                epochs_completed=state.epoch,
-                global_step=state.global_step,
-                metrics=metrics,
-                wall_time_s=round(time.time() - started, 3),
-            )
-            write_json_atomic(run_dir / "metrics.json", summary)
-            if cfg.checkpoint.enabled:
-                log.warning(
-                    "%s at step %d; continue with resume=auto (or resume=%s)",
-                    summary["status"],
-                    state.global_step,
-                    run_dir,
-                )
-            else:
-                log.warning(
-                    "%s at step %d; nothing was saved (checkpoint=off): a rerun starts over",
-                    summary["status"],
-                    state.global_step,
-                )
-            return summary
+    def end_epoch(self, loss_sum: torch.Tensor) -> None:
+        """Validate and save where the epoch ended: at its last step, or where a stop came."""
+        t, state = self.t, self.state
+        state.epoch_loss_sum = loss_sum.item()
+        stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
+        metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
+        metrics.update(self.validate())
+        self.metrics = metrics
+        log.info(
+            "epoch %d/%d step %d %s",
+            state.epoch + 1,
+            t.max_epochs,
+            state.global_step,
+            " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        )
+        if state.position == self.steps_per_epoch:
+            self.logger.log("epoch", state.epoch, state.global_step, metrics)
+            state.epoch += 1
+            state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
+            monitor = self.cfg.checkpoint.monitor
+            improved = self.checkpointer.improves(metrics.get(monitor), state.best_metric)
+            if improved:
+                state.best_metric = metrics[monitor]
+            self.save("epoch", metrics, improved)
+        else:
+            # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics go on
+            # from here; then report the stop.
+            self.save("stop", metrics)
+            self.logger.log("stop", state.epoch, state.global_step, metrics)
 
-        test = prefixed("test", evaluate(model, test_loader, device, autocast))
-        logger.log("test", state.epoch, state.global_step, test)
-        metrics.update(test)
+    def validate(self) -> dict:
+        return prefixed("val", self.evaluate(self.val_loader))
+
+    def test(self) -> dict:
+        test = prefixed("test", self.evaluate(self.test_loader))
+        self.logger.log("test", self.state.epoch, self.state.global_step, test)
         log.info("test %s", " ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        return test
 
-        summary.update(
-            status="completed",
-            stopped_by=stopped_by,
-            epochs_completed=state.epoch,
-            global_step=state.global_step,
-            metrics=metrics,
-            fingerprint=fingerprint(model.state_dict(), optimizer.state_dict()),
-            wall_time_s=round(time.time() - started, 3),
+    def evaluate(self, loader: DataLoader) -> dict:
+        return evaluate(self.model, loader, self.device, self.autocast)
+
+    # ---- save ----------------------------------------------------------------------------
+    def save(self, event: str, val: dict, improved: bool = False) -> None:
+        state = self.state
+        self.checkpointer.save(
+            lambda kind: self.payload(kind, val.get("val/loss")),
+            event=event,
+            epoch=state.epoch,
+            step=state.global_step,
+            position=state.position,
+            metric=val.get(self.cfg.checkpoint.monitor),
+            improved=improved,
         )
-        write_json_atomic(run_dir / "metrics.json", summary)
-        logger.log_hparams(OmegaConf.to_container(cfg, resolve=True), metrics, state.global_step)
-        log.info("done in %.1fs: %s", summary["wall_time_s"], run_dir / "metrics.json")
-        return summary
-    except BaseException as e:
-        summary.update(
-            status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-            error=f"{type(e).__name__}: {e}",
-            wall_time_s=round(time.time() - started, 3),
-        )
-        if logger is not None or resume_point is None:  # a resume that failed to restore changes nothing
-            write_json_atomic(run_dir / "metrics.json", summary)
-        if isinstance(e, RuntimeError) and NONDETERMINISTIC in str(e):
-            op = str(e).split(NONDETERMINISTIC)[0].strip()
-            raise ConfigError(
-                f"determinism={cfg.determinism.level}: {op} has no deterministic implementation "
-                f"on this device, so the run stopped. Relax the level with determinism=seeded "
-                "(same seeds; this operation may then vary from run to run)."
-            ) from e
-        raise
-    finally:
-        if logger is not None:
-            logger.close()
-        preemption.close()
+
+    def payload(self, kind: str, val_loss: float | None) -> dict:
+        """What a checkpoint holds: everything to resume ("full"), or the weights ("model")."""
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            **self.meta,
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+        }
+        if kind == "model":
+            return {
+                "epoch": self.state.epoch,
+                "global_step": self.state.global_step,
+                "model_state_dict": self.state.model_weights(),
+                "config": self.config_yaml,
+                "meta": meta,
+            }
+        return {
+            **self.state.capture(),
+            "val_loss": val_loss,
+            "metrics_lines": self.logger.lines,
+            "config": self.config_yaml,
+            "meta": meta,
+        }
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
