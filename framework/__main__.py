@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import framework
-from framework import config, overrides, recipe, train
+from framework import config, distributed, overrides, recipe, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 from framework.preemption import EXIT_CODES
@@ -128,6 +128,32 @@ def protect_existing_run(argv: list[str]) -> None:
     print(make_room(folder, policy), file=sys.stderr)
 
 
+def join_the_job(argv: list[str]) -> None:
+    """Under torchrun: join the process group (one job per command: no sweeps)."""
+    if not distributed.is_distributed():
+        return
+    if overrides.is_multirun(argv):
+        print("Error: under torchrun a command runs one job; sweep multi-process jobs with a launcher", file=sys.stderr)
+        sys.exit(1)
+    distributed.init()
+
+
+def one_run_directory(argv: list[str]) -> list[str]:
+    """Under torchrun, every rank in one run directory, decided before Hydra makes one per rank
+    (each would resolve its own timestamp): rank 0 picks it and tells the others. Only rank 0
+    lets Hydra write `.hydra/` and train.log there."""
+    if not distributed.is_distributed():
+        return argv
+    if overrides.value_of(argv, "hydra.run.dir") is None:
+        now = datetime.now()  # the pattern of hydra.run.dir in conf/config.yaml
+        chosen = distributed.from_main(f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}")
+        argv = [*argv, f"hydra.run.dir={overrides.quoted(chosen)}"]
+    if distributed.is_main():
+        return argv
+    mine = [a for a in argv if not a.startswith("hydra.output_subdir=")]
+    return [*mine, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+
+
 def relaunch_for_strict(argv: list[str]) -> None:
     """determinism=strict needs PYTHONHASHSEED fixed before the interpreter starts (setting it
     in a running one changes nothing for that one): re-launch with it set, before any work.
@@ -164,7 +190,8 @@ def main(cfg: DictConfig) -> float | None:
         if in_sweep:
             log.error("job failed: %s", e)
             return failed(e)
-        print(f"Error: {e}", file=sys.stderr)
+        if distributed.is_main():  # one message for the job, not one per rank
+            print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:
         if not in_sweep:
@@ -234,9 +261,14 @@ def entry(argv: list[str]) -> None:
         )
         sys.exit(1)
     relaunch_for_strict(argv)
+    join_the_job(argv)
     warn_about_auto_without_a_directory(argv)
-    protect_existing_run(argv)
-    argv, take_back = continue_in_place(argv)
+    if distributed.is_main():
+        protect_existing_run(argv)  # the others are stopped by torchrun if it refuses
+    argv, take_back = continue_in_place(argv)  # the same directory on every rank
+    argv = one_run_directory(argv)
+    if not distributed.is_main():
+        take_back = None
     sys.argv = [sys.argv[0], *argv]
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set; set, they reach us, and the
     # one a user meets most (a key the config does not have) gets a message that says what to do.

@@ -194,20 +194,34 @@ class EpochSampler(Sampler):
 
     Passing the epoch with each index lets the dataset key its augmentation without any state
     of its own, so worker processes need nothing but the pair.
+
+    Under torchrun, rank r of W takes every W-th index of the shuffle from r on; the shuffle is
+    first padded with its own beginning to a multiple of W, so that every rank gets as many
+    samples (and steps) as the others.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
 
     def order(self) -> torch.Tensor:
-        return torch.randperm(self.n, generator=keyed_generator(self.seed, SHUFFLE, self.epoch))
+        order = torch.randperm(self.n, generator=keyed_generator(self.seed, SHUFFLE, self.epoch))
+        if self.world_size > 1:
+            padded = shard_size(self.n, self.world_size) * self.world_size
+            order = torch.cat([order, order[: padded - self.n]])[self.rank :: self.world_size]
+        return order
 
     def __iter__(self):
         for i in self.order()[self.start :].tolist():
             yield self.epoch, i
 
     def __len__(self):
-        return self.n - self.start
+        return shard_size(self.n, self.world_size) - self.start
+
+
+def shard_size(n: int, world_size: int) -> int:
+    """How many training samples each rank takes in an epoch."""
+    return -(-n // world_size)
 
 
 class Augmented(Dataset):
@@ -267,14 +281,21 @@ def seed_worker(worker_id: int) -> None:
 
 
 def train_loader(
-    dataset: Augmented, batch_size: int, num_workers: int, seed: int, epoch: int, start_batch: int = 0
+    dataset: Augmented,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """The loader for one epoch, from batch `start_batch` on: a pure function of its arguments.
 
     Its own generator (keyed by seed and epoch) seeds the workers, so creating it never draws
     from the global torch RNG.
     """
-    sampler = EpochSampler(len(dataset), seed, epoch, start=start_batch * batch_size)
+    sampler = EpochSampler(len(dataset), seed, epoch, start=start_batch * batch_size, rank=rank, world_size=world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

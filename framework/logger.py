@@ -23,7 +23,17 @@ class MetricsLogger:
     that a killed run wrote after `resume_step`.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, keep_lines: int | None = None, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        keep_lines: int | None = None,
+        resume_step: int | None = None,
+        enabled: bool = True,
+    ):
+        self.lines, self.jsonl, self.tb = 0, None, None
+        if not enabled:
+            return  # a rank other than 0 under torchrun: rank 0 keeps the history
         path = run_dir / "metrics.jsonl"
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
         if keep_lines is not None and len(lines) > keep_lines:
@@ -31,7 +41,6 @@ class MetricsLogger:
             replace_atomically(path, "".join(lines))
         self.lines = len(lines)
         self.jsonl = open(path, "a", buffering=1)  # line-buffered
-        self.tb = None
         if tensorboard:
             # Imported here: TensorBoard is slow to import and not needed with logger=none.
             from torch.utils.tensorboard import SummaryWriter
@@ -40,6 +49,8 @@ class MetricsLogger:
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, event: str, epoch: int, step: int, metrics: dict) -> None:
+        if self.jsonl is None:
+            return
         self.jsonl.write(json_text({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
         self.lines += 1
         if self.tb is not None:
@@ -70,7 +81,8 @@ class MetricsLogger:
 
     def close(self) -> None:
         # Each job of a sweep opens its own writer; one left open would leak into the next job.
-        self.jsonl.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
             self.tb = None
@@ -79,10 +91,10 @@ class MetricsLogger:
 class Progress:
     """A tqdm bar per epoch on a terminal; a log line every `every` steps when not a terminal."""
 
-    def __init__(self, every: int):
-        self.every = every
+    def __init__(self, every: int, enabled: bool = True):
+        self.every, self.enabled = every, enabled
         self.bar = None
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and enabled
 
     def start_epoch(self, epoch: int, max_epochs: int, total: int, done: int) -> None:
         self.epoch, self.max_epochs = epoch, max_epochs
@@ -94,6 +106,8 @@ class Progress:
             )
 
     def step(self, global_step: int, loss: float | None, lr: float) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:

@@ -37,6 +37,7 @@ PIECES = (
     "cuda_rng",
 )
 RNG_PIECES = ("python_rng", "numpy_rng", "torch_rng", "cuda_rng")
+RNG_KEYS = ("rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state")
 
 # Fault injection for the tests that prove exact resume has teeth: a comma-separated list of
 # pieces that `restore` must skip. Never set it outside those tests.
@@ -88,10 +89,15 @@ class TrainState:
         out: dict = {}
         for piece in PIECES:
             out.update(getattr(self, f"_capture_{piece}")())
-        # Every rank's streams (one entry per rank; one rank until distributed training).
-        out["rng_per_rank"] = [
-            {k: out[k] for k in ("rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state")}
-        ]
+        # Every rank's streams: this process's; under torchrun the loop puts every rank's here.
+        out["rng_per_rank"] = [{k: out[k] for k in RNG_KEYS}]
+        return out
+
+    def own_streams(self) -> dict:
+        """This process's random streams, as they go into `rng_per_rank`."""
+        out: dict = {}
+        for piece in RNG_PIECES:
+            out.update(getattr(self, f"_capture_{piece}")())
         return out
 
     def restore(self, ckpt: dict, pieces: Sequence[str] = PIECES, strict: bool = True) -> list[str]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 import framework
 from framework import data as data_lib
+from framework import distributed
 from framework import resume as resume_lib
 from framework.arguments import check_arguments
 from framework.atomic import write_json_atomic
@@ -54,7 +55,8 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     these may differ from the checkpoint's config; None compares every key.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):  # one writer per run directory
+    # One writer per run directory: under torchrun, rank 0 writes for all.
+    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         return run_locked(cfg, run_dir, given)
 
 
@@ -111,16 +113,24 @@ def resolve_config(
     the command line changed, and whether the run still follows its original trajectory.
     Resuming, the checkpoint's config is the source of truth (see framework/resume.py)."""
     check(cfg)
-    resume_point = resume_lib.find(cfg.resume, run_dir)
-    if resume_point is None and holds_a_run(run_dir):
-        if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
-            raise ConfigError(refusal(run_dir, "hydra.run.dir"))
-        # resume=auto found no checkpoint: an attempt that never saved one is replaced, not continued.
-        clear_leftovers(run_dir)
+    resume_point = None
+    if distributed.is_main():
+        resume_point = resume_lib.find(cfg.resume, run_dir)
+        if resume_point is None and holds_a_run(run_dir):
+            if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
+                raise ConfigError(refusal(run_dir, "hydra.run.dir"))
+            # resume=auto found no checkpoint: an attempt that never saved one is replaced, not continued.
+            clear_leftovers(run_dir)
+    # Rank 0 picks the file; the others load that one, so no two ranks resume from different files.
+    chosen = distributed.from_main(str(resume_point.path) if resume_point else None)
+    if chosen is not None and resume_point is None:
+        resume_point = resume_lib.find(chosen, run_dir)
     changes, follows_original = [], True
     if resume_point is not None:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
         check(cfg)
+        if not same_world_size(resume_point, cfg.allow_config_changes):
+            follows_original = False
     check_arguments(cfg)  # before any data is loaded
     return cfg, resume_point, changes, follows_original
 
@@ -163,7 +173,8 @@ class RunRecord:
         self.summary["resumes"] = self.summary.get("resumes", []) + [resume]
 
     def write(self) -> None:
-        write_json_atomic(self.path, self.summary)
+        if distributed.is_main():
+            write_json_atomic(self.path, self.summary)
 
     def end(self, **fields) -> dict:
         self.summary.update(**fields, wall_time_s=round(time.time() - self.started, 3))
@@ -234,12 +245,13 @@ class Training:
         resume_point: resume_lib.ResumePoint | None,
     ):
         self.cfg, self.device, self.changes = cfg, device, changes
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
         # Plain values: reading a DictConfig attribute costs microseconds, which the step loop
         # would pay several times a step.
         self.t = t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
         self.meta = {
             **summary["meta"],
-            "world_size": 1,
+            "world_size": self.world_size,
             "seed": cfg.seed,
             "determinism": cfg.determinism.level,
             "determinism_settings": summary["determinism"],
@@ -249,14 +261,23 @@ class Training:
         # A resumed run that has nothing left to train keeps the final metrics it had.
         self.metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
         self.logger: MetricsLogger | None = None
-        self.progress = Progress(every=t.log_every_n_steps)
+        self.progress = Progress(every=t.log_every_n_steps, enabled=distributed.is_main())
         self.restore_rng_from: dict | None = None
 
         splits = build_data(cfg.data, cfg.seed)
         check_metric_exists(cfg.get("optimized_metric"), splits)
         self.model = build_model(cfg.model, splits).to(device)
+        # What trains: the model itself, or under torchrun its DistributedDataParallel wrapper
+        # (checkpoints hold the model's own state dict: no `module.` prefix).
+        self.net = self.model
+        if self.world_size > 1:
+            # Same initial weights on every rank (DDP also broadcasts rank 0's); then each rank
+            # its own random streams (dropout), from (seed, rank).
+            seed_everything(data_lib.keyed_seed(cfg.seed, RANK_STREAMS, self.rank) % 2**63)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
-        self.steps_per_epoch = math.ceil(len(splits.train) / cfg.data.batch_size)
+        # data.batch_size is per rank: each rank takes its shard of the epoch in batches of it.
+        self.steps_per_epoch = math.ceil(data_lib.shard_size(len(splits.train), self.world_size) / cfg.data.batch_size)
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
         self.autocast, self.scaler = mixed_precision(t.precision, device)
@@ -300,7 +321,8 @@ class Training:
             ) from e
         for note in notes:
             log.warning("non-strict load: %s", note)
-        self.restore_rng_from = ckpt
+        # The random streams come back only for the number of ranks that wrote them.
+        self.restore_rng_from = ckpt if ckpt["meta"].get("world_size", 1) == self.world_size else None
         resume = resume_record(point, changes)
         if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
             resume["val_check"] = check_restored_val_loss(
@@ -318,6 +340,7 @@ class Training:
             tensorboard=self.cfg.logger.tensorboard,
             keep_lines=point.ckpt.get("metrics_lines") if point else None,
             resume_step=step,
+            enabled=distributed.is_main(),  # one metrics.jsonl, one TensorBoard run
         )
         self.logger.log_config(self.config_yaml, step or 0)
 
@@ -350,18 +373,28 @@ class Training:
         state.position = min(state.position, self.steps_per_epoch)
         cfg = self.cfg
         loader = data_lib.train_loader(
-            self.train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, state.data_epoch, state.position
+            self.train_set,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+            cfg.seed,
+            state.data_epoch,
+            state.position,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         with signals_held():  # its workers start here
             batches = iter(loader) if state.position < self.steps_per_epoch else iter(())
         if self.restore_rng_from is not None:
             # Only now: anything that creating the iterator drew must not shift the streams.
-            state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
+            ckpt = self.restore_rng_from
+            if self.world_size > 1:  # each rank its own streams
+                ckpt = {**ckpt, **ckpt["rng_per_rank"][self.rank]}
+            state.restore(ckpt, RNG_PIECES, strict=cfg.checkpoint.strict_load)
             self.restore_rng_from = None
         stopped_by, loss = "max_epochs", None
         for x, y in batches:
             loss = train_step(
-                self.model,
+                self.net,
                 x.to(self.device),
                 y.to(self.device),
                 self.optimizer,
@@ -375,14 +408,14 @@ class Training:
             loss_sum += loss
             logged = None
             if state.global_step % t.log_every_n_steps == 0:
-                logged = loss.item()
+                logged = distributed.mean(loss.item())
                 stop_if_not_finite(logged, state, t.stop_on_nonfinite_loss)
                 lr = current_lr(self.optimizer)
                 self.logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": lr})
             progress.step(state.global_step, logged, current_lr(self.optimizer))
             if t.max_steps is not None and state.global_step >= t.max_steps:
                 stopped_by = "max_steps"
-            if preemption.stop_requested():
+            if distributed.any_rank(preemption.stop_requested()):  # the ranks stop at the same step
                 stopped_by = "signal"
             if state.position == self.steps_per_epoch or stopped_by != "max_epochs":
                 break  # the epoch end or the stop saves what is due
@@ -398,7 +431,7 @@ class Training:
     def end_epoch(self, loss_sum: torch.Tensor) -> None:
         """Validate and save where the epoch ended: at its last step, or where a stop came."""
         t, state = self.t, self.state
-        state.epoch_loss_sum = loss_sum.item()
+        state.epoch_loss_sum = distributed.mean(loss_sum.item())
         stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
         metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
         metrics.update(self.validate())
@@ -435,10 +468,18 @@ class Training:
         return test
 
     def evaluate(self, loader: DataLoader) -> dict:
-        return evaluate(self.model, loader, self.device, self.autocast)
+        return evaluate(self.model, loader, self.device, self.autocast, self.rank, self.world_size)
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
+        """Every rank gives its random streams; rank 0 writes; all wait until it is done."""
+        state = self.state
+        self.rng_per_rank = distributed.gather(state.own_streams()) if self.world_size > 1 else None
+        if distributed.is_main():
+            self.save_here(event, val, improved)
+        distributed.barrier()
+
+    def save_here(self, event: str, val: dict, improved: bool) -> None:
         state = self.state
         self.checkpointer.save(
             lambda kind: self.payload(kind, val.get("val/loss")),
@@ -466,8 +507,11 @@ class Training:
                 "config": self.config_yaml,
                 "meta": meta,
             }
+        full = self.state.capture()
+        if self.rng_per_rank is not None:
+            full["rng_per_rank"] = self.rng_per_rank
         return {
-            **self.state.capture(),
+            **full,
             "val_loss": val_loss,
             "metrics_lines": self.logger.lines,
             "config": self.config_yaml,
@@ -498,6 +542,31 @@ def expected_state_bytes(model: torch.nn.Module) -> int:
     """About how large a full checkpoint of this model gets: its weights and up to two optimizer
     buffers per weight (Adam's moments)."""
     return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# The tag of each rank's own random streams (data.py's tags are 1-7).
+RANK_STREAMS = 8
+
+
+def same_world_size(point: resume_lib.ResumePoint, allowed: bool) -> bool:
+    """A checkpoint continues exactly only with the number of ranks that wrote it: the data
+    order (each rank's shard) and the random streams (one per rank) depend on it."""
+    saved, now = point.ckpt["meta"].get("world_size", 1), distributed.world_size()
+    if saved == now:
+        return True
+    if not allowed:
+        raise ConfigError(
+            f"{point.path} was written by {saved} process(es), this run has {now}: the data order and the "
+            "random streams cannot continue exactly. Resume with the same number of processes, or give "
+            "allow_config_changes=true to continue from its model, optimizer and scheduler on a new trajectory."
+        )
+    log.warning(
+        "resuming a %d-process checkpoint on %d: model, optimizer and scheduler are restored; the data order and "
+        "the random streams cannot continue exactly, and the run no longer follows its original trajectory",
+        saved,
+        now,
+    )
+    return False
 
 
 class RunStopped(Exception):
@@ -561,25 +630,38 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Mean loss and accuracy over a whole split (empty dict for an empty split).
 
     Draws no random numbers (eval mode, a loader with its own generator), so validating at any
-    point leaves the training trajectory untouched.
+    point leaves the training trajectory untouched. Under torchrun rank r computes batches r,
+    r + W, ...; the per-batch sums are gathered and added in batch order, as one process adds
+    them: the result is the one process's, to the bit.
     """
     if len(loader.dataset) == 0:
         return {}
     model.eval()
-    loss_sum, correct = 0.0, 0
+    sums = []
     with signals_held():  # its workers start here
         batches = iter(loader)
-    for x, y in batches:
+    for i, (x, y) in enumerate(batches):
+        if i % world_size != rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == y).sum().item()
+        sums.append(
+            (i, F.cross_entropy(logits.float(), y, reduction="sum").item(), (logits.argmax(dim=1) == y).sum().item())
+        )
     model.train()
+    if world_size > 1:
+        sums = sorted(s for part in distributed.gather(sums) for s in part)
+    loss_sum, correct = 0.0, 0
+    for _, batch_loss, batch_correct in sums:
+        loss_sum += batch_loss
+        correct += batch_correct
     n = len(loader.dataset)
     return {"loss": loss_sum / n, "acc": correct / n}
 

@@ -1,0 +1,109 @@
+"""Data-parallel training under real `torchrun` (2 processes, gloo on this CPU machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, TESTS, read_summary, train_in_process
+
+from framework.compare import compare as differences
+from framework.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+# Two epochs of the MLP on digits: 10 steps an epoch on each of 2 ranks (batch 64 per rank).
+RUN = ["model=mlp", "trainer.max_epochs=2", "logger=none"]
+
+
+def torchrun(run_dir: Path, *overrides: str, background: bool = False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "framework"]
+    cmd += [f"hydra.run.dir={run_dir}", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    if background:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp") / "straight"
+    proc = torchrun(run, *RUN)
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_two_ranks_write_one_run_directory_with_one_set_of_files(straight):
+    assert sorted(p.name for p in straight.iterdir()) == [
+        ".hydra",
+        "checkpoints",
+        "metrics.json",
+        "metrics.jsonl",
+        "train.log",
+    ]
+    assert (straight / "train.log").read_text().count("done in") == 1  # rank 0 alone logs
+    assert [line.count('"event": "epoch"') for line in (straight / "metrics.jsonl").read_text().splitlines()].count(
+        1
+    ) == 2
+    ckpt = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["meta"]["world_size"] == 2 and ckpt["global_step"] == 20
+    assert not any(k.startswith("module.") for k in ckpt["model_state_dict"])
+    first, second = ckpt["rng_per_rank"]
+    assert not torch.equal(first["rng_state"], second["rng_state"])  # each rank its own streams
+
+
+def test_the_same_seed_on_two_ranks_gives_the_same_bits(straight, tmp_path):
+    again = torchrun(tmp_path / "again", *RUN)
+    assert again.returncode == 0, again.stderr
+    assert read_summary(tmp_path / "again")["fingerprint"] == read_summary(straight)["fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def stopped_at_epoch_end(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp") / "stopped"
+    proc = torchrun(run, *RUN, "trainer.max_steps=10")
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_two_ranks_stopped_at_an_epoch_end_resume_exactly(straight, stopped_at_epoch_end, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_at_epoch_end, run)
+    resumed = torchrun(run, "resume=auto", "trainer.max_steps=null")
+    assert resumed.returncode == 0, resumed.stderr
+    assert differences(straight, run) == []
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_resume_is_exact(straight, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun(run, *RUN, background=True)
+    history = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and '"step": 10,' in history.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks
+    proc.communicate(timeout=120)
+    summary = read_summary(run)
+    assert summary["status"] == "preempted" and 10 <= summary["global_step"] < 20, summary
+    resumed = torchrun(run, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert differences(straight, run) == []
+
+
+def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed(stopped_at_epoch_end, tmp_path):
+    run = tmp_path / "one"
+    shutil.copytree(stopped_at_epoch_end, run)
+    before = (run / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match="written by 2 process"):
+        train_in_process(run, f"resume={run}", "trainer.max_steps=null")
+    assert (run / "metrics.json").read_bytes() == before
+    summary = train_in_process(run, f"resume={run}", "trainer.max_steps=null", "allow_config_changes=true")
+    assert summary["status"] == "completed" and summary["global_step"] == 30  # one rank: 20 steps an epoch
+    assert summary["follows_original_trajectory"] is False
