@@ -128,6 +128,17 @@ def protect_existing_run(argv: list[str]) -> None:
     print(make_room(folder, policy), file=sys.stderr)
 
 
+def start_processes(argv: list[str]) -> None:
+    """`trainer.processes=N` on the plain command: become `torchrun --standalone
+    --nproc_per_node=N -m framework ...` (torch's own elastic launcher, not one of ours), before
+    any work. Only a value given on the command line is seen here, as for determinism=strict."""
+    given = overrides.value_of(argv, "trainer.processes")
+    if distributed.is_distributed() or given is None or not given.isdigit() or int(given) < 2:
+        return
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={given}"]
+    os.execv(sys.executable, [*launcher, "-m", "framework", *argv])
+
+
 def join_the_job(argv: list[str]) -> None:
     """Under torchrun: join the process group (one job per command: no sweeps)."""
     if not distributed.is_distributed():
@@ -261,6 +272,7 @@ def entry(argv: list[str]) -> None:
         )
         sys.exit(1)
     relaunch_for_strict(argv)
+    start_processes(argv)
     join_the_job(argv)
     warn_about_auto_without_a_directory(argv)
     if distributed.is_main():

@@ -226,6 +226,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = MISSING
     log_every_n_steps: int = MISSING
     eval_batch_size: int = MISSING
+    processes: int = MISSING  # from the command line: start this many through torchrun (framework/__main__.py)
 
 
 @dataclass
@@ -316,6 +317,8 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"seed={cfg.seed} must be zero or positive and below 2**63")
     if t.gradient_clip_val is not None and t.gradient_clip_val <= 0:
         problems.append(f"trainer.gradient_clip_val={t.gradient_clip_val} must be positive (or null: no clipping)")
+    if t.processes < 1:
+        problems.append(f"trainer.processes={t.processes} must be at least 1")
     if t.eval_batch_size < 1:
         problems.append(f"trainer.eval_batch_size={t.eval_batch_size} must be at least 1")
     # The built-in schedulers' counts (StepLR divides by step_size at its first step).

@@ -27,6 +27,7 @@ SAFE_TO_CHANGE = (
     "logger",
     "checkpoint",
     "trainer.max_steps",
+    "trainer.processes",  # the number a checkpoint continues with is checked as its world size
     "optimized_metric",
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",

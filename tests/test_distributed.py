@@ -107,3 +107,13 @@ def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed(stopped_at
     summary = train_in_process(run, f"resume={run}", "trainer.max_steps=null", "allow_config_changes=true")
     assert summary["status"] == "completed" and summary["global_step"] == 30  # one rank: 20 steps an epoch
     assert summary["follows_original_trajectory"] is False
+
+
+def test_the_plain_command_starts_the_same_processes_through_torchrun(straight, tmp_path):
+    """trainer.processes=2 becomes torchrun --standalone --nproc_per_node=2: the same job."""
+    cmd = [sys.executable, "-m", "framework", f"hydra.run.dir={tmp_path / 'run'}", *RUN, "trainer.processes=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["meta"]["world_size"] == 2
+    assert read_summary(tmp_path / "run")["fingerprint"] == read_summary(straight)["fingerprint"]
