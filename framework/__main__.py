@@ -19,6 +19,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
+from torch.distributed.elastic.multiprocessing.errors import record
 
 import framework
 from framework import config, distributed, overrides, recipe, train
@@ -253,6 +254,10 @@ def stop_the_sweep(sweep_dir: Path, status: str) -> None:
     )
 
 
+# Under torchrun, a rank's uncaught error goes into the file torchrun names for it, so that its
+# failure summary shows that rank's error as the root cause (the other ranks fail after it, on a
+# closed connection). Without torchrun it does nothing.
+@record
 def entry(argv: list[str]) -> None:
     if "--version" in argv:  # Hydra's own flag would print Hydra's version, not ours
         print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")

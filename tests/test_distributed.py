@@ -117,3 +117,16 @@ def test_the_plain_command_starts_the_same_processes_through_torchrun(straight, 
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["meta"]["world_size"] == 2
     assert read_summary(tmp_path / "run")["fingerprint"] == read_summary(straight)["fingerprint"]
+
+
+def test_a_rank_that_raises_brings_the_job_down_soon_naming_it_and_leaving_whole_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    started = time.time()
+    proc = torchrun(run, *RUN, "model._target_=user_modules.FailsOnOneRank", "+model.after=12")
+    assert proc.returncode != 0 and time.time() - started < 90  # not torch's 30-minute collective timeout
+    root_cause = proc.stderr.split("Root Cause")[1]
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "this rank failed on purpose" in root_cause
+    assert read_summary(run)["status"] == "failed"
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best.pt", "index.json", "last.pt"]  # no temporary file left
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 10

@@ -1,6 +1,7 @@
 """A user's own classes, importable by tests through `_target_` (tests/ is put on PYTHONPATH)."""
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -103,3 +104,18 @@ def digit_splits(keys=("train", "val")):
     x, y = load_digits()
     parts = {"train": TensorDataset(x[:1000], y[:1000]), "val": TensorDataset(x[1000:], y[1000:])}
     return {k: parts[k] for k in keys}
+
+
+class FailsOnOneRank(TinyNet):
+    """Raises in its forward pass after `after` calls on rank `rank` (RANK from torchrun). Takes
+    (and ignores) the arguments of another model's config, to stand in for it."""
+
+    def __init__(self, input_shape, num_classes: int, rank: int = 1, after: int = 5, **other_models_arguments):
+        super().__init__(input_shape, num_classes)
+        self.fail_here, self.after, self.calls = int(os.environ.get("RANK", "0")) == rank, after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_here and self.calls > self.after:
+            raise RuntimeError(f"this rank failed on purpose after {self.after} steps")
+        return super().forward(x)
