@@ -38,7 +38,8 @@ def pick_num_threads(configured: int | None, recorded: int | None) -> tuple[int,
 
     Float results depend on it (a reduction split over 1 or 2 threads adds in another order), so
     it is part of the experiment: the number set in `determinism.num_threads`; else, on resume,
-    the number the checkpoint ran with; else every CPU this process may use. The machine's
+    the number the checkpoint ran with; else every CPU this process may use (under torchrun, its
+    share of them with the other processes on this machine). The machine's
     count, not torch's current setting: a launcher that starts jobs with fewer threads (Hydra's
     joblib launcher gives each job one) must not change the bits.
     """
@@ -46,6 +47,10 @@ def pick_num_threads(configured: int | None, recorded: int | None) -> tuple[int,
         return configured, "determinism.num_threads"
     if recorded is not None:
         return recorded, "as the checkpoint ran"
+    # torchrun's processes on one machine share its CPUs (LOCAL_WORLD_SIZE: 1 without torchrun).
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if sharing > 1:
+        return max(1, machine_threads() // sharing), f"this process's share of the CPUs, with {sharing} on this machine"
     return machine_threads(), "every CPU this process may use"
 
 
