@@ -415,7 +415,7 @@ class Training:
             progress.step(state.global_step, logged, current_lr(self.optimizer))
             if t.max_steps is not None and state.global_step >= t.max_steps:
                 stopped_by = "max_steps"
-            if distributed.any_rank(preemption.stop_requested()):  # the ranks stop at the same step
+            if self.stop_requested(preemption):
                 stopped_by = "signal"
             if state.position == self.steps_per_epoch or stopped_by != "max_epochs":
                 break  # the epoch end or the stop saves what is due
@@ -427,6 +427,17 @@ class Training:
         if loss is not None:
             state.last_loss = loss.item()
         return stopped_by, loss_sum
+
+    def stop_requested(self, preemption: StopOnSignal) -> bool:
+        """Whether a stop signal came. Under torchrun the ranks must stop at one step, so they
+        agree every STOP_CHECK_EVERY steps and at the epoch's last (a collective of its own:
+        every step would cost a few percent of a small model's step)."""
+        if self.world_size == 1:
+            return preemption.stop_requested()
+        state = self.state
+        if state.global_step % STOP_CHECK_EVERY and state.position != self.steps_per_epoch:
+            return False
+        return distributed.any_rank(preemption.stop_requested())
 
     def end_epoch(self, loss_sum: torch.Tensor) -> None:
         """Validate and save where the epoch ended: at its last step, or where a stop came."""
@@ -546,6 +557,8 @@ def expected_state_bytes(model: torch.nn.Module) -> int:
 
 # The tag of each rank's own random streams (data.py's tags are 1-7).
 RANK_STREAMS = 8
+# Under torchrun, how often the ranks agree whether a stop signal came (Training.stop_requested).
+STOP_CHECK_EVERY = 5
 
 
 def same_world_size(point: resume_lib.ResumePoint, allowed: bool) -> bool:
