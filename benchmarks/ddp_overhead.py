@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from overhead import COMMON, WORKLOADS, intervals, stamps
+from overhead import COMMON, WORKLOADS, intervals, measure, print_table, stamps
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -73,37 +72,19 @@ def main() -> None:
     logging.disable(logging.INFO)
     config.register()
 
-    rows = []
     with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
-        for name in args.workload or list(WORKLOADS):
-            cfg = compose("config", overrides=COMMON + WORKLOADS[name])
-            time_framework(cfg), time_hand_written(cfg)  # warm-up round, not counted
-            ours, theirs, round_ratios = [], [], []
-            for _ in range(args.rounds):
-                ours_round, theirs_round = time_framework(cfg), time_hand_written(cfg)
-                ours += ours_round
-                theirs += theirs_round
-                round_ratios.append(statistics.median(ours_round) / statistics.median(theirs_round))
-            ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
-            rows.append(
-                (name, len(ours), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios))
-            )
+        rows = [
+            measure(name, compose("config", overrides=COMMON + WORKLOADS[name]), time_framework, time_hand_written,
+                    args.rounds)
+            for name in args.workload or list(WORKLOADS)
+        ]  # fmt: skip
     if distributed.is_main():
         print(
             f"torch {torch.__version__}, {distributed.world_size()} ranks (gloo), {torch.get_num_threads()} threads "
             f"each, {args.rounds} alternating rounds; rank 0's steps"
         )
         print()
-        print(
-            "| workload | steps timed | hand-written DDP median (ms) | framework median (ms) | difference (µs) | ratio "
-            "| per-round ratios |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---|")
-        for name, n, hand, ours, ratio, low, high in rows:
-            print(
-                f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {(ours - hand) * 1e3:.0f} | {ratio:.3f} "
-                f"| {low:.3f} to {high:.3f} |"
-            )
+        print_table(rows, "hand-written DDP")
     distributed.close()
 
 

@@ -94,6 +94,33 @@ def time_hand_written(cfg) -> list[float]:
     return intervals()
 
 
+def measure(name: str, cfg, ours, theirs, rounds: int) -> tuple:
+    """One table row: the two loops (functions of the config returning step intervals) take
+    turns, after a warm-up round that is not counted."""
+    ours(cfg), theirs(cfg)
+    ours_all, theirs_all, round_ratios = [], [], []
+    for _ in range(rounds):
+        ours_round, theirs_round = ours(cfg), theirs(cfg)
+        ours_all += ours_round
+        theirs_all += theirs_round
+        round_ratios.append(statistics.median(ours_round) / statistics.median(theirs_round))
+    ours_ms, theirs_ms = statistics.median(ours_all) * 1e3, statistics.median(theirs_all) * 1e3
+    return name, len(ours_all), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios)
+
+
+def print_table(rows: list[tuple], hand_written: str = "hand-written") -> None:
+    print(
+        f"| workload | steps timed | {hand_written} median (ms) | framework median (ms) | difference (µs) | ratio "
+        "| per-round ratios |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, n, hand, ours, ratio, low, high in rows:
+        print(
+            f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {(ours - hand) * 1e3:.0f} | {ratio:.3f} "
+            f"| {low:.3f} to {high:.3f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="turns each loop takes, alternating")
@@ -105,34 +132,15 @@ def main() -> None:
     logging.disable(logging.INFO)
     config.register()
 
-    rows = []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name in args.workload or list(WORKLOADS):
-            cfg = compose("config", overrides=COMMON + WORKLOADS[name])
-            time_framework(cfg), time_hand_written(cfg)  # warm-up round, not counted
-            ours, theirs, round_ratios = [], [], []
-            for _ in range(args.rounds):
-                ours_round, theirs_round = time_framework(cfg), time_hand_written(cfg)
-                ours += ours_round
-                theirs += theirs_round
-                round_ratios.append(statistics.median(ours_round) / statistics.median(theirs_round))
-            ours_ms, theirs_ms = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
-            rows.append(
-                (name, len(ours), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios))
-            )
-
+        rows = [
+            measure(name, compose("config", overrides=COMMON + WORKLOADS[name]), time_framework, time_hand_written,
+                    args.rounds)
+            for name in args.workload or list(WORKLOADS)
+        ]  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} alternating rounds")
     print()
-    print(
-        "| workload | steps timed | hand-written median (ms) | framework median (ms) | difference (µs) | ratio "
-        "| per-round ratios |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name, n, hand, ours, ratio, low, high in rows:
-        print(
-            f"| {name} | {n} | {hand:.3f} | {ours:.3f} | {(ours - hand) * 1e3:.0f} | {ratio:.3f} "
-            f"| {low:.3f} to {high:.3f} |"
-        )
+    print_table(rows)
 
 
 if __name__ == "__main__":
