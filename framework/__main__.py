@@ -182,6 +182,9 @@ def relaunch_for_strict(argv: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train; return the final value of `optimized_metric`, for sweepers that optimize it."""
+    distributed.join_cluster_tasks()  # a submitit job with several tasks: one group, like torchrun's
+    if not distributed.is_main():
+        log.setLevel(logging.WARNING)  # rank 0 tells the run's story
     # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -49,6 +49,24 @@ def init() -> None:
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
 
 
+def join_cluster_tasks() -> None:
+    """In a job of Hydra's submitit launcher with several tasks (`tasks_per_node`, `nodes`):
+    every task runs the job, so they form the group the way torchrun's processes do. submitit
+    knows the tasks' places; it exports them as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR,
+    ...). Nothing outside such a job."""
+    if is_distributed() or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    try:
+        import submitit
+
+        tasks = submitit.JobEnvironment().num_tasks
+    except (ImportError, RuntimeError):
+        return
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        init()
+
+
 def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS, read_summary, train_in_process
+from helpers import ROOT, TESTS, compose_config, read_summary, train_in_process
 
 from framework.compare import compare as differences
 from framework.config import ConfigError
@@ -101,6 +101,10 @@ def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed(stopped_at
     summary = train_in_process(run, f"resume={run}", "trainer.max_steps=null", "allow_config_changes=true")
     assert summary["status"] == "completed" and summary["global_step"] == 30  # one rank: 20 steps an epoch
     assert summary["follows_original_trajectory"] is False
+    # The validation loss the two ranks recorded is the one this single process computes on the
+    # same weights, to the bit: metrics reduced over the ranks are the one-process metrics.
+    assert summary["resumes"][-1]["val_check"]["identical"] is True
+    assert summary["resumes"][-1]["val_check"]["rebatched"] is False
 
 
 def test_the_plain_command_starts_the_same_processes_through_torchrun(straight, tmp_path):
@@ -125,3 +129,23 @@ def test_a_rank_that_raises_brings_the_job_down_soon_naming_it_and_leaving_whole
     files = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert files == ["best.pt", "index.json", "last.pt"]  # no temporary file left
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 10
+
+
+def test_a_sweep_of_two_task_jobs_through_submitit_trains_each_job_on_two_ranks(straight, tmp_path):
+    """Hydra's submitit launcher (locally) with two tasks per job: the tasks form one group, and
+    the job's bits are those of the same run under torchrun."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "framework", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2"]
+    cmd += [*RUN, "seed=0", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    job = sweep / "0"
+    assert torch.load(job / "checkpoints" / "last.pt", weights_only=True)["meta"]["world_size"] == 2
+    assert (job / "train.log").read_text().count("done in") == 1
+    assert read_summary(job)["fingerprint"] == read_summary(straight)["fingerprint"]
+
+
+def test_the_slurm_launcher_for_multi_process_jobs_composes():
+    cfg = compose_config("hydra/launcher=slurm_ddp", hydra_node=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.max_num_timeout == 3
