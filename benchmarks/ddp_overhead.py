@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from overhead import COMMON, WORKLOADS, intervals, measure, print_table, stamps
+from overhead import COMMON, WORKLOADS, built_by_hand, intervals, measure, print_table, stamps
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from framework import build, config, distributed, train
+from framework import config, distributed, train
 
 
 def time_framework(cfg) -> list[float]:
@@ -41,12 +39,8 @@ def time_framework(cfg) -> list[float]:
 
 
 def time_hand_written(cfg) -> list[float]:
-    torch.manual_seed(cfg.seed)
-    splits = build.build_data(cfg.data, cfg.seed)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.update(input_shape=splits.input_shape, num_classes=splits.num_classes)
-    model = DistributedDataParallel(instantiate(model_cfg))
-    optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(model.parameters())
+    splits, model, optimizer = built_by_hand(cfg)
+    model = DistributedDataParallel(model)  # the optimizer holds the same parameters
     sampler = DistributedSampler(splits.train, seed=cfg.seed)
     loader = DataLoader(splits.train, batch_size=cfg.data.batch_size, sampler=sampler)
     stamps.clear()

@@ -74,14 +74,20 @@ def time_framework(cfg) -> list[float]:
     return intervals()
 
 
-def time_hand_written(cfg) -> list[float]:
-    """The loop a PyTorch user writes by hand, built from the same config values."""
+def built_by_hand(cfg):
+    """The data, model and optimizer a user builds by hand from the same config values."""
     torch.manual_seed(cfg.seed)
     splits = build.build_data(cfg.data, cfg.seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(input_shape=splits.input_shape, num_classes=splits.num_classes)
     model = instantiate(model_cfg)
     optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(model.parameters())
+    return splits, model, optimizer
+
+
+def time_hand_written(cfg) -> list[float]:
+    """The loop a PyTorch user writes by hand, built from the same config values."""
+    splits, model, optimizer = built_by_hand(cfg)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.data.batch_size, shuffle=True)
     stamps.clear()
     for _ in range(cfg.trainer.max_epochs):
