@@ -30,7 +30,8 @@ from framework.run_dir import EXISTING_RUN, RunDirInUse, holds_a_run, make_room,
 from framework.sweep import summarize, verdict
 
 config.register()
-RECIPE_PROBLEMS = recipe.register()
+RECIPES = recipe.find_all()
+RECIPE_PROBLEMS = recipe.register(RECIPES)
 log = logging.getLogger("framework")
 # A run stopped gracefully by a signal exits as a process killed by it would: not done.
 STOPPED_EXIT = {"preempted": EXIT_CODES[signal.SIGTERM], "interrupted": EXIT_CODES[signal.SIGINT]}
@@ -216,6 +217,8 @@ def main(cfg: DictConfig) -> float | None:
         # sweep exits non-zero at the end.
         log.exception("job failed")
         return failed(e)
+    finally:
+        distributed.close()  # the job's group (a submitit job's tasks) ends with the job
 
 
 def objective(summary: dict) -> float | str | None:
@@ -269,13 +272,12 @@ def entry(argv: list[str]) -> None:
     if chosen in RECIPE_PROBLEMS:
         print(f"Error: {RECIPE_PROBLEMS[chosen]}", file=sys.stderr)
         sys.exit(1)
-    known = recipe.find_all()
-    if chosen and recipe.NAME.fullmatch(chosen) and chosen not in known:
+    if chosen and recipe.NAME.fullmatch(chosen) and chosen not in RECIPES:
         folders = " or ".join(str(f) for f in recipe.user_folders())
         print(
             f"Error: recipe={chosen}: no such recipe in {folders} (yours, relative to where you run from; "
-            f"${recipe.FOLDERS_ENV} names others) nor among the shipped ones: {', '.join(known)}. "
-            "python -m framework.recipe list shows them all.",
+            f"${recipe.FOLDERS_ENV} names others) nor among the shipped ones. There are: {', '.join(RECIPES)} "
+            "(python -m framework.recipe list describes them).",
             file=sys.stderr,
         )
         sys.exit(1)
@@ -320,6 +322,10 @@ def entry(argv: list[str]) -> None:
             raise  # not a mistake in the config: a crash, with its whole traceback
         print(message, file=sys.stderr)
         sys.exit(1)
+    finally:
+        # Leave the process group before the interpreter shuts down: torch's threads torn down at
+        # exit instead can abort a rank ("terminate called without an active exception").
+        distributed.close()
 
 
 if __name__ == "__main__":

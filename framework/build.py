@@ -77,7 +77,8 @@ def datasets_split(train: Dataset, val: Dataset, test: Dataset, seed: int, class
     if len(train) == 0:
         raise ConfigError("data: no training samples left after the val/test split")
     x, y = data_lib.load_sample(train, 0, (seed, data_lib.EVAL, 0))
-    if not x.is_floating_point() or x.dim() < 1 or torch.as_tensor(y).is_floating_point() or torch.as_tensor(y).dim():
+    label = torch.as_tensor(y)
+    if not x.is_floating_point() or x.dim() < 1 or label.is_floating_point() or label.dim():
         raise ConfigError(
             "data.source: a sample must be (input: a float tensor, label: an integer class index); the first "
             f"training sample is ({type(x).__name__} {x.dtype} {list(x.shape)}, {type(y).__name__} {y!r})"

@@ -78,15 +78,18 @@ def user_folders() -> list[Path]:
     return [Path("recipes")]
 
 
+def package_of(folder: Path) -> str:
+    """What the modules in a recipes folder import under: the shipped one is framework.recipes,
+    a user's folder is named for itself (its parent goes on sys.path)."""
+    return SHIPPED_PACKAGE if folder.resolve() == SHIPPED else folder.resolve().name
+
+
 def find_all() -> dict[str, Recipe]:
     """Every recipe by name: the user's folders first, then the shipped ones."""
     found: dict[str, Recipe] = {}
-    folders = [(folder, folder.resolve().name) for folder in user_folders()] + [(SHIPPED, SHIPPED_PACKAGE)]
-    for folder, package in folders:
-        if folder.resolve() == SHIPPED:
-            package = SHIPPED_PACKAGE
+    for folder in [*user_folders(), SHIPPED]:
         for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            found.setdefault(file.stem, Recipe(file.stem, file, package))
+            found.setdefault(file.stem, Recipe(file.stem, file, package_of(folder)))
     return found
 
 
@@ -103,12 +106,13 @@ def read(recipe: Recipe):
     return config_from_text(text, str(recipe.file))
 
 
-def register() -> dict[str, str]:
-    """Store every recipe in Hydra's ConfigStore (group `recipe`); return the ones that could
-    not be read, name -> why (said when one of them is asked for, not on every run)."""
+def register(recipes: dict[str, Recipe] | None = None) -> dict[str, str]:
+    """Store every recipe (those of find_all() unless given) in Hydra's ConfigStore (group
+    `recipe`); return the ones that could not be read, name -> why (said when one of them is
+    asked for, not on every run)."""
     problems = {}
     store = ConfigStore.instance()
-    for recipe in find_all().values():
+    for recipe in (recipes if recipes is not None else find_all()).values():
         try:
             node = read(recipe)
         except ConfigError as e:
@@ -148,7 +152,7 @@ def new_recipe(name: str, source_name: str, folder: Path | None) -> int:
             )
     if name in recipes:
         return refuse(f"a recipe named {name} exists already ({recipes[name].file}): pick another name")
-    package = SHIPPED_PACKAGE if folder.resolve() == SHIPPED else folder.resolve().name
+    package = package_of(folder)
     if not all(NAME.fullmatch(part) for part in package.split(".")):
         return refuse(f"{folder}: its name must be a Python identifier, for {name}.py to import as FOLDER.{name}")
 

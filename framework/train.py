@@ -81,7 +81,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
         # Nothing in the run directory changes before a resumed state is restored: a failed
         # resume leaves the run it failed to resume as it was. The record and history come after.
         if resume_point is not None:
-            record.add_resume(training.restore(resume_point, changes))
+            record.add_resume(training.restore(resume_point))
         record.write()
         training.open_history(resume_point)
         stopped_by = training.fit(preemption)
@@ -306,7 +306,7 @@ class Training:
         self.run_dir = run_dir
 
     # ---- restore and history -------------------------------------------------------------
-    def restore(self, point: resume_lib.ResumePoint, changes: list[str]) -> dict:
+    def restore(self, point: resume_lib.ResumePoint) -> dict:
         """Everything but the random streams, which come back once the resumed epoch's data
         iterator exists (creating it must not shift them). Returns the resume's record."""
         ckpt = point.ckpt
@@ -323,12 +323,12 @@ class Training:
             log.warning("non-strict load: %s", note)
         # The random streams come back only for the number of ranks that wrote them.
         self.restore_rng_from = ckpt if ckpt["meta"].get("world_size", 1) == self.world_size else None
-        resume = resume_record(point, changes)
+        resume = resume_record(point, self.changes)
         if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
             resume["val_check"] = check_restored_val_loss(
                 ckpt["val_loss"],
                 self.evaluate(self.val_loader).get("loss"),
-                rebatched="trainer.eval_batch_size" in changes,
+                rebatched="trainer.eval_batch_size" in self.changes,
             )
         return resume
 
@@ -485,15 +485,15 @@ class Training:
     def save(self, event: str, val: dict, improved: bool = False) -> None:
         """Every rank gives its random streams; rank 0 writes; all wait until it is done."""
         state = self.state
-        self.rng_per_rank = distributed.gather(state.own_streams()) if self.world_size > 1 else None
+        rng_per_rank = distributed.gather(state.own_streams()) if self.world_size > 1 else None
         if distributed.is_main():
-            self.save_here(event, val, improved)
+            self.save_here(event, val, improved, rng_per_rank)
         distributed.barrier()
 
-    def save_here(self, event: str, val: dict, improved: bool) -> None:
+    def save_here(self, event: str, val: dict, improved: bool, rng_per_rank: list | None) -> None:
         state = self.state
         self.checkpointer.save(
-            lambda kind: self.payload(kind, val.get("val/loss")),
+            lambda kind: self.payload(kind, val.get("val/loss"), rng_per_rank),
             event=event,
             epoch=state.epoch,
             step=state.global_step,
@@ -502,8 +502,9 @@ class Training:
             improved=improved,
         )
 
-    def payload(self, kind: str, val_loss: float | None) -> dict:
-        """What a checkpoint holds: everything to resume ("full"), or the weights ("model")."""
+    def payload(self, kind: str, val_loss: float | None, rng_per_rank: list | None) -> dict:
+        """What a checkpoint holds: everything to resume ("full"), or the weights ("model").
+        `rng_per_rank`: every rank's streams under torchrun (None: this process's only)."""
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": kind,
@@ -519,8 +520,8 @@ class Training:
                 "meta": meta,
             }
         full = self.state.capture()
-        if self.rng_per_rank is not None:
-            full["rng_per_rank"] = self.rng_per_rank
+        if rng_per_rank is not None:
+            full["rng_per_rank"] = rng_per_rank
         return {
             **full,
             "val_loss": val_loss,
