@@ -1,3 +1,3 @@
 """A Hydra-configured PyTorch experiment framework: `python -m framework [overrides]`."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

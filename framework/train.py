@@ -34,7 +34,7 @@ from framework.arguments import check_arguments
 from framework.atomic import write_json_atomic
 from framework.build import build_data, build_model, build_optimizer, build_scheduler
 from framework.checkpoint import Checkpointer, CheckpointError
-from framework.checkpoint.io import FORMAT_VERSION
+from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
@@ -131,8 +131,23 @@ def resolve_config(
         check(cfg)
         if not same_world_size(resume_point, cfg.allow_config_changes):
             follows_original = False
+        if not resume_point.ckpt["meta"].get("exact_resume", True):
+            follows_original = False
+            say_not_exact(resume_point)
     check_arguments(cfg)  # before any data is loaded
     return cfg, resume_point, changes, follows_original
+
+
+def say_not_exact(point: resume_lib.ResumePoint) -> None:
+    imported = point.ckpt["meta"].get("imported", {})
+    log.warning(
+        "%s was imported from another program's checkpoint (%s; restored: %s): the run goes on from it, "
+        "but not bit for bit: %s. The run is recorded as not following its original trajectory.",
+        point.path,
+        imported.get("source", "its source is not recorded"),
+        ", ".join(imported.get("restored", [])),
+        "; ".join(imported.get("not_exact", ["the file does not say why"])),
+    )
 
 
 def say_nothing_left(ckpt: dict, cfg: DictConfig) -> None:
@@ -277,7 +292,7 @@ class Training:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         # data.batch_size is per rank: each rank takes its shard of the epoch in batches of it.
-        self.steps_per_epoch = math.ceil(data_lib.shard_size(len(splits.train), self.world_size) / cfg.data.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(splits.train), self.world_size, cfg.data.batch_size)
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
         self.autocast, self.scaler = mixed_precision(t.precision, device)
@@ -508,6 +523,8 @@ class Training:
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": kind,
+            "origin": "trained",
+            "exact_resume": True,  # everything a bit-exact continuation needs is in it
             **self.meta,
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }
@@ -548,6 +565,11 @@ def nothing_left(ckpt: dict, cfg: DictConfig) -> bool:
     """Whether a resumed run's config stops it where its checkpoint already is."""
     max_steps = cfg.trainer.max_steps
     return ckpt["epoch"] >= cfg.trainer.max_epochs or (max_steps is not None and ckpt["global_step"] >= max_steps)
+
+
+def steps_per_epoch(train_samples: int, world_size: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch: each rank's shard in batches of data.batch_size (per rank)."""
+    return math.ceil(data_lib.shard_size(train_samples, world_size) / batch_size)
 
 
 def expected_state_bytes(model: torch.nn.Module) -> int:
@@ -718,6 +740,7 @@ def resume_record(point: resume_lib.ResumePoint, changes: list[str]) -> dict:
         "global_step": point.ckpt["global_step"],
         "position": point.ckpt["loader_state"]["position"],
         "changed_keys": changes,
+        "exact": point.ckpt["meta"].get("exact_resume", True),  # False: an imported checkpoint
         "time": datetime.now(timezone.utc).isoformat(),
     }
 

@@ -14,7 +14,7 @@ from helpers import CONF
 from omegaconf import OmegaConf
 
 from framework import resume
-from framework.checkpoint import Checkpointer, CheckpointError, Index, io
+from framework.checkpoint import Checkpointer, CheckpointError, Index, formats, io
 from framework.config import CheckpointConfig, ConfigError
 from framework.state import TrainState
 
@@ -29,7 +29,7 @@ def make_state() -> TrainState:
 
 def payload_maker(state: TrainState):
     def make(kind: str) -> dict:
-        meta = {"format_version": io.FORMAT_VERSION, "kind": kind}
+        meta = {"format_version": formats.FORMAT_VERSION, "kind": kind}
         if kind == "model":
             return {
                 "epoch": state.epoch,

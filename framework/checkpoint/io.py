@@ -17,9 +17,16 @@ import torch
 
 from framework import faults
 from framework.atomic import fsync_dir
+from framework.checkpoint import formats
+from framework.checkpoint.errors import (
+    CheckpointError,
+    DamagedCheckpoint,
+    ForeignCheckpoint,
+    NewerCheckpoint,  # noqa: F401 (io is where callers find every checkpoint error)
+    UnsafeCheckpoint,
+)
 from framework.reproducibility import fingerprint
 
-FORMAT_VERSION = 1
 FULL_KEYS = (
     "epoch",
     "global_step",
@@ -41,10 +48,6 @@ FULL_KEYS = (
 MODEL_KEYS = ("epoch", "global_step", "model_state_dict", "config", "meta")
 # Room kept free beyond the file itself, so a checkpoint never fills the disk to the last byte.
 DISK_MARGIN = 64 * 2**20
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written or trusted: reported in one message, no traceback."""
 
 
 def required_keys(kind: str) -> tuple[str, ...]:
@@ -144,13 +147,35 @@ def with_integrity(payload: dict) -> dict:
 
 
 def safe_load(path: Path, mmap: bool = False) -> object:
-    """torch.load with weights_only: nothing executed, a one-line error naming the file."""
+    """torch.load with weights_only: nothing executed, a one-line error naming the file.
+    A file that pickles more than weights_only allows raises UnsafeCheckpoint, naming what it
+    pickles; any other file that does not load, DamagedCheckpoint."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no such checkpoint file: {path}") from e
+    except IsADirectoryError as e:
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file") from e
     except Exception as e:
+        needs = unsafe_globals(path)
+        if needs:
+            raise UnsafeCheckpoint(
+                f"{path} needs more than torch.load(weights_only=True): it pickles {', '.join(needs)}. "
+                "Nothing of it was unpickled",
+                needs,
+            ) from e
         # torch's own message goes on to advise weights_only=False: never ours to pass on.
         reason = str(e).split("Re-running `torch.load`")[0].split("\n")[0].strip() or type(e).__name__
-        raise CheckpointError(f"{path} does not load with torch.load(weights_only=True): {reason}") from e
+        raise DamagedCheckpoint(f"{path} does not load with torch.load(weights_only=True): {reason}") from e
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The Python objects (by name) a torch file pickles beyond what weights_only allows; found by
+    reading its pickle's opcodes, never by running them. Empty for a file that is not a torch zip."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return []
 
 
 def verify(path: Path, kind: str) -> dict:
@@ -163,7 +188,7 @@ def verify(path: Path, kind: str) -> dict:
 def check_keys(ckpt: dict, path: Path, kind: str) -> None:
     missing = [k for k in required_keys(kind) if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} is missing required keys: {', '.join(missing)}")
+        raise DamagedCheckpoint(f"{path} is missing required keys: {', '.join(missing)}")
 
 
 def load(path: Path, expected_sha256: str | None = None) -> dict:
@@ -184,23 +209,23 @@ def load_checked(path: Path, expected_sha256: str | None = None) -> tuple[dict, 
     listed = expected_sha256 is not None and sha256_of(path) == expected_sha256
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
-        raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'meta')")
+        raise ForeignCheckpoint(f"{path} is not a checkpoint of this framework (no 'meta')")
     if listed:
         passed = "its sha256 in index.json"
     elif isinstance(ckpt.get("integrity"), dict) and "fingerprint" in ckpt["integrity"]:
         contents = {k: v for k, v in ckpt.items() if k != "integrity"}
         if fingerprint(contents) != ckpt["integrity"]["fingerprint"]:
-            raise CheckpointError(f"{path} fails its own integrity check: its contents changed after it was written")
+            raise DamagedCheckpoint(f"{path} fails its own integrity check: its contents changed after it was written")
         passed = "its own integrity record"
         if expected_sha256 is not None:
             passed += " (index.json's sha256 for it is out of date: a save was cut short after the rename)"
     elif expected_sha256 is not None:
-        raise CheckpointError(f"{path} does not match the sha256 in its index.json: the file is corrupt or torn")
+        raise DamagedCheckpoint(f"{path} does not match the sha256 in its index.json: the file is corrupt or torn")
     else:
         passed = "no check: index.json does not list it and it has no integrity record"
-    version = ckpt["meta"].get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+    ckpt, upgraded_from = formats.upgrade(ckpt, path)
+    if upgraded_from:
+        passed += f"; upgraded in memory from format {upgraded_from[0]} to {formats.FORMAT_VERSION}"
     check_keys(ckpt, path, ckpt["meta"].get("kind", "full"))
     check_types(ckpt, path)
     return ckpt, passed
@@ -228,4 +253,4 @@ def check_types(ckpt: dict, path: Path) -> None:
         if not isinstance(ckpt.get("epoch_loss_sum", 0.0), (int, float)):
             problems.append("epoch_loss_sum is not a number")
     if problems:
-        raise CheckpointError(f"{path} has fields of the wrong type: " + "; ".join(problems))
+        raise DamagedCheckpoint(f"{path} has fields of the wrong type: " + "; ".join(problems))
