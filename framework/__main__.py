@@ -25,7 +25,7 @@ import framework
 from framework import config, distributed, overrides, recipe, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
-from framework.preemption import EXIT_CODES
+from framework.preemption import exit_code
 from framework.run_dir import EXISTING_RUN, RunDirInUse, holds_a_run, make_room, refusal
 from framework.sweep import summarize, verdict
 
@@ -34,7 +34,7 @@ RECIPES = recipe.find_all()
 RECIPE_PROBLEMS = recipe.register(RECIPES)
 log = logging.getLogger("framework")
 # A run stopped gracefully by a signal exits as a process killed by it would: not done.
-STOPPED_EXIT = {"preempted": EXIT_CODES[signal.SIGTERM], "interrupted": EXIT_CODES[signal.SIGINT]}
+STOPPED = ("preempted", "interrupted")  # by a signal, with a checkpoint: resume=auto continues
 
 
 def continue_in_place(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
@@ -195,11 +195,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         check_objective(cfg, hydra_cfg)
         summary = train.run(cfg, run_dir, given=given)
-        if summary["status"] in STOPPED_EXIT:  # not finished: a scheduler must not take it for done
+        if summary["status"] in STOPPED:  # not finished: a scheduler must not take it for done
             if in_sweep:
                 # The signal was for the whole sweep: start no more jobs; summarize what ran.
                 stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
-            sys.exit(STOPPED_EXIT[summary["status"]])
+            sys.exit(exit_code(signal.Signals[summary["signal"]]))
         return objective(summary)
     except (config.ConfigError, CheckpointError, RunDirInUse, train.RunStopped) as e:
         # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
@@ -307,7 +307,7 @@ def entry(argv: list[str]) -> None:
             "Interrupted: stopped at once, without a checkpoint. resume=auto continues from the last one.",
             file=sys.stderr,
         )
-        sys.exit(EXIT_CODES[signal.SIGINT])
+        sys.exit(exit_code(signal.SIGINT))
     except Exception as e:
         if user_wants_tracebacks:
             raise

@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import framework
+from framework.preemption import signal_problem
 from framework.run_dir import EXISTING_RUN
 
 # The config shipped inside the package (and so inside the wheel): config.yaml and the groups.
@@ -227,6 +228,7 @@ class TrainerConfig:
     log_every_n_steps: int = MISSING
     eval_batch_size: int = MISSING
     processes: int = MISSING  # from the command line: start this many through torchrun (framework/__main__.py)
+    stop_signals: Optional[List[str]] = MISSING  # null: framework/preemption.py's STOP_SIGNALS
 
 
 @dataclass
@@ -319,6 +321,10 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"trainer.gradient_clip_val={t.gradient_clip_val} must be positive (or null: no clipping)")
     if t.processes < 1:
         problems.append(f"trainer.processes={t.processes} must be at least 1")
+    for name in t.stop_signals or []:
+        problem = signal_problem(name)
+        if problem:
+            problems.append(f"trainer.stop_signals: {problem}")
     if t.eval_batch_size < 1:
         problems.append(f"trainer.eval_batch_size={t.eval_batch_size} must be at least 1")
     # The built-in schedulers' counts (StepLR divides by step_size at its first step).

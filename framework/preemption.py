@@ -1,13 +1,20 @@
-"""A graceful stop on SIGTERM (what SLURM preemption, Kubernetes and torchrun send before they
-kill a job) and on Ctrl-C.
+"""A graceful stop on the signals that schedulers, launchers and terminals send before they kill
+a job: by default SIGTERM (SLURM preemption, Kubernetes, torchrun), SIGINT (Ctrl-C), SIGUSR1
+(Lightning's choice, and many SLURM scripts' `--signal=USR1@90`) and SIGUSR2 (submitit's
+warning of an imminent timeout or preemption, SUBMITIT_PREEMPT_SIGNAL). `trainer.stop_signals`
+sets the list.
 
 The handler only raises a flag (it may run in the middle of a log write, so it must not log
 itself: that once broke the log file's stream); the training loop looks at it after each
-optimizer step, says what it received, writes
-a checkpoint at that exact step and ends the run ("preempted" after SIGTERM, exit 143;
-"interrupted" after Ctrl-C, exit 130), so `resume=auto` continues from there. A second Ctrl-C
-aborts at once. The previous handlers are put back when the run ends: in a sweep run by Hydra's
-basic launcher, jobs share one process.
+optimizer step, says what it received, writes a checkpoint at that exact step and ends the run
+("interrupted" after Ctrl-C, "preempted" after the others; the exit status is 128 + the
+signal's number, as if the signal had killed it), so `resume=auto` continues from there. A
+second Ctrl-C aborts at once.
+
+Once the run is recorded, the stop hands the signal over to the handler it replaced, if that
+was a Python function: submitit's handler then requeues the job (Hydra's submitit launcher
+resubmits the same command, which resumes with resume=auto). The previous handlers are put back
+when the run ends: in a sweep run by Hydra's basic launcher, jobs share one process.
 
 Schedulers signal every process of a job, DataLoader workers included. A worker killed by it
 would crash the main process before it could save, so workers ignore these signals: the main
@@ -25,20 +32,35 @@ from collections.abc import Iterator
 
 log = logging.getLogger("framework")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# What a process killed by the signal exits with; a run stopped gracefully by it says the same.
-EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
+# The default of trainer.stop_signals; DataLoader workers ignore all of them, whatever the list.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# No process can catch these.
+UNCATCHABLE = ("SIGKILL", "SIGSTOP")
+
+
+def exit_code(signum: int) -> int:
+    """What a process killed by the signal exits with; a run stopped gracefully by it says the same."""
+    return 128 + signum
+
+
+def signal_problem(name: object) -> str | None:
+    """Why `name` cannot be in trainer.stop_signals, or None."""
+    if not isinstance(name, str) or name not in signal.Signals.__members__ or name in UNCATCHABLE:
+        return f"{name!r} is not a signal name a process can catch (e.g. SIGTERM, SIGUSR1)"
+    return None
 
 
 class StopOnSignal:
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+    def __init__(self, names: list[str] | tuple[str, ...] = tuple(s.name for s in STOP_SIGNALS)):
         self.received: int | None = None
         self.announced = False
         self.previous = {}
+        self.replaced = {}  # what each signal's handler was before, kept for the hand-over
         if threading.current_thread() is not threading.main_thread():
             return  # Python only lets the main thread install handlers
-        for sig in signals:
-            self.previous[sig] = signal.signal(sig, self._handle)
+        for name in names:
+            sig = signal.Signals[name]
+            self.previous[sig] = self.replaced[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
@@ -62,6 +84,16 @@ class StopOnSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+    def hand_over(self) -> None:
+        """Call the handler the received signal had before this one, if it was a Python function
+        (submitit's requeues the job, and exits). Call it once the run is recorded and closed:
+        it may not return. Ctrl-C's own handler is not called: the run has stopped already."""
+        handler = self.replaced.get(self.received)
+        if callable(handler) and handler is not signal.default_int_handler:
+            name = signal.Signals(self.received).name
+            log.info("handing %s over to the handler it replaced (%s)", name, getattr(handler, "__qualname__", handler))
+            handler(self.received, None)
 
 
 @contextlib.contextmanager

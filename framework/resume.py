@@ -28,6 +28,7 @@ SAFE_TO_CHANGE = (
     "checkpoint",
     "trainer.max_steps",
     "trainer.processes",  # the number a checkpoint continues with is checked as its world size
+    "trainer.stop_signals",
     "optimized_metric",
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",

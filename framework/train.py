@@ -38,7 +38,7 @@ from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
-from framework.preemption import StopOnSignal, signals_held
+from framework.preemption import STOP_SIGNALS, StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
 from framework.run_dir import RunLock, clear_leftovers, holds_a_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState
@@ -54,13 +54,22 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     `given`: the config keys the command line set (see framework/overrides.py). On resume only
     these may differ from the checkpoint's config; None compares every key.
     """
+    check(cfg)  # before a handler is installed or a file written
     run_dir.mkdir(parents=True, exist_ok=True)
-    # One writer per run directory: under torchrun, rank 0 writes for all.
-    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        return run_locked(cfg, run_dir, given)
+    # How this invocation takes signals (not part of the experiment: the command line's config).
+    preemption = StopOnSignal(cfg.trainer.stop_signals or [s.name for s in STOP_SIGNALS])
+    try:
+        # One writer per run directory: under torchrun, rank 0 writes for all.
+        with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
+            summary = run_locked(cfg, run_dir, given, preemption)
+    finally:
+        preemption.close()
+    # Recorded, closed and unlocked: now the handler this one replaced may requeue the job (submitit).
+    preemption.hand_over()
+    return summary
 
 
-def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
+def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None, preemption: StopOnSignal) -> dict:
     """The whole run: resolve the config, set up, build, maybe restore, fit, test, record."""
     record = RunRecord(run_dir)
     cfg, resume_point, changes, follows_original = resolve_config(cfg, run_dir, given)
@@ -74,7 +83,6 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
     log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
     record.start(cfg, determinism, device, follows_original, resumed=resume_point is not None)
 
-    preemption = StopOnSignal()
     training = None
     try:
         training = Training(cfg, run_dir, device, record.summary, changes, resume_point)
@@ -103,7 +111,6 @@ def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None) -> dict:
     finally:
         if training is not None:
             training.close()
-        preemption.close()
 
 
 def resolve_config(
@@ -112,7 +119,6 @@ def resolve_config(
     """The config this run uses, the checkpoint it continues from (None: a fresh start), the keys
     the command line changed, and whether the run still follows its original trajectory.
     Resuming, the checkpoint's config is the source of truth (see framework/resume.py)."""
-    check(cfg)
     resume_point = None
     if distributed.is_main():
         resume_point = resume_lib.find(cfg.resume, run_dir)
@@ -200,8 +206,9 @@ class RunRecord:
         """A signal stopped the run at a step, with a checkpoint (when checkpoints are on)."""
         state = training.state
         summary = self.end(
-            status="preempted" if signum == signal.SIGTERM else "interrupted",
+            status="interrupted" if signum == signal.SIGINT else "preempted",
             stopped_by="signal",
+            signal=signal.Signals(signum).name,
             epochs_completed=state.epoch,
             global_step=state.global_step,
             metrics=training.metrics,

@@ -45,9 +45,7 @@ log = logging.getLogger("framework")
 
 # What --unpickle-numpy lets through: NumPy's arrays, dtypes and scalars, under the names NumPy 1
 # (numpy.core) and NumPy 2 (numpy._core) pickle them with.
-NUMPY_GLOBALS = re.compile(
-    r"numpy\.(ndarray|dtype|dtypes\.\w+DType|_?core\.multiarray\.(_reconstruct|scalar))"
-)
+NUMPY_GLOBALS = re.compile(r"numpy\.(ndarray|dtype|dtypes\.\w+DType|_?core\.multiarray\.(_reconstruct|scalar))")
 # Where a tutorial keeps the weights and the optimizer, by the names seen in the wild.
 MODEL_KEYS = ("model_state_dict", "state_dict", "model")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer")
