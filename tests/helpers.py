@@ -16,6 +16,7 @@ from framework.config import CONF_DIR
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
 TESTS = ROOT / "tests"
+DATA = TESTS / "data"  # files kept as they are: a checkpoint written by an older version
 # The tests' own config folder (models that draw from every RNG, a strict level from a file).
 TEST_CONF = ["--config-dir", str(TESTS / "conf")]
 

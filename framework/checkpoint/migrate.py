@@ -72,7 +72,7 @@ def migrate(src: Path, dst: Path, overrides: list[str], unpickle_numpy: Path | N
                 f"{src} is a checkpoint of this framework: it carries its config, so overrides and --epochs-done do "
                 "not apply (a resume takes the overrides it allows)"
             )
-        return upgrade_ours(src, dst)
+        return upgrade_ours(src, dst, raw["meta"].get("format_version"))
     if isinstance(raw, dict) and weights_in(raw) is not None:
         return import_theirs(src, raw, dst, overrides, epochs_done)
     keys = ", ".join(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
@@ -135,13 +135,12 @@ def numpy_global(name: str) -> tuple[object, str]:
 
 
 # ---- an older file of ours ------------------------------------------------------------------
-def upgrade_ours(src: Path, dst: Path) -> str:
-    ckpt, _ = io.load_checked(src, Index(src.parent).sha256(src))  # upgraded in memory, in order
-    upgraded_from = ckpt["meta"].get("upgraded_from", [])
-    if not upgraded_from:
-        return f"{src} is already in format {formats.FORMAT_VERSION}, the current one: nothing to migrate"
+def upgrade_ours(src: Path, dst: Path, version: object) -> str:
+    ckpt, _ = io.load_checked(src, Index(src.parent).sha256(src))  # checked, then upgraded in memory in order
+    if version == formats.FORMAT_VERSION:
+        return f"{src} is already in format {version}, the current one: nothing to migrate"
     io.write({k: v for k, v in ckpt.items() if k != "integrity"}, dst)
-    return f"{src}: format {upgraded_from[0]} -> {formats.FORMAT_VERSION}, written to {dst}"
+    return f"{src}: format {version} -> {formats.FORMAT_VERSION}, written to {dst}"
 
 
 # ---- another program's checkpoint ---------------------------------------------------------
