@@ -43,11 +43,13 @@ def version_of(ckpt: dict, path: Path) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DamagedCheckpoint(f"{path} has meta.format_version {version!r}, not a format this framework knows")
     if version > FORMAT_VERSION:
-        written_by = ckpt["meta"].get("framework_version", "a newer version")
+        written_by = ckpt["meta"].get("framework_version")
+        by, reader = ("?", "a newer framework")
+        if written_by:
+            by, reader = f"framework {written_by}", f"framework {written_by} or later"
         raise NewerCheckpoint(
-            f"{path} has checkpoint format {version}, written by framework {written_by}; this framework "
-            f"({framework.__version__}) reads formats 1 to {FORMAT_VERSION}. Read it with framework {written_by} "
-            "or later (pip install -U framework)."
+            f"{path} has checkpoint format {version}, written by {by}; this framework ({framework.__version__}) "
+            f"reads formats 1 to {FORMAT_VERSION}. Read it with {reader}."
         )
     return version
 

@@ -165,7 +165,9 @@ def safe_load(path: Path, mmap: bool = False) -> object:
                 needs,
             ) from e
         # torch's own message goes on to advise weights_only=False: never ours to pass on.
-        reason = str(e).split("Re-running `torch.load`")[0].split("\n")[0].strip() or type(e).__name__
+        # Nor its note on miniz internals after a torn zip's reason.
+        reason = str(e).split("Re-running `torch.load`")[0].split("\n")[0].split(" This is an internal")[0]
+        reason = reason.strip() or type(e).__name__
         raise DamagedCheckpoint(f"{path} does not load with torch.load(weights_only=True): {reason}") from e
 
 
