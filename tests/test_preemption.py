@@ -98,6 +98,24 @@ def test_ctrl_c_is_not_handed_to_pythons_own_handler():
     stop.hand_over()  # no KeyboardInterrupt
 
 
+@pytest.mark.slow
+def test_through_the_command_line_the_exit_status_names_the_signal(tmp_path):
+    """128 + the signal's number, as if it had killed the process: SIGUSR1 gives 138."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "framework", f"hydra.run.dir={run}", *RUN, "trainer.log_every_n_steps=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history, deadline = run / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (history.exists() and '"step": 3,' in history.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 138 and "Traceback" not in err
+    summary = read_summary(run)
+    assert (summary["status"], summary["signal"]) == ("preempted", "SIGUSR1")
+    assert "received SIGUSR1: stopping after this step, with a checkpoint" in (run / "train.log").read_text()
+
+
 def task_pids(marker: str) -> list[int]:
     """The processes whose command line mentions `marker` (submitit's task processes)."""
     pids = []
