@@ -9,9 +9,10 @@
                                                        (framework/checkpoint/migrate.py)
 
 Every file is read with torch.load(weights_only=True) and checked (framework.checkpoint.io's
-load_checked: the sha256 index.json lists for it, or its own integrity record, then its format,
-keys and types): nothing in a file is ever run, and a file that cannot be used is refused the
-same way by every command.
+load_checked: every record of its archive against the CRC32 listed for it, its size in
+index.json, then its format, keys and types; verify also compares the sha256 index.json lists):
+nothing in a file is ever run, and a file that cannot be used is refused the same way by every
+command.
 
 Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a traceback):
   0  ok, or identical (diff)
@@ -75,7 +76,8 @@ EXIT_CODES = f"""exit codes:
 """
 
 # Top-level keys diff does not compare: meta holds timestamps and hosts, which always differ;
-# integrity and metrics_lines follow from the rest; config is compared key by key on its own.
+# integrity (older files' record of their contents) and metrics_lines follow from the rest;
+# config is compared key by key on its own.
 NOT_COMPARED = ("meta", "integrity", "metrics_lines", "config")
 # The order diff reports in: the loop's counters first, then the state that holds tensors.
 COUNTERS = ("epoch", "global_step", "loader_state")
@@ -132,9 +134,9 @@ def one_line(error: Exception) -> str:
 # ---- reading a file --------------------------------------------------------------------------
 
 
-def load(path: Path, index: Index | None = None) -> tuple[dict, str]:
-    """load_checked, against the sha256 that index.json beside the file lists for it (if any).
-    Returns the checkpoint and the check it passed, in words."""
+def load(path: Path, index: Index | None = None, sha256: bool = False) -> tuple[dict, str]:
+    """load_checked, against what index.json beside the file lists for it (if any); with
+    `sha256`, its sha256 too. Returns the checkpoint and the check it passed, in words."""
     if not path.exists():
         raise FileProblem(f"no such file: {path}")
     if not path.is_file():
@@ -144,7 +146,7 @@ def load(path: Path, index: Index | None = None) -> tuple[dict, str]:
         pass
     index = Index(path.parent) if index is None else index
     try:
-        return io.load_checked(path, index.sha256(path))
+        return io.load_checked(path, index.entry(path), sha256=sha256)
     except ForeignCheckpoint as e:
         raise ForeignCheckpoint(foreign_message(e, path)) from e
 
@@ -323,10 +325,10 @@ def files_to_verify(path: Path) -> tuple[Path, list[str]]:
 
 
 def verify_one(path: Path, index: Index) -> tuple[int, str]:
-    if not path.exists() and index.sha256(path) is not None:
+    if not path.exists() and index.entry(path) is not None:
         return UNREADABLE, f"BAD   {path.name}  listed in index.json, but the file is missing"
     try:
-        ckpt, passed = load(path, index)
+        ckpt, passed = load(path, index, sha256=True)
     except (CheckpointError, FileProblem, OSError) as e:
         return exit_code_for(e), f"BAD   {path.name}  {one_line(e)}"
     return OK, f"ok    {path.name}  epoch {ckpt['epoch']} step {ckpt['global_step']}  (checked: {passed})"
@@ -601,9 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         verify_command,
         "check every checkpoint file of a run",
-        "Each .pt file (in name order) against the sha256 index.json lists for it, or else its own "
-        "integrity record; loaded with weights_only; its format, keys and types. Every file the "
-        "index lists must be there. One line per file, then a count.",
+        "Each .pt file (in name order): every record of its archive against its CRC32, its size and "
+        "sha256 against index.json when it lists the file; loaded with weights_only; its format, keys "
+        "and types. Every file the index lists must be there. One line per file, then a count.",
     )
     verify.add_argument("path", metavar="PATH", help="a checkpoint file, a checkpoints folder, or a run directory")
 

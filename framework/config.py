@@ -210,6 +210,7 @@ class CheckpointConfig:
     model_only: bool = MISSING  # periodic files hold weights + config only (cheap, cannot resume)
     strict_load: bool = MISSING  # on resume, any missing/unexpected key or shape difference stops
     verify_on_resume: bool = MISSING  # validate once after restoring and compare with the recorded loss
+    async_save: bool = MISSING  # snapshot at the save point, write in a background thread
 
 
 @dataclass

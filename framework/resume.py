@@ -62,7 +62,7 @@ def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
     if not path.is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file or run directory")
     try:
-        ckpt, passed = load_checked(path, Index(path.parent).sha256(path))
+        ckpt, passed = load_checked(path, Index(path.parent).entry(path))
     except CheckpointError as e:
         raise ConfigError(f"resume={resume}: {e}") from e
     log.info("resuming from %s (epoch %d, step %d); checked: %s", path, ckpt["epoch"], ckpt["global_step"], passed)
@@ -80,7 +80,7 @@ def newest_valid(folder: Path) -> ResumePoint:
     rejected = []
     for path in index.newest_first():
         try:
-            ckpt, passed = load_checked(path, index.sha256(path))
+            ckpt, passed = load_checked(path, index.entry(path))
         except CheckpointError as e:
             log.warning("skipping %s: %s", path.name, e)
             rejected.append(f"{path.name} ({e})")

@@ -382,6 +382,7 @@ class Training:
         while state.epoch < t.max_epochs and stopped_by == "max_epochs":
             stopped_by, loss_sum = self.train_epoch(preemption)
             self.end_epoch(loss_sum)
+        self.checkpointer.wait()  # the last save (in the background, maybe) is durable before the run is recorded
         return stopped_by
 
     def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor]:
@@ -435,6 +436,7 @@ class Training:
                 lr = current_lr(self.optimizer)
                 self.logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": lr})
             progress.step(state.global_step, logged, current_lr(self.optimizer))
+            self.checkpointer.raise_if_failed()  # a background save that failed stops the run here
             if t.max_steps is not None and state.global_step >= t.max_steps:
                 stopped_by = "max_steps"
             if self.stop_requested(preemption):
@@ -555,8 +557,15 @@ class Training:
         }
 
     def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
+        try:
+            # A run ending by an error still lets the save in flight finish (or fail: said, not raised
+            # over the error that ended the run; a finished run has waited already).
+            self.checkpointer.close()
+        except (CheckpointError, OSError) as e:
+            log.error("the checkpoint being written in the background failed too: %s", e)
+        finally:
+            if self.logger is not None:
+                self.logger.close()
 
 
 def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:

@@ -170,7 +170,7 @@ def test_model_only_files_hold_weights_and_config_and_cannot_resume(tmp_path):
     ]
     path = tmp_path / "checkpoints" / "epoch_0001.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt) == {*io.MODEL_KEYS, "integrity"} and ckpt["meta"]["kind"] == "model"
+    assert set(ckpt) == set(io.MODEL_KEYS) and ckpt["meta"]["kind"] == "model"
     with pytest.raises(ConfigError, match="model-only"):
         resume.find(str(path), tmp_path)
 
@@ -236,7 +236,7 @@ def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
     assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
     periodic = torch.load(folder / "epoch_0002.pt", weights_only=True)
     last = torch.load(folder / "last.pt", weights_only=True)
-    assert set(periodic) == {*io.MODEL_KEYS, "integrity"} and periodic["meta"]["kind"] == "model"
+    assert set(periodic) == set(io.MODEL_KEYS) and periodic["meta"]["kind"] == "model"
     assert last["meta"]["kind"] == "full" and set(io.FULL_KEYS) <= set(last)
     assert all(torch.equal(periodic["model_state_dict"][k], v) for k, v in last["model_state_dict"].items())
     assert "model:" in periodic["config"] and periodic["meta"]["seed"] == 0

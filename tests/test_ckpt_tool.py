@@ -72,7 +72,7 @@ def test_inspect_shows_counters_versions_sizes_and_config(runs, ckpt):
     last = runs / "seed0" / "checkpoints" / "last.pt"
     code, out, err = ckpt("inspect", last)
     assert code == 0 and err == ""
-    assert "(checked: its sha256 in index.json" in out
+    assert "(checked: its CRC32 records and its size in index.json" in out
     for expected in (
         "kind            full",
         "epoch           2",
@@ -109,7 +109,8 @@ def test_a_torn_or_altered_file_is_damaged(runs, tmp_path, ckpt):
     assert err.startswith(f"Error: {torn} does not load with torch.load(weights_only=True)") and err.count("\n") == 1
     code, out, err = ckpt("inspect", altered)
     assert (code, out) == (4, "")
-    assert err == f"Error: {altered} fails its own integrity check: its contents changed after it was written\n"
+    assert err.startswith(f"Error: {altered} is corrupt: 1 record(s) of its archive fail their CRC32 (")
+    assert err.count("\n") == 1
 
 
 def test_a_hostile_file_is_refused_and_nothing_in_it_runs(tmp_path, ckpt):
@@ -178,7 +179,8 @@ def test_verify_a_run_directory(runs, ckpt):
         ["ok", "epoch_0002.pt"],
         ["ok", "last.pt"],
     ]
-    assert lines[1].startswith("ok    epoch_0001.pt  epoch 1 step 20  (checked: its sha256 in index.json")
+    checked = "(checked: its CRC32 records, its size and sha256 in index.json)"
+    assert lines[1] == f"ok    epoch_0001.pt  epoch 1 step 20  {checked}"
     assert lines[-1] == "4 files: 4 ok"
     # The checkpoints folder itself, and one file alone, are checked the same way.
     assert ckpt("verify", runs / "seed0" / "checkpoints")[1] == out
@@ -192,9 +194,7 @@ def test_verify_names_the_damaged_file_and_a_listed_file_that_is_missing(runs, t
     code, out, _ = ckpt("verify", folder.parent)
     lines = out.splitlines()
     assert code == 4
-    assert lines[1] == f"BAD   epoch_0001.pt  {folder / 'epoch_0001.pt'} fails its own integrity check: " + (
-        "its contents changed after it was written"
-    )
+    assert lines[1].startswith(f"BAD   epoch_0001.pt  {folder / 'epoch_0001.pt'} is corrupt: 1 record(s) of its")
     assert [line.split()[0] for line in lines[:-1]] == ["ok", "BAD", "ok", "ok"]
     assert lines[-1] == "4 files: 1 bad"
 
@@ -232,13 +232,13 @@ def test_export_to_pt_is_a_model_only_checkpoint(runs, tmp_path, ckpt):
     assert out.startswith(f"wrote {out_path}: model-only, 6 tensors, 85,002 values, ")
     exported = torch.load(out_path, weights_only=True)
     original = torch.load(source, weights_only=True)
-    assert set(exported) == {*io.MODEL_KEYS, "integrity"}
+    assert set(exported) == set(io.MODEL_KEYS)
     assert exported["meta"]["kind"] == "model" and exported["config"] == original["config"]
     assert exported["model_state_dict"].keys() == original["model_state_dict"].keys()
     for name, tensor in original["model_state_dict"].items():
         assert torch.equal(exported["model_state_dict"][name], tensor)
     checked, passed = io.load_checked(out_path)
-    assert checked["global_step"] == 40 and passed == "its own integrity record"
+    assert checked["global_step"] == 40 and passed.startswith("its CRC32 records (index.json does not list it")
 
 
 def test_export_to_safetensors_keeps_the_config_in_its_metadata(runs, tmp_path, ckpt):

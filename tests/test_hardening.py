@@ -130,15 +130,18 @@ def straight(tmp_path_factory):
     return run
 
 
-def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exactly(straight, tmp_path):
+@pytest.mark.parametrize("saving", ["checkpoint.async_save=false", "checkpoint.async_save=true"])
+def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exactly(straight, tmp_path, saving):
     """The requeue command, killed (SIGKILL) at each boundary of a save in turn, each time in
     the second save of the process: temp file written, renamed (the index still describes the
-    old file), indexed, linked (a periodic name not yet listed), retention done."""
+    old file), indexed, linked (a periodic name not yet listed), retention done. Written in the
+    background, the kill lands in that thread while training goes on."""
     run = tmp_path / "run"
     for boundary in ("written", "renamed", "indexed", "linked", "retained"):
-        killed = run_cli(run, *PERIODIC, "resume=auto", env={"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}, check=False)
+        env = {"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}
+        killed = run_cli(run, *PERIODIC, saving, "resume=auto", env=env, check=False)
         assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}: {killed.stderr}"
-    run_cli(run, *PERIODIC, "resume=auto")
+    run_cli(run, *PERIODIC, saving, "resume=auto")
     assert differences(straight, run) == []
     assert len(read_summary(run)["resumes"]) == 5
     # A periodic file written but not yet listed when a run was killed is not left behind.
@@ -162,8 +165,9 @@ def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(straig
     flip_a_bit_inside_a_tensor(run / "checkpoints" / "last.pt")
 
     proc = run_cli(run, *config, "resume=auto", GO_ON)
-    assert "skipping last.pt" in proc.stdout and "fails its own integrity check" in proc.stdout
-    assert "step_00000020.pt (epoch 1, step 20)" in proc.stdout and "checked: its own integrity record" in proc.stdout
+    assert "skipping last.pt" in proc.stdout and "record(s) of its archive fail their CRC32" in proc.stdout
+    assert "step_00000020.pt (epoch 1, step 20)" in proc.stdout
+    assert "checked: its CRC32 records (index.json does not list it" in proc.stdout
     assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
     assert differences(straight, run) == []
 
@@ -388,12 +392,9 @@ def test_a_resumed_epoch_with_no_batches_left_ends_cleanly(stopped, tmp_path):
 
 
 def resave(path, **fields):
-    """A checkpoint changed by hand, with a valid integrity record (as an attacker can make)."""
-    from framework.checkpoint.io import with_integrity
-
+    """A checkpoint changed by hand, with valid CRC32s (as torch.save makes them, and an attacker can)."""
     ckpt = torch.load(path, weights_only=True)
-    ckpt.pop("integrity")
-    torch.save(with_integrity({**ckpt, **fields}), path)
+    torch.save({**ckpt, **fields}, path)
 
 
 def test_hand_made_fields_of_the_wrong_type_get_one_line(stopped, tmp_path):

@@ -46,7 +46,7 @@ def test_a_format1_file_is_migrated_and_the_run_resumes_from_it_exactly(format1_
     assert new["meta"]["origin"] == "trained" and new["meta"]["exact_resume"] is True
     old = torch.load(FORMAT1, weights_only=True)
     assert all(torch.equal(old["model_state_dict"][k], v) for k, v in new["model_state_dict"].items())
-    io.load_checked(migrated)  # its own integrity record matches the new contents
+    io.load_checked(migrated)  # its CRC32s match the new contents
 
     summary = train_in_process(tmp_path / "run", f"resume={migrated}", "trainer.max_steps=null")
     assert summary["status"] == "completed" and summary["resumes"][0]["global_step"] == 7

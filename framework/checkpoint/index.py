@@ -147,6 +147,6 @@ class Index:
             return False
         return (self.folder / name).is_file()
 
-    def sha256(self, path: Path) -> str | None:
-        entry = self.entries.get(path.name)
-        return entry["sha256"] if entry else None
+    def entry(self, path: Path) -> dict | None:
+        """What the index lists for a file of its folder (size, sha256, ...), or None."""
+        return self.entries.get(path.name) if path.parent.resolve() == self.folder.resolve() else None

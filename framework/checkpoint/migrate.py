@@ -136,7 +136,7 @@ def numpy_global(name: str) -> tuple[object, str]:
 
 # ---- an older file of ours ------------------------------------------------------------------
 def upgrade_ours(src: Path, dst: Path, version: object) -> str:
-    ckpt, _ = io.load_checked(src, Index(src.parent).sha256(src))  # checked, then upgraded in memory in order
+    ckpt, _ = io.load_checked(src, Index(src.parent).entry(src))  # checked, then upgraded in memory in order
     if version == formats.FORMAT_VERSION:
         return f"{src} is already in format {version}, the current one: nothing to migrate"
     io.write({k: v for k, v in ckpt.items() if k != "integrity"}, dst)

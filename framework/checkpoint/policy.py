@@ -9,6 +9,15 @@ Names follow Lightning's ModelCheckpoint where they overlap: `save_last`, `monit
 Retention (`keep_last_n`) applies to the periodic files only, ordered by step number, never by
 file name. It deletes nothing before the new file is written and verified, and never deletes
 last.pt, best.pt or the file this run resumed from.
+
+With `async_save`, a save point only takes a snapshot of the state (every tensor copied: to
+pinned CPU memory from a GPU, so later optimizer steps cannot touch it) and the file is written
+by one background thread while training goes on. At most one save is in flight: the next save
+point waits for it, and the loop's end, a stop by a signal and retention (done in that thread,
+after the file is durable) never see a half-done one. The commit order is the synchronous one:
+temporary file, fsync, rename, folder fsync, index.json, other names, retention. A background
+write that fails raises its error at the next step boundary (`raise_if_failed`) or wait: the run
+stops with it, never with a checkpoint silently missing.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from framework import faults
@@ -51,6 +62,8 @@ class Checkpointer:
             leftover.unlink(missing_ok=True)
         # Retention never deletes the checkpoint this run stands on.
         self.protected = {resumed_from.name} if resumed_from is not None and resumed_from.parent == folder else set()
+        self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None
+        self.in_flight: Future | None = None
 
     def step_due(self, global_step: int) -> bool:
         n = self.cfg.every_n_steps
@@ -94,9 +107,20 @@ class Checkpointer:
             full_roles.append(("periodic", periodic))
         facts = {"epoch": epoch, "step": step, "position": position, "metric": metric}
 
+        self.wait()  # at most one save in flight
+        kinds = (["full"] if full_roles else []) + (["model"] if periodic and cfg.model_only else [])
+        if self.background is None:
+            return self._commit({kind: make_payload(kind) for kind in kinds}, full_roles, periodic, facts)
+        payloads = {kind: snapshot(make_payload(kind)) for kind in kinds}
+        self.in_flight = self.background.submit(self._commit, payloads, full_roles, periodic, facts)
+        return [name for _, name in full_roles] + ([periodic] if periodic and cfg.model_only else [])
+
+    def _commit(self, payloads: dict, full_roles: list, periodic: str | None, facts: dict) -> list[str]:
+        """Write the files of one save point, list them, apply retention: in the loop's thread, or
+        in the background one."""
         written = []
         if full_roles:
-            payload = make_payload("full")
+            payload = payloads["full"]
             (role, name), rest = full_roles[0], full_roles[1:]
             first = self._write(payload, name, role, facts)
             written.append(name)
@@ -105,14 +129,35 @@ class Checkpointer:
                 faults.boundary("linked")
                 self.index.record({**first, "file": other, "role": role})
                 written.append(other)
-        if periodic and cfg.model_only:
-            self._write(make_payload("model"), periodic, "periodic", facts)
+        if "model" in payloads:
+            self._write(payloads["model"], periodic, "periodic", facts)
             written.append(periodic)
         if periodic:
             self._apply_retention()
             faults.boundary("retained")
-        log.info("checkpoint at epoch %d step %d: %s", epoch, step, ", ".join(written))
+        log.info("checkpoint at epoch %d step %d: %s", facts["epoch"], facts["step"], ", ".join(written))
         return written
+
+    def wait(self) -> None:
+        """Until the save in flight (if any) is durable and listed; its error, if it failed."""
+        pending, self.in_flight = self.in_flight, None
+        if pending is not None:
+            pending.result()
+
+    def raise_if_failed(self) -> None:
+        """At a step boundary: a background save that failed stops the run now (a lock-free look
+        while it is still writing)."""
+        if self.in_flight is not None and self.in_flight.done():
+            self.wait()
+
+    def close(self) -> None:
+        """Wait for the save in flight and stop the background thread. A run that fails for another
+        reason still waits (a half-written temporary file is never left behind by choice)."""
+        try:
+            self.wait()
+        finally:
+            if self.background is not None:
+                self.background.shutdown()
 
     def _write(self, payload: dict, name: str, role: str, facts: dict) -> dict:
         entry = {
@@ -139,3 +184,28 @@ class Checkpointer:
                 continue
             (self.folder / old.name).unlink(missing_ok=True)
             self.index.remove(old.name)
+
+
+def snapshot(payload: object) -> object:
+    """A copy of the payload that later training cannot change: every tensor copied (from a GPU
+    to pinned CPU memory, all copies started before one wait), containers rebuilt, the rest
+    (numbers, strings) immutable already."""
+    copies = []
+
+    def copy(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "cpu":
+                return value.detach().clone()
+            pinned = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
+            copies.append(pinned.copy_(value.detach(), non_blocking=True))
+            return pinned
+        if isinstance(value, dict):  # an OrderedDict (a state dict) stays one
+            return type(value)((k, copy(v)) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy(v) for v in value)
+        return value
+
+    copied = copy(payload)
+    if copies and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return copied
