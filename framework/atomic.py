@@ -18,14 +18,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def replace_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync it, rename it over `path`."""
+def replace_atomically(path: Path, text: str, durable: bool = True) -> None:
+    """Write `text` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
+    folder. `durable=False` skips both fsyncs: still whole for any reader and after a killed
+    process, but a power cut may leave the previous version or none."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -42,7 +45,8 @@ def replace_atomically(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def json_text(value, **dumps) -> str:

@@ -240,3 +240,21 @@ def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
     assert last["meta"]["kind"] == "full" and set(io.FULL_KEYS) <= set(last)
     assert all(torch.equal(periodic["model_state_dict"][k], v) for k, v in last["model_state_dict"].items())
     assert "model:" in periodic["config"] and periodic["meta"]["seed"] == 0
+
+
+def test_the_sha256_computed_while_writing_is_the_files(tmp_path):
+    """Blocks of the payload's own tensors are hashed after `write` returns; any other block
+    (torch's temporary buffers, here a large one that is then overwritten) before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payload = {"w": torch.randn(3 * 2**20), "small": torch.arange(10)}
+    path = tmp_path / "f.pt"
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
+        hashing = io.HashingWriter(f, pool, payload)
+        torch.save(payload, hashing)
+        reused = bytearray(b"x" * 3 * 2**20)  # a buffer its writer reuses once write returns
+        hashing.write(reused)
+        reused[:] = b"y" * len(reused)
+        f.flush()
+        digest = hashing.hexdigest()
+    assert (digest, hashing.size) == (io.sha256_of(path), path.stat().st_size)

@@ -23,9 +23,10 @@ import shutil
 import struct
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from framework import faults
@@ -101,29 +102,73 @@ def check_room(folder: Path, data_bytes: int, what: str) -> None:
 
 
 class HashingWriter:
-    """A file to torch.save into that passes the bytes on and computes their sha256 meanwhile:
-    a large block is hashed in a second thread while it is written, a small one in line."""
+    """A file to torch.save into that passes the bytes on and computes their sha256 in a second
+    thread, in order, while the file is written and fsynced.
 
-    IN_LINE = 2**20  # bytes: below this, a thread hand-off costs more than the hash
+    A large block that is the payload's own tensor memory (torch writes a CPU tensor's storage
+    as it is) stays unchanged until the save returns, so it may still be hashed after `write`
+    returns, during the fsync. Another large block (a GPU tensor's temporary CPU copy) is hashed
+    while it is written, before `write` returns: torch may reuse it. Small blocks (headers, the
+    pickle) are copied and hashed together.
+    """
 
-    def __init__(self, file, pool: ThreadPoolExecutor):
-        self.file, self.pool = file, pool
-        self.sha256, self.size = hashlib.sha256(), 0
+    GATHER = 2**20  # bytes: smaller blocks are copied and hashed together
+
+    def __init__(self, file, pool: ThreadPoolExecutor, payload: object):
+        self.file, self.pool, self.size = file, pool, 0
+        self.sha256 = hashlib.sha256()
+        self.stable = tensor_memory(payload)
+        self.gathered = bytearray()
+        self.hashed: Future | None = None
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        if view.nbytes < self.IN_LINE:
-            self.sha256.update(view)
+        view = memoryview(data).cast("B")
+        if view.nbytes >= self.GATHER:
+            self.hash_gathered()
+            self.hashed = self.pool.submit(self.sha256.update, view)
             self.file.write(view)
+            if not self.is_stable(view):
+                self.hashed.result()  # hashed while written, but before torch may reuse the buffer
         else:
-            hashed = self.pool.submit(self.sha256.update, view)
+            self.gathered += view
+            if len(self.gathered) >= self.GATHER:
+                self.hash_gathered()
             self.file.write(view)
-            hashed.result()  # before returning: torch may reuse the buffer
         self.size += view.nbytes
         return view.nbytes
 
     def flush(self) -> None:
         self.file.flush()
+
+    def hash_gathered(self) -> None:
+        if self.gathered:
+            self.hashed = self.pool.submit(self.sha256.update, bytes(self.gathered))
+            self.gathered = bytearray()
+
+    def is_stable(self, view: memoryview) -> bool:
+        start = np.frombuffer(view, dtype=np.uint8).ctypes.data  # the block's address, no copy
+        return any(low <= start and start + view.nbytes <= high for low, high in self.stable)
+
+    def hexdigest(self) -> str:
+        """Once everything is written: the sha256 of it all (waits for the hashing thread)."""
+        self.hash_gathered()
+        if self.hashed is not None:
+            self.hashed.result()  # the pool runs one task at a time, in order: this one is the last
+        return self.sha256.hexdigest()
+
+
+def tensor_memory(payload: object) -> list[tuple[int, int]]:
+    """The address ranges of the payload's CPU tensors' storages."""
+    if isinstance(payload, torch.Tensor):
+        if payload.device.type != "cpu":
+            return []
+        storage = payload.untyped_storage()
+        return [(storage.data_ptr(), storage.data_ptr() + storage.nbytes())]
+    if isinstance(payload, dict):
+        payload = list(payload.values())
+    if isinstance(payload, (list, tuple)):
+        return [r for value in payload for r in tensor_memory(value)]
+    return []
 
 
 def sha256_of(path: Path) -> str:
@@ -145,13 +190,13 @@ def write(payload: dict, path: Path) -> dict:
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
-            hashing = HashingWriter(f, pool)
+            hashing = HashingWriter(f, pool, payload)
             torch.save(payload, hashing)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the hashing thread goes on meanwhile
+            size, digest = hashing.size, hashing.hexdigest()
         faults.boundary("written")
         verify(tmp, payload["meta"]["kind"])
-        size, digest = hashing.size, hashing.sha256.hexdigest()
         os.replace(tmp, path)
         fsync_dir(folder)
         faults.boundary("renamed")
