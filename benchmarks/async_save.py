@@ -84,7 +84,7 @@ def main() -> None:
             folder = Path(tmp) / f"{size}mb"
             folder.mkdir()
             sync, background = measure(size, folder, args.rounds)
-            print(f"| {size} | {sync:.3f} | {background:.4f} | {background / sync:.3f} |")
+            print(f"| {size} | {sync:.4f} | {background:.4f} | {background / sync:.3f} |")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         for size in args.sizes:
             row = measure(size, Path(tmp), args.rounds)
-            print("| {} | {:.3f} | {:.3f} | {:.2f} | {:.3f} | {:.3f} | {:.2f} |".format(*row))
+            print("| {} | {:.4f} | {:.4f} | {:.2f} | {:.4f} | {:.4f} | {:.2f} |".format(*row))
 
 
 if __name__ == "__main__":
