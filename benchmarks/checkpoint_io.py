@@ -10,7 +10,8 @@ checkpoint's other keys) is written and read in turns, in one folder on one disk
                     memory map, torch.load(weights_only=True, mmap=True), format, keys, types
 The files are read right after they are written (from the page cache), where the difference
 between the two shows most. Before each timed call, os.sync() lets the disk finish what the
-previous one left (freeing a replaced file's blocks): on a virtual disk that varies most. The goals: save at most 1.15 times raw, load at most 1.1 times.
+previous one left (freeing a replaced file's blocks): on a virtual disk that varies most.
+The goals: save at most 1.15 times raw, load at most 1.1 times.
 
     python benchmarks/checkpoint_io.py                    # 10 MB to 1 GB, median of 3
     python benchmarks/checkpoint_io.py --sizes 10 64 --rounds 1 --folder /scratch

@@ -137,6 +137,7 @@ class DataConfig:
     val_fraction: float = MISSING
     test_fraction: float = MISSING
     split_seed: int = MISSING  # the train/val/test split is a function of this seed
+    on_device: bool = MISSING  # keep in-memory arrays on the training device (needs num_workers=0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -346,6 +347,11 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"data.batch_size={d.batch_size} must be at least 1")
     if d.num_workers < 0:
         problems.append(f"data.num_workers={d.num_workers} must be zero or positive")
+    if d.get("on_device") and d.num_workers:
+        problems.append(
+            "data.on_device=true cuts batches on the device in the training process: it needs "
+            f"data.num_workers=0 (got {d.num_workers})"
+        )
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
         problems.append(
             f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} must be in [0, 1)"

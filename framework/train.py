@@ -303,10 +303,11 @@ class Training:
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
         self.autocast, self.scaler = mixed_precision(t.precision, device)
-        augment = cfg.data.augment
-        self.train_set = data_lib.Augmented(splits.train, cfg.seed, augment.max_shift, augment.noise_std)
-        self.val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, cfg.data.num_workers)
-        self.test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, cfg.data.num_workers)
+        d, augment = cfg.data, cfg.data.augment
+        kept_on = data_lib.resident_device(d.on_device, device, splits.train)
+        self.train_set = data_lib.Augmented(splits.train, cfg.seed, augment.max_shift, augment.noise_std, kept_on)
+        self.val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, d.num_workers, kept_on)
+        self.test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, d.num_workers, kept_on)
         log.info(
             "data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
             len(splits.train),

@@ -54,6 +54,11 @@ def test_worker_processes_load_the_same_batches():
     workers = batches(data.train_loader(train, 64, 2, seed=0, epoch=1))
     assert len(single) == len(workers) == 20
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(single, workers))
+    resumed = batches(data.train_loader(train, 64, 2, seed=0, epoch=1, start_batch=7))
+    assert len(resumed) == 13 and all(torch.equal(a[0], b[0]) for a, b in zip(single[7:], resumed))
+    arrays = TensorDataset(train.x, train.y)
+    in_order = [batches(data.eval_loader(arrays, 100, workers)) for workers in (0, 2)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*in_order))
 
 
 def test_resuming_inside_an_epoch_gives_the_remaining_batches():
