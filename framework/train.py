@@ -140,8 +140,29 @@ def resolve_config(
         if not resume_point.ckpt["meta"].get("exact_resume", True):
             follows_original = False
             say_not_exact(resume_point)
+        if noise_drawn_otherwise(resume_point.ckpt, cfg):
+            follows_original = False
     check_arguments(cfg)  # before any data is loaded
     return cfg, resume_point, changes, follows_original
+
+
+# The first version whose augmentation noise is drawn a batch at a time (other bits than before).
+BATCHED_NOISE = (0, 2)
+
+
+def noise_drawn_otherwise(ckpt: dict, cfg: DictConfig) -> bool:
+    """Whether the checkpoint's run drew its augmentation noise otherwise than this version does."""
+    written_by = str(ckpt["meta"].get("framework_version", "0"))
+    older = tuple(int(part) for part in written_by.split(".")[:2] if part.isdigit()) < BATCHED_NOISE
+    if older and cfg.data.augment.noise_std:
+        log.warning(
+            "the checkpoint was written by framework %s, whose augmentation noise (data.augment.noise_std=%s) "
+            "drew other values: the run goes on with this version's noise and no longer follows its original "
+            "trajectory to the bit",
+            written_by,
+            cfg.data.augment.noise_std,
+        )
+    return older and bool(cfg.data.augment.noise_std)
 
 
 def say_not_exact(point: resume_lib.ResumePoint) -> None:

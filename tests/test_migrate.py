@@ -219,3 +219,21 @@ def test_import_and_resume_through_the_command_line(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "not bit for bit" in resumed.stdout + resumed.stderr
     assert read_summary(run)["status"] == "completed"
+
+
+def test_a_run_of_framework_0_1_with_augmentation_noise_is_told_its_noise_changed(caplog):
+    """0.2 draws the noise a batch at a time, with other bits: such a resume cannot follow the
+    original trajectory, and says so (the format-1 file itself has no noise: it resumes exactly)."""
+    from omegaconf import OmegaConf
+
+    from framework.train import noise_drawn_otherwise
+
+    ckpt = torch.load(FORMAT1, weights_only=True)
+    cfg = OmegaConf.create(ckpt["config"])
+    assert cfg.data.augment.noise_std == 0 and not noise_drawn_otherwise(ckpt, cfg)
+    cfg.data.augment.noise_std = 0.1
+    with caplog.at_level("WARNING", logger="framework"):
+        assert noise_drawn_otherwise(ckpt, cfg)
+    assert "written by framework 0.1.0, whose augmentation noise" in caplog.text
+    ckpt["meta"]["framework_version"] = "0.2.0"
+    assert not noise_drawn_otherwise(ckpt, cfg)
