@@ -130,20 +130,29 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("saving", ["checkpoint.async_save=false", "checkpoint.async_save=true"])
-def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exactly(straight, tmp_path, saving):
+ALL_BOUNDARIES = ("written", "renamed", "indexed", "linked", "retained")
+
+
+@pytest.mark.parametrize(
+    "saving,boundaries",
+    [("checkpoint.async_save=false", ALL_BOUNDARIES), ("checkpoint.async_save=true", ("written", "indexed"))],
+)
+def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exactly(
+    straight, tmp_path, saving, boundaries
+):
     """The requeue command, killed (SIGKILL) at each boundary of a save in turn, each time in
     the second save of the process: temp file written, renamed (the index still describes the
     old file), indexed, linked (a periodic name not yet listed), retention done. Written in the
-    background, the kill lands in that thread while training goes on."""
+    background, the kill lands in that thread while training goes on (two boundaries: the
+    commit order is the same code)."""
     run = tmp_path / "run"
-    for boundary in ("written", "renamed", "indexed", "linked", "retained"):
+    for boundary in boundaries:
         env = {"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}
         killed = run_cli(run, *PERIODIC, saving, "resume=auto", env=env, check=False)
         assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}: {killed.stderr}"
     run_cli(run, *PERIODIC, saving, "resume=auto")
     assert differences(straight, run) == []
-    assert len(read_summary(run)["resumes"]) == 5
+    assert len(read_summary(run)["resumes"]) == len(boundaries)
     # A periodic file written but not yet listed when a run was killed is not left behind.
     assert [p.name for p in (run / "checkpoints").glob("step_*.pt")] == ["step_00000056.pt"]
 

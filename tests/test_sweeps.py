@@ -184,10 +184,10 @@ def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, launcher):
         if launcher == "joblib"
         else ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
     )
-    proc = multirun(ROOT, "seed=0,1,2", *QUICK, *extra, sweep_dir=sweep)
+    proc = multirun(ROOT, "seed=0,1", *QUICK, *extra, sweep_dir=sweep)
     assert proc.returncode == 0, proc.stderr
     summary = assert_summary_files(sweep)
-    assert (summary["jobs"], summary["completed"]) == (3, 3)
+    assert (summary["jobs"], summary["completed"]) == (2, 2)
     # Each seed lands on the same bits as in a separate single run.
     assert next(r for r in summary["runs"] if r["seed"] == 0)["fingerprint"] == fingerprint_of(
         tmp_path / "alone", "seed=0"
