@@ -149,6 +149,11 @@ def load(path: Path, index: Index | None = None, sha256: bool = False) -> tuple[
         return io.load_checked(path, index.entry(path), sha256=sha256)
     except ForeignCheckpoint as e:
         raise ForeignCheckpoint(foreign_message(e, path)) from e
+    except UnsafeCheckpoint as e:
+        if all(migrate.NUMPY_GLOBALS.fullmatch(name) for name in e.needs):  # np.random.get_state(), most likely
+            hint = f"; if it is another program's training checkpoint: {MIGRATE_HINT} --unpickle-numpy SRC"
+            raise UnsafeCheckpoint(str(e) + hint, e.needs) from e
+        raise
 
 
 def foreign_message(error: ForeignCheckpoint, path: Path) -> str:

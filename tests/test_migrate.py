@@ -117,6 +117,8 @@ def test_a_tutorial_file_with_numpy_state_needs_the_opt_in_naming_it(tmp_path, c
     assert ckpt(["migrate", str(src), str(dst), *THEIRS]) == 5
     err = capsys.readouterr().err
     assert f"--unpickle-numpy {src}" in err and "numpy.ndarray" in err and not dst.exists()
+    assert ckpt(["inspect", str(src)]) == 5  # the other commands point at migrate
+    assert "migrate SRC DST model=... optimizer=... --unpickle-numpy SRC" in capsys.readouterr().err
     other = tmp_path / "other.pt"
     torch.save({}, other)
     assert ckpt(["migrate", str(src), str(dst), *THEIRS, "--unpickle-numpy", str(other)]) == 5  # names another file
