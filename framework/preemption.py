@@ -51,16 +51,15 @@ def signal_problem(name: object) -> str | None:
 
 
 class StopOnSignal:
-    def __init__(self, names: list[str] | tuple[str, ...] = tuple(s.name for s in STOP_SIGNALS)):
+    def __init__(self, names: list[str] | None = None):
+        """`names`: trainer.stop_signals; None (or empty) stands for STOP_SIGNALS."""
         self.received: int | None = None
         self.announced = False
-        self.previous = {}
-        self.replaced = {}  # what each signal's handler was before, kept for the hand-over
+        self.previous = {}  # each signal's handler before this one: put back by close, called by hand_over
         if threading.current_thread() is not threading.main_thread():
             return  # Python only lets the main thread install handlers
-        for name in names:
-            sig = signal.Signals[name]
-            self.previous[sig] = self.replaced[sig] = signal.signal(sig, self._handle)
+        for sig in [signal.Signals[name] for name in names] if names else STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
@@ -83,13 +82,12 @@ class StopOnSignal:
     def close(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        self.previous = {}
 
     def hand_over(self) -> None:
         """Call the handler the received signal had before this one, if it was a Python function
         (submitit's requeues the job, and exits). Call it once the run is recorded and closed:
         it may not return. Ctrl-C's own handler is not called: the run has stopped already."""
-        handler = self.replaced.get(self.received)
+        handler = self.previous.get(self.received)
         if callable(handler) and handler is not signal.default_int_handler:
             name = signal.Signals(self.received).name
             log.info("handing %s over to the handler it replaced (%s)", name, getattr(handler, "__qualname__", handler))

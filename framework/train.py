@@ -38,7 +38,7 @@ from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config import ConfigError, check
 from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
-from framework.preemption import STOP_SIGNALS, StopOnSignal, signals_held
+from framework.preemption import StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
 from framework.run_dir import RunLock, clear_leftovers, holds_a_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState
@@ -57,7 +57,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     check(cfg)  # before a handler is installed or a file written
     run_dir.mkdir(parents=True, exist_ok=True)
     # How this invocation takes signals (not part of the experiment: the command line's config).
-    preemption = StopOnSignal(cfg.trainer.stop_signals or [s.name for s in STOP_SIGNALS])
+    preemption = StopOnSignal(cfg.trainer.stop_signals)
     try:
         # One writer per run directory: under torchrun, rank 0 writes for all.
         with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
@@ -154,7 +154,8 @@ def noise_drawn_otherwise(ckpt: dict, cfg: DictConfig) -> bool:
     """Whether the checkpoint's run drew its augmentation noise otherwise than this version does."""
     written_by = str(ckpt["meta"].get("framework_version", "0"))
     older = tuple(int(part) for part in written_by.split(".")[:2] if part.isdigit()) < BATCHED_NOISE
-    if older and cfg.data.augment.noise_std:
+    changed = older and bool(cfg.data.augment.noise_std)
+    if changed:
         log.warning(
             "the checkpoint was written by framework %s, whose augmentation noise (data.augment.noise_std=%s) "
             "drew other values: the run goes on with this version's noise and no longer follows its original "
@@ -162,7 +163,7 @@ def noise_drawn_otherwise(ckpt: dict, cfg: DictConfig) -> bool:
             written_by,
             cfg.data.augment.noise_std,
         )
-    return older and bool(cfg.data.augment.noise_std)
+    return changed
 
 
 def say_not_exact(point: resume_lib.ResumePoint) -> None:

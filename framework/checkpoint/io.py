@@ -151,8 +151,10 @@ class HashingWriter:
             self.gathered = bytearray()
 
     def is_stable(self, view: memoryview) -> bool:
+        """Whether the block is (the start of) one of the payload's CPU storages: torch writes
+        a storage whole, from its first byte. A look-up, not a scan: a model has thousands."""
         start = np.frombuffer(view, dtype=np.uint8).ctypes.data  # the block's address, no copy
-        return any(low <= start and start + view.nbytes <= high for low, high in self.stable)
+        return start + view.nbytes <= self.stable.get(start, start)
 
     def hexdigest(self) -> str:
         """Once everything is written: the sha256 of it all (waits for the hashing thread)."""
@@ -162,18 +164,21 @@ class HashingWriter:
         return self.sha256.hexdigest()
 
 
-def tensor_memory(payload: object) -> list[tuple[int, int]]:
-    """The address ranges of the payload's CPU tensors' storages."""
+def tensor_memory(payload: object) -> dict[int, int]:
+    """Where each of the payload's CPU tensors' storages starts, and where it ends."""
     if isinstance(payload, torch.Tensor):
         if payload.device.type != "cpu":
-            return []
+            return {}
         storage = payload.untyped_storage()
-        return [(storage.data_ptr(), storage.data_ptr() + storage.nbytes())]
+        return {storage.data_ptr(): storage.data_ptr() + storage.nbytes()}
     if isinstance(payload, dict):
         payload = list(payload.values())
+    ranges = {}
     if isinstance(payload, (list, tuple)):
-        return [r for value in payload for r in tensor_memory(value)]
-    return []
+        for value in payload:
+            for start, end in tensor_memory(value).items():
+                ranges[start] = max(end, ranges.get(start, end))
+    return ranges
 
 
 def sha256_of(path: Path) -> str:

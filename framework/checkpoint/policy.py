@@ -116,7 +116,7 @@ class Checkpointer:
         payloads = {kind: snapshot(make_payload(kind), reuse=self.staging.get(kind)) for kind in kinds}
         self.staging.update(payloads)
         self.in_flight = self.background.submit(self._commit, payloads, full_roles, periodic, facts)
-        return [name for _, name in full_roles] + ([periodic] if periodic and cfg.model_only else [])
+        return [name for _, name in full_roles] + ([periodic] if "model" in kinds else [])
 
     def _commit(self, payloads: dict, full_roles: list, periodic: str | None, facts: dict) -> list[str]:
         """Write the files of one save point, list them, apply retention: in the loop's thread, or
