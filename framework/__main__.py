@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -328,5 +329,32 @@ def entry(argv: list[str]) -> None:
         distributed.close()
 
 
+def entry_of_a_rank(argv: list[str]) -> None:
+    """`entry` in a process of torchrun's, which then ends without the interpreter's teardown.
+
+    By then the process group is destroyed, the run's files are closed and the exit status is
+    known; what the teardown would still do is destroy torch's C++ objects, and there gloo's
+    threads can abort a rank that finished its work: CI once saw a rank of a completed run die
+    with "terminate called without an active exception" while its main thread had no Python
+    frame left (the teardown), so torchrun failed the job. An error that escapes `entry` takes
+    the ordinary way out, so that torchrun's error file and the traceback are written.
+    """
+    try:
+        entry(argv)
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):  # what the interpreter would have printed
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    gc.collect()  # a DataLoader's workers are told to stop, as at an ordinary exit
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    entry(sys.argv[1:])
+    if distributed.is_distributed():
+        entry_of_a_rank(sys.argv[1:])
+    else:
+        entry(sys.argv[1:])
