@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -214,6 +215,7 @@ def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / ".last.pt.tmp-12345").write_bytes(b"PK half")
+    (folder / ".last.pt.tmp-12345-replaced").write_bytes(b"a replaced file, set aside to be deleted")
     (folder / "notes.txt").write_text("mine")
     checkpointer(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
@@ -242,7 +244,7 @@ def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
     assert "model:" in periodic["config"] and periodic["meta"]["seed"] == 0
 
 
-def test_the_sha256_computed_while_writing_is_the_files(tmp_path):
+def test_the_checksums_computed_while_writing_are_the_files(tmp_path):
     """Blocks of the payload's own tensors are hashed after `write` returns; any other block
     (torch's temporary buffers, here a large one that is then overwritten) before."""
     from concurrent.futures import ThreadPoolExecutor
@@ -256,5 +258,51 @@ def test_the_sha256_computed_while_writing_is_the_files(tmp_path):
         hashing.write(reused)
         reused[:] = b"y" * len(reused)
         f.flush()
-        digest = hashing.hexdigest()
-    assert (digest, hashing.size) == (io.sha256_of(path), path.stat().st_size)
+        digests = hashing.digests()
+    assert (digests["sha256"], hashing.size) == (io.sha256_of(path), path.stat().st_size)
+    assert digests["xxh3_128"] == io.xxh3_of(path)
+
+
+def test_the_replaced_file_is_deleted_in_the_discard_thread_not_by_the_rename(tmp_path):
+    """Freeing a large file's blocks is left to another thread: the rename over it frees nothing."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "last.pt"
+    payload = payload_maker(make_state())("full")
+    io.write(payload, path)
+    old_inode = path.stat().st_ino
+    with ThreadPoolExecutor(1) as discard:
+        go = threading.Event()
+        discard.submit(go.wait)  # the discard thread is busy until told
+        io.write(payload, path, discard)
+        aside = tmp_path / f".last.pt.tmp-{os.getpid()}-replaced"
+        assert path.stat().st_ino != old_inode and aside.stat().st_ino == old_inode  # not freed yet
+        go.set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    io.write(payload, path)  # without a discard thread: deleted before write returns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_file_its_index_entry_no_longer_describes_is_checked_by_its_crc32s(tmp_path):
+    """Killed between the rename and the index update: the entry's size may still fit while its
+    xxh3 does not. The file is then checked record by record, and a sound one is used."""
+    state = make_state()
+    ck = checkpointer(tmp_path)
+    state.global_step = 10
+    ck.save(payload_maker(state), event="step", epoch=0, step=10, position=10, metric=None, improved=False)
+    last = tmp_path / "checkpoints" / "last.pt"
+    entry = Index(last.parent).entry(last)
+    ckpt, passed = io.load_checked(last, entry)
+    assert passed == "its size and xxh3 in index.json"
+    state.global_step = 20
+    io.write(payload_maker(state)("full"), last)  # the next save's file, renamed in; no index update
+    assert last.stat().st_size == entry["size"] and io.xxh3_of(last) != entry["xxh3_128"]
+    ckpt, passed = io.load_checked(last, entry)
+    assert ckpt["global_step"] == 20
+    assert passed.startswith("its CRC32 records (index.json's entry for it is out of date")
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fail their CRC32"):
+        io.load_checked(last, entry)

@@ -72,7 +72,7 @@ def test_inspect_shows_counters_versions_sizes_and_config(runs, ckpt):
     last = runs / "seed0" / "checkpoints" / "last.pt"
     code, out, err = ckpt("inspect", last)
     assert code == 0 and err == ""
-    assert "(checked: its CRC32 records and its size in index.json" in out
+    assert "(checked: its size and xxh3 in index.json" in out
     for expected in (
         "kind            full",
         "epoch           2",
@@ -179,7 +179,7 @@ def test_verify_a_run_directory(runs, ckpt):
         ["ok", "epoch_0002.pt"],
         ["ok", "last.pt"],
     ]
-    checked = "(checked: its CRC32 records, its size and sha256 in index.json)"
+    checked = "(checked: its size, xxh3 and sha256 in index.json)"
     assert lines[1] == f"ok    epoch_0001.pt  epoch 1 step 20  {checked}"
     assert lines[-1] == "4 files: 4 ok"
     # The checkpoints folder itself, and one file alone, are checked the same way.

@@ -112,7 +112,7 @@ def test_resume_after_sigkill_with_resume_auto_is_exact(runs, tmp_path):
     out = run_cli(run, *EXACT, "resume=auto", "checkpoint.every_n_steps=7", extra_args=TEST_CONF)
     resumed = read_summary(run)["resumes"][-1]
     assert resumed["position"] != 0, "the kill did not land inside an epoch"
-    checked = "the most recent save that passes its check; checked: its CRC32 records and its size in index.json"
+    checked = "the most recent save that passes its check; checked: its size and xxh3 in index.json"
     assert checked in out.stdout
     assert differences(runs / "straight", run) == []
 

@@ -9,9 +9,13 @@ renamed over the old name; the folder is fsynced so the rename survives a power 
 any moment leaves either the old file or the new one, never a torn one under the real name.
 
 Reading for resume is one pass over the file: torch.load memory-maps it (the tensors share the
-pages) and every record of the zip archive is checked against the CRC32 the archive lists for
-it, which torch.save computes as it writes. A torn or altered file fails that check with or
-without its index entry; `python -m framework.ckpt verify` also compares the index's sha256.
+pages) and its xxh3 checksum, computed at the save beside the sha256 and listed in index.json,
+is computed again over the same pages (xxh3 runs at memory speed, where sha256 or even zlib's
+CRC32 would cost more than the load itself). A file the index does not list, or lists
+differently (a save cut short between the rename and the index update), is checked instead
+record by record against the CRC32 the zip archive lists for each, which torch.save computes as
+it writes: a torn or altered file fails one check or the other. `python -m framework.ckpt
+verify` also compares the index's sha256.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xxhash
 
 from framework import faults
 from framework.atomic import fsync_dir
@@ -116,7 +121,7 @@ class HashingWriter:
 
     def __init__(self, file, pool: ThreadPoolExecutor, payload: object):
         self.file, self.pool, self.size = file, pool, 0
-        self.sha256 = hashlib.sha256()
+        self.sha256, self.xxh3 = hashlib.sha256(), xxhash.xxh3_128()
         self.stable = tensor_memory(payload)
         self.gathered = bytearray()
         self.hashed: Future | None = None
@@ -130,7 +135,7 @@ class HashingWriter:
             # rather than from memory twice: on a 2-core machine that is the difference.
             for start in range(0, view.nbytes, self.GATHER):
                 piece = view[start : start + self.GATHER]
-                self.hashed = self.pool.submit(self.sha256.update, piece)
+                self.hashed = self.pool.submit(self.hash, piece)
                 self.file.write(piece)
             if not stable:
                 self.hashed.result()  # before torch may reuse the buffer
@@ -145,9 +150,13 @@ class HashingWriter:
     def flush(self) -> None:
         self.file.flush()
 
+    def hash(self, piece) -> None:
+        self.sha256.update(piece)
+        self.xxh3.update(piece)
+
     def hash_gathered(self) -> None:
         if self.gathered:
-            self.hashed = self.pool.submit(self.sha256.update, bytes(self.gathered))
+            self.hashed = self.pool.submit(self.hash, bytes(self.gathered))
             self.gathered = bytearray()
 
     def is_stable(self, view: memoryview) -> bool:
@@ -156,12 +165,12 @@ class HashingWriter:
         start = np.frombuffer(view, dtype=np.uint8).ctypes.data  # the block's address, no copy
         return start + view.nbytes <= self.stable.get(start, start)
 
-    def hexdigest(self) -> str:
-        """Once everything is written: the sha256 of it all (waits for the hashing thread)."""
+    def digests(self) -> dict:
+        """Once everything is written: the sha256 and xxh3 of it all (waits for the hashing thread)."""
         self.hash_gathered()
         if self.hashed is not None:
             self.hashed.result()  # the pool runs one task at a time, in order: this one is the last
-        return self.sha256.hexdigest()
+        return {"sha256": self.sha256.hexdigest(), "xxh3_128": self.xxh3.hexdigest()}
 
 
 def tensor_memory(payload: object) -> dict[int, int]:
@@ -189,34 +198,69 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def write(payload: dict, path: Path) -> dict:
-    """Write `payload` to `path` atomically and verified; return its size and sha256.
+def xxh3_of(path: Path) -> str:
+    """The xxh3 (128 bits) of a file, read through a memory map: the pages torch.load maps too."""
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux: map every page at once, not one by one
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as mapped:
+        return xxhash.xxh3_128_hexdigest(mapped)
+
+
+def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) -> dict:
+    """Write `payload` to `path` atomically and verified; return its size, sha256 and xxh3.
 
     On any failure the file at `path` (if any) is untouched and no temporary file is left.
+    `discard`: where the file it replaces is deleted (see set_aside); None: before it returns.
     """
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     check_room(folder, expected_size(payload), f"to write {path}")
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    replaced = None
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
             hashing = HashingWriter(f, pool, payload)
             torch.save(payload, hashing)
             f.flush()
             os.fsync(f.fileno())  # the hashing thread goes on meanwhile
-            size, digest = hashing.size, hashing.hexdigest()
+            written = {"size": hashing.size, **hashing.digests()}
         faults.boundary("written")
         verify(tmp, payload["meta"]["kind"])
+        replaced = set_aside(path)
         os.replace(tmp, path)
         fsync_dir(folder)
         faults.boundary("renamed")
     except OSError as e:  # the disk filled up, inodes ran out, the folder went away
-        tmp.unlink(missing_ok=True)
+        remove_temporaries(tmp, replaced)
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}. Existing checkpoints are kept.") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_temporaries(tmp, replaced)
         raise
-    return {"size": size, "sha256": digest}
+    if replaced is not None:
+        if discard is None:
+            replaced.unlink(missing_ok=True)
+        else:
+            discard.submit(replaced.unlink, missing_ok=True)
+    return written
+
+
+def remove_temporaries(*paths: Path | None) -> None:
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+def set_aside(path: Path) -> Path | None:
+    """A second name for the file at `path` (a temporary one), so that the rename over it frees
+    nothing: freeing a large file's blocks takes milliseconds (on a disk mounted with `discard`,
+    as long as the fsync), and the save need not wait for it: another thread deletes that name.
+    None where there is no file, no hard links, or a name still set aside by the previous save.
+    One a killed run left is removed like its other temporary files (Checkpointer)."""
+    aside = path.with_name(f".{path.name}.tmp-{os.getpid()}-replaced")
+    try:
+        os.link(path, aside)
+    except OSError:
+        return None
+    return aside
 
 
 def link(source: Path, path: Path) -> None:
@@ -286,10 +330,10 @@ def load(path: Path, listed: dict | None = None) -> dict:
 
 
 def load_checked(path: Path, listed: dict | None = None, sha256: bool = False) -> tuple[dict, str]:
-    """Load a checkpoint for use, checked: every record against the CRC32 its archive lists,
-    the size its index entry (`listed`) gives, and with `sha256` the sha256 it gives (a second
-    read: for the verify tool, not for resume); then weights_only, the format version, the keys
-    and their types.
+    """Load a checkpoint for use, checked: against the size and xxh3 its index entry (`listed`)
+    gives, or, where the entry is missing or out of date, every record against the CRC32 its
+    archive lists; with `sha256` also the sha256 the entry gives (a second read: for the verify
+    tool, not for resume); then weights_only, the format version, the keys and their types.
 
     Returns the checkpoint (its tensors memory-mapped) and which check it passed, in words: a
     log must never claim a check that was not made.
@@ -301,28 +345,44 @@ def load_checked(path: Path, listed: dict | None = None, sha256: bool = False) -
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
         raise ForeignCheckpoint(f"{path} is not a checkpoint of this framework (no 'meta')")
     formats.version_of(ckpt, path)  # first: a newer format may check its integrity another way
-    bad = records_failing_crc(path)
-    if bad:
-        raise DamagedCheckpoint(
-            f"{path} is corrupt: {len(bad)} record(s) of its archive fail their CRC32 ({', '.join(bad[:3])})"
-        )
-    passed = "its CRC32 records"
-    if listed is None:
-        passed += " (index.json does not list it: a save cut short after the rename, or a lost index)"
-    elif listed["size"] != path.stat().st_size:
-        passed += " (index.json's entry for it is out of date: a save was cut short after the rename)"
-    elif sha256:
+    passed, fields = checked_bytes(path, listed)
+    if sha256 and fields:  # the entry describes this file
         if sha256_of(path) != listed["sha256"]:
             raise DamagedCheckpoint(f"{path} does not match the sha256 in its index.json")
-        passed += ", its size and sha256 in index.json"
-    else:
-        passed += " and its size in index.json"
+        fields.append("sha256")
+    if fields:
+        named = fields[0] if len(fields) == 1 else f"{', '.join(fields[:-1])} and {fields[-1]}"
+        passed.append(f"its {named} in index.json")
+    passed = " and ".join(passed)
     ckpt, upgraded_from = formats.upgrade(ckpt, path)
     if upgraded_from:
         passed += f"; upgraded in memory from format {upgraded_from[0]} to {formats.FORMAT_VERSION}"
     check_keys(ckpt, path, ckpt["meta"].get("kind", "full"))
     check_types(ckpt, path)
     return ckpt, passed
+
+
+def checked_bytes(path: Path, listed: dict | None) -> tuple[list[str], list[str]]:
+    """Check the file's bytes, in one pass where its index entry allows. Returns the checks it
+    passed, in words, and the fields of the index entry it matched (none where the entry does
+    not describe this file)."""
+    fits = listed is not None and listed["size"] == path.stat().st_size
+    if fits and "xxh3_128" in listed:
+        if xxh3_of(path) == listed["xxh3_128"]:
+            return [], ["size", "xxh3"]
+        fits = False  # a save cut short between the rename and the index update; or damage
+    bad = records_failing_crc(path)
+    if bad:
+        raise DamagedCheckpoint(
+            f"{path} is corrupt: {len(bad)} record(s) of its archive fail their CRC32 ({', '.join(bad[:3])})"
+        )
+    if listed is None:
+        why = "index.json does not list it: a save cut short after the rename, or a lost index"
+        return [f"its CRC32 records ({why})"], []
+    if not fits:
+        why = "index.json's entry for it is out of date: a save was cut short after the rename"
+        return [f"its CRC32 records ({why})"], []
+    return ["its CRC32 records"], ["size"]  # an entry older than the xxh3 in them
 
 
 def records_failing_crc(path: Path) -> list[str]:

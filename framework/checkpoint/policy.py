@@ -63,6 +63,8 @@ class Checkpointer:
         # Retention never deletes the checkpoint this run stands on.
         self.protected = {resumed_from.name} if resumed_from is not None and resumed_from.parent == folder else set()
         self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None
+        # Replaced files are deleted here, while training goes on (io.set_aside); close() waits.
+        self.discard = ThreadPoolExecutor(1, thread_name_prefix="discard")
         self.in_flight: Future | None = None
         self.staging: dict = {}  # the last snapshot of each kind of payload, reused by the next
 
@@ -161,6 +163,7 @@ class Checkpointer:
         finally:
             if self.background is not None:
                 self.background.shutdown()
+            self.discard.shutdown()
 
     def _write(self, payload: dict, name: str, role: str, facts: dict) -> dict:
         entry = {
@@ -168,7 +171,7 @@ class Checkpointer:
             "role": role,
             "kind": payload["meta"]["kind"],
             **facts,
-            **io.write(payload, self.folder / name),
+            **io.write(payload, self.folder / name, self.discard),
             "time": time.time(),
         }
         self.index.record(entry)
