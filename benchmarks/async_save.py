@@ -45,7 +45,8 @@ def stall(checkpointer: Checkpointer, payload: dict, step: int) -> float:
     checkpointer.save(lambda kind: payload, event="epoch", epoch=step, step=step, position=0, metric=None,
                       improved=False)  # fmt: skip
     taken = time.perf_counter() - start
-    checkpointer.wait()  # outside the timing: the next save starts alone
+    checkpointer.wait()  # outside the timing: the next save starts alone,
+    checkpointer.discard.submit(int).result()  # after the file it replaced is deleted too
     return taken
 
 
