@@ -64,11 +64,11 @@ def test_the_snapshot_is_a_copy_that_later_steps_cannot_change():
 def test_a_background_write_that_fails_stops_the_run(tmp_path, monkeypatch):
     real_write, calls = io.write, []
 
-    def fail_the_second(payload, path):
+    def fail_the_second(payload, path, discard):
         calls.append(threading.current_thread().name)
         if len(calls) == 2:
             raise CheckpointError(f"cannot write {path}: No space left on device. Existing checkpoints are kept.")
-        return real_write(payload, path)
+        return real_write(payload, path, discard)
 
     monkeypatch.setattr(io, "write", fail_the_second)
     run = tmp_path / "run"
