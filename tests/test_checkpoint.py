@@ -301,6 +301,8 @@ def test_a_file_its_index_entry_no_longer_describes_is_checked_by_its_crc32s(tmp
     ckpt, passed = io.load_checked(last, entry)
     assert ckpt["global_step"] == 20
     assert passed.startswith("its CRC32 records (index.json's entry for it is out of date")
+    with pytest.raises(CheckpointError, match="does not match the sha256 in its index.json"):
+        io.load_checked(last, entry, sha256=True)  # the verify tool: strict
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0x01
     last.write_bytes(bytes(data))
