@@ -9,8 +9,9 @@
                                                        (framework/checkpoint/migrate.py)
 
 Every file is read with torch.load(weights_only=True) and checked (framework.checkpoint.io's
-load_checked: every record of its archive against the CRC32 listed for it, its size in
-index.json, then its format, keys and types; verify also compares the sha256 index.json lists):
+load_checked: its size and xxh3 against index.json, or, where the index does not describe it,
+every record of its archive against the CRC32 listed for it; then its format, keys and types;
+verify also compares the sha256 index.json lists):
 nothing in a file is ever run, and a file that cannot be used is refused the same way by every
 command.
 
@@ -608,9 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         verify_command,
         "check every checkpoint file of a run",
-        "Each .pt file (in name order): every record of its archive against its CRC32, its size and "
-        "sha256 against index.json when it lists the file; loaded with weights_only; its format, keys "
-        "and types. Every file the index lists must be there. One line per file, then a count.",
+        "Each .pt file (in name order): its size, xxh3 and sha256 against index.json when it lists "
+        "the file, else every record of its archive against its CRC32; loaded with weights_only; its "
+        "format, keys and types. Every file the index lists must be there. One line per file, then a count.",
     )
     verify.add_argument("path", metavar="PATH", help="a checkpoint file, a checkpoints folder, or a run directory")
 
