@@ -308,3 +308,26 @@ def test_a_file_its_index_entry_no_longer_describes_is_checked_by_its_crc32s(tmp
     last.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="fail their CRC32"):
         io.load_checked(last, entry)
+
+
+def test_index_entries_without_a_size_or_with_a_malformed_xxh3_are_ignored(tmp_path, caplog):
+    """A hand-edited index.json: such entries are set aside with a warning, never a traceback;
+    the files they named are checked as unlisted ones."""
+    state = make_state()
+    ck = checkpointer(tmp_path, every_n_steps=5)
+    for step in (5, 10):
+        state.global_step = step
+        ck.save(payload_maker(state), event="step", epoch=0, step=step, position=step, metric=None, improved=False)
+    folder = tmp_path / "checkpoints"
+    index = json.loads((folder / "index.json").read_text())
+    for entry in index["files"]:
+        if entry["file"] == "last.pt":
+            entry.pop("size")
+        else:
+            entry["xxh3_128"] = 12
+    (folder / "index.json").write_text(json.dumps(index))
+    caplog.set_level("INFO")
+    found = resume.newest_valid(folder)
+    assert found.path.name == "last.pt" and found.ckpt["global_step"] == 10
+    assert "checked: its CRC32 records (index.json does not list it" in caplog.text
+    assert "size None is not a count" in caplog.text and "xxh3_128 12 is not a hex digest" in caplog.text

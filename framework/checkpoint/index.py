@@ -50,11 +50,14 @@ def entry_problem(entry: object) -> str | None:
     for key, allowed in expected.items():
         if entry.get(key) not in allowed:
             return f"{key} {entry.get(key)!r} is not one of {allowed}"
-    for key in ("epoch", "step"):
+    for key in ("epoch", "step", "size"):
         if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool) or entry[key] < 0:
             return f"{key} {entry.get(key)!r} is not a count"
     if not isinstance(entry.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
         return "sha256 is not a hex digest"
+    xxh3 = entry.get("xxh3_128", "0" * 32)  # absent from entries written before it was
+    if not isinstance(xxh3, str) or not re.fullmatch(r"[0-9a-f]{32}", xxh3):
+        return f"xxh3_128 {xxh3!r} is not a hex digest"
     if not isinstance(entry.get("time", 0.0), (int, float)):
         return "time is not a number"
     return None
