@@ -130,6 +130,10 @@ def test_a_hostile_file_is_refused_and_nothing_in_it_runs(tmp_path, ckpt):
         assert "it pickles posix.system" in err and "Nothing of it was unpickled" in err
     code, out, _ = ckpt("verify", folder)
     assert code == 5 and "BAD   last.pt" in out and "posix.system" in out and out.endswith("1 file: 1 bad\n")
+    legacy = tmp_path / "legacy.pt"  # torch's format before 1.6: refused as unsafe all the same
+    torch.save({"model_state_dict": Hostile()}, legacy, _use_new_zipfile_serialization=False)
+    code, out, err = ckpt("inspect", legacy)
+    assert (code, out) == (5, "") and "it pickles posix.system" in err
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
 
 
@@ -145,6 +149,21 @@ def test_another_programs_checkpoint_is_foreign_with_the_way_to_import_it(tmp_pa
     torch.save(torch.zeros(3), tensor)
     code, _, err = ckpt("inspect", tensor)
     assert code == 6 and "it holds a Tensor" in err and "migrate" not in err
+    # torch's format before 1.6 (not a zip): it cannot be memory-mapped, but it is no less foreign
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model_state_dict": torch.nn.Linear(2, 1).state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    code, _, err = ckpt("inspect", legacy)
+    assert code == 6 and "looks like another program's training checkpoint" in err
+
+
+def test_a_file_that_is_no_torch_file_at_all_says_so(tmp_path, ckpt):
+    junk = tmp_path / "notes.pt"
+    junk.write_text("my notes, saved under the wrong name\n" * 20)
+    code, out, err = ckpt("inspect", junk)
+    assert (code, out) == (4, "")
+    assert err == f"Error: {junk} is not a torch checkpoint: neither a zip archive (torch.save's format) nor " + (
+        "torch's older format\n"
+    )
 
 
 def test_a_newer_format_is_refused_not_guessed_at(tmp_path, ckpt):

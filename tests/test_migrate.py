@@ -141,6 +141,20 @@ def test_a_tutorial_file_with_numpy_state_needs_the_opt_in_naming_it(tmp_path, c
     )
 
 
+def test_a_tutorial_file_in_torchs_older_format_is_imported_the_same_way(tmp_path, capsys):
+    """torch.save(..., _use_new_zipfile_serialization=False), or torch before 1.6: not a zip
+    archive, so it cannot be memory-mapped or scanned; torch names its NumPy objects one at a time."""
+    src = tmp_path / "checkpoint_epoch_2.pt"
+    saved = tutorial_checkpoint(src, epoch=2, with_streams=True)
+    torch.save(saved, src, _use_new_zipfile_serialization=False)
+    dst = tmp_path / "imported.pt"
+    assert ckpt(["migrate", str(src), str(dst), *THEIRS]) == 5
+    assert f"--unpickle-numpy {src}" in capsys.readouterr().err and not dst.exists()
+    assert ckpt(["migrate", str(src), str(dst), *THEIRS, "--unpickle-numpy", str(src)]) == 0
+    imported = torch.load(dst, weights_only=True)
+    assert imported["numpy_rng_state"]["keys"].tolist() == saved["np_rng"][1].tolist()
+
+
 def test_an_imported_tutorial_file_is_resumed_from_and_says_it_is_not_exact(tmp_path, capsys, caplog):
     src = tmp_path / "plain.pt"
     tutorial_checkpoint(src, epoch=1, with_streams=False)

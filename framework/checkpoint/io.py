@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import re
 import shutil
 import struct
 import zipfile
@@ -280,26 +281,44 @@ def link(source: Path, path: Path) -> None:
 def safe_load(path: Path, mmap: bool = False) -> object:
     """torch.load with weights_only: nothing executed, a one-line error naming the file.
     A file that pickles more than weights_only allows raises UnsafeCheckpoint, naming what it
-    pickles; any other file that does not load, DamagedCheckpoint."""
+    pickles; any other file that does not load, DamagedCheckpoint.
+
+    `mmap` maps a zip archive (torch.save's format); a file in torch's format from before 1.6,
+    which cannot be mapped, is read instead."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except FileNotFoundError as e:
         raise CheckpointError(f"no such checkpoint file: {path}") from e
     except IsADirectoryError as e:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file") from e
     except Exception as e:
-        needs = unsafe_globals(path)
+        # The older format is not scanned: torch's refusal names the first object it met.
+        needs = unsafe_globals(path) or re.findall(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))[:1]
         if needs:
             raise UnsafeCheckpoint(
                 f"{path} needs more than torch.load(weights_only=True): it pickles {', '.join(needs)}. "
                 "Nothing of it was unpickled",
                 needs,
             ) from e
+        if kind_of_file(path) is None:
+            formats_named = "neither a zip archive (torch.save's format) nor torch's older format"
+            raise DamagedCheckpoint(f"{path} is not a torch checkpoint: {formats_named}") from e
         # torch's own message goes on to advise weights_only=False: never ours to pass on.
         # Nor its note on miniz internals after a torn zip's reason.
         reason = str(e).split("Re-running `torch.load`")[0].split("\n")[0].split(" This is an internal")[0]
         reason = reason.strip() or type(e).__name__
         raise DamagedCheckpoint(f"{path} does not load with torch.load(weights_only=True): {reason}") from e
+
+
+# How each of torch's formats starts: a zip's first local header, or (before torch 1.6) a pickle
+# (protocol 2) of torch's magic number.
+TORCH_FORMATS = {b"PK\x03\x04": "zip", b"\x80\x02\x8a\x0a": "legacy"}
+
+
+def kind_of_file(path: Path) -> str | None:
+    """Which of torch's formats a file starts like ("zip", even torn; "legacy"), or None."""
+    with open(path, "rb") as f:
+        return TORCH_FORMATS.get(f.read(4))
 
 
 def unsafe_globals(path: Path) -> list[str]:

@@ -53,6 +53,8 @@ SCHEDULER_KEYS = ("scheduler_state_dict", "lr_scheduler_state_dict", "scheduler"
 # The size of torch's CPU generator state (a uint8 tensor) and of Python's Mersenne Twister.
 TORCH_RNG_BYTES = torch.get_rng_state().numel()
 PYTHON_RNG_WORDS = len(random.getstate()[1])
+# More kinds than np.random.get_state() and NumPy arrays of every dtype ever need.
+MAX_NUMPY_GLOBALS = 16
 
 
 class DoesNotFit(CheckpointError):
@@ -102,13 +104,7 @@ def load_source(src: Path, unpickle_numpy: Path | None) -> object:
     try:
         return io.safe_load(src)
     except UnsafeCheckpoint as e:
-        beyond_numpy = [name for name in e.needs if not NUMPY_GLOBALS.fullmatch(name)]
-        if beyond_numpy:
-            raise UnsafeCheckpoint(
-                f"{src} pickles {', '.join(beyond_numpy)}: the framework never unpickles such objects. Load it in "
-                "your own code and save the state as tensors, numbers, strings, lists and dicts",
-                beyond_numpy,
-            ) from None
+        refuse_beyond_numpy(src, e.needs)
         if unpickle_numpy is None or not same_file(unpickle_numpy, src):
             raise UnsafeCheckpoint(
                 f"{src} holds NumPy objects ({', '.join(e.needs)}; np.random.get_state() returns such), which "
@@ -116,11 +112,28 @@ def load_source(src: Path, unpickle_numpy: Path | None) -> object:
                 "it lets NumPy arrays, dtypes and scalars from that file be unpickled, and nothing else",
                 e.needs,
             ) from None
-        # A dtype is rebuilt as an instance of its class (numpy.dtypes.UInt32DType, ...), which the
-        # opcode scan does not list: every dtype class is let through with the named globals.
-        dtype_classes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-        with torch.serialization.safe_globals([numpy_global(name) for name in e.needs] + dtype_classes):
-            return io.safe_load(src)
+        allowed = list(e.needs)
+    # A dtype is rebuilt as an instance of its class (numpy.dtypes.UInt32DType, ...), which the
+    # opcode scan does not list: every dtype class is let through with the named globals.
+    dtype_classes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    for _ in range(MAX_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals([numpy_global(name) for name in allowed] + dtype_classes):
+            try:
+                return io.safe_load(src)
+            except UnsafeCheckpoint as e:  # torch's older format names one object at a time
+                refuse_beyond_numpy(src, e.needs)
+                allowed += [name for name in e.needs if name not in allowed]
+    raise UnsafeCheckpoint(f"{src} pickles more than {MAX_NUMPY_GLOBALS} kinds of NumPy object", allowed)
+
+
+def refuse_beyond_numpy(src: Path, needs: list[str]) -> None:
+    beyond_numpy = [name for name in needs if not NUMPY_GLOBALS.fullmatch(name)]
+    if beyond_numpy:
+        raise UnsafeCheckpoint(
+            f"{src} pickles {', '.join(beyond_numpy)}: the framework never unpickles such objects. Load it in "
+            "your own code and save the state as tensors, numbers, strings, lists and dicts",
+            beyond_numpy,
+        ) from None
 
 
 def same_file(a: Path, b: Path) -> bool:
