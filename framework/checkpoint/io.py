@@ -291,6 +291,8 @@ def safe_load(path: Path, mmap: bool = False) -> object:
         raise CheckpointError(f"no such checkpoint file: {path}") from e
     except IsADirectoryError as e:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file") from e
+    except PermissionError as e:
+        raise CheckpointError(f"{path} cannot be read: {e.strerror}") from e
     except Exception as e:
         # The older format is not scanned: torch's refusal names the first object it met.
         needs = unsafe_globals(path) or re.findall(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))[:1]
