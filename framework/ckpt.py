@@ -11,9 +11,8 @@
 Every file is read with torch.load(weights_only=True) and checked (framework.checkpoint.io's
 load_checked: its size and xxh3 against index.json, or, where the index does not describe it,
 every record of its archive against the CRC32 listed for it; then its format, keys and types;
-verify also compares the sha256 index.json lists):
-nothing in a file is ever run, and a file that cannot be used is refused the same way by every
-command.
+verify also compares the sha256 index.json lists): nothing in a file is ever run, and a file
+that cannot be used is refused the same way by every command.
 
 Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a traceback):
   0  ok, or identical (diff)

@@ -112,3 +112,10 @@ def read_tensorboard(run_dir: Path) -> dict:
         if data.HasField("session_end_info"):
             found["status"] = data.session_end_info.status
     return found
+
+
+def flip_middle_byte(path):
+    """One byte changed in the tensor data: the zip still opens, the contents no longer match."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import CONF
+from helpers import CONF, flip_middle_byte
 from omegaconf import OmegaConf
 
 from framework import resume
@@ -176,13 +176,18 @@ def test_model_only_files_hold_weights_and_config_and_cannot_resume(tmp_path):
         resume.find(str(path), tmp_path)
 
 
-def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
+def saved_at_steps_5_and_10(tmp_path):
+    """A checkpoints folder saved at steps 5 and 10: step_00000005.pt, step_00000010.pt, last.pt."""
     state = make_state()
     ck = checkpointer(tmp_path, every_n_steps=5)
     for step in (5, 10):
         state.global_step = step
         ck.save(payload_maker(state), event="step", epoch=0, step=step, position=step, metric=None, improved=False)
-    folder = tmp_path / "checkpoints"
+    return tmp_path / "checkpoints"
+
+
+def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
+    folder = saved_at_steps_5_and_10(tmp_path)
     data = (folder / "last.pt").read_bytes()
     (folder / "last.pt").write_bytes(data[: len(data) // 2])  # torn
     corrupt = bytearray((folder / "step_00000010.pt").read_bytes())
@@ -303,9 +308,7 @@ def test_a_file_its_index_entry_no_longer_describes_is_checked_by_its_crc32s(tmp
     assert passed.startswith("its CRC32 records (index.json's entry for it is out of date")
     with pytest.raises(CheckpointError, match="does not match the sha256 in its index.json"):
         io.load_checked(last, entry, sha256=True)  # the verify tool: strict
-    data = bytearray(last.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    last.write_bytes(bytes(data))
+    flip_middle_byte(last)
     with pytest.raises(CheckpointError, match="fail their CRC32"):
         io.load_checked(last, entry)
 
@@ -313,12 +316,7 @@ def test_a_file_its_index_entry_no_longer_describes_is_checked_by_its_crc32s(tmp
 def test_index_entries_without_a_size_or_with_a_malformed_xxh3_are_ignored(tmp_path, caplog):
     """A hand-edited index.json: such entries are set aside with a warning, never a traceback;
     the files they named are checked as unlisted ones."""
-    state = make_state()
-    ck = checkpointer(tmp_path, every_n_steps=5)
-    for step in (5, 10):
-        state.global_step = step
-        ck.save(payload_maker(state), event="step", epoch=0, step=step, position=step, metric=None, improved=False)
-    folder = tmp_path / "checkpoints"
+    folder = saved_at_steps_5_and_10(tmp_path)
     index = json.loads((folder / "index.json").read_text())
     for entry in index["files"]:
         if entry["file"] == "last.pt":

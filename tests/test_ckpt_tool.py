@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import ROOT, train_in_process
+from helpers import ROOT, flip_middle_byte, train_in_process
 
 from framework.checkpoint import io
 
@@ -59,13 +59,6 @@ def copy_run(runs, tmp_path, seed=0):
 def truncate(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-
-
-def flip_middle_byte(path):
-    """One byte changed in the tensor data: the zip still opens, the contents no longer match."""
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_inspect_shows_counters_versions_sizes_and_config(runs, ckpt):

@@ -124,8 +124,9 @@ class Index:
         files = sorted(self.entries.values(), key=lambda e: (e["step"], e["file"]))
         self.folder.mkdir(parents=True, exist_ok=True)
         # Not fsynced: the files it lists are durable before it names them and check themselves
-        # (CRC32), and a lost or stale index is recovered from the files' own meta (files()). Two
-        # fsyncs fewer make a save cost what torch.save costs (benchmarks/checkpoint_io.py).
+        # (their CRC32 records), and a lost or stale index is recovered from the files' own meta
+        # (files()). Two fsyncs fewer make a save cost what torch.save costs
+        # (benchmarks/checkpoint_io.py).
         replace_atomically(self.path, json_text({"files": files}, indent=2), durable=False)
 
     def files(self) -> list[OnDisk]:

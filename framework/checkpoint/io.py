@@ -366,10 +366,11 @@ def load_checked(path: Path, listed: dict | None = None, sha256: bool = False) -
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
         raise ForeignCheckpoint(f"{path} is not a checkpoint of this framework (no 'meta')")
     formats.version_of(ckpt, path)  # first: a newer format may check its integrity another way
-    passed, fields = checked_bytes(path, listed)
+    size_fits = listed is not None and listed["size"] == path.stat().st_size
+    passed, fields = checked_bytes(path, listed, size_fits)
     # The verify tool is strict: an entry of this file's size must give its sha256, even where a
     # resume takes a sound file whose entry is out of date.
-    if sha256 and listed is not None and listed["size"] == path.stat().st_size:
+    if sha256 and size_fits:
         if sha256_of(path) != listed["sha256"]:
             raise DamagedCheckpoint(f"{path} does not match the sha256 in its index.json")
         fields.append("sha256")
@@ -385,11 +386,11 @@ def load_checked(path: Path, listed: dict | None = None, sha256: bool = False) -
     return ckpt, passed
 
 
-def checked_bytes(path: Path, listed: dict | None) -> tuple[list[str], list[str]]:
-    """Check the file's bytes, in one pass where its index entry allows. Returns the checks it
-    passed, in words, and the fields of the index entry it matched (none where the entry does
-    not describe this file)."""
-    fits = listed is not None and listed["size"] == path.stat().st_size
+def checked_bytes(path: Path, listed: dict | None, size_fits: bool) -> tuple[list[str], list[str]]:
+    """Check the file's bytes, in one pass where its index entry (`listed`, of the file's size:
+    `size_fits`) allows. Returns the checks it passed, in words, and the fields of the index
+    entry it matched (none where the entry does not describe this file)."""
+    fits = size_fits
     if fits and "xxh3_128" in listed:
         if xxh3_of(path) == listed["xxh3_128"]:
             return [], ["size", "xxh3"]
