@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from helpers import ROOT
 
 
@@ -28,15 +27,22 @@ def test_overhead_benchmark_prints_its_table():
     assert abs(ratio - ours / hand) < 0.002
 
 
+def could_be(ratio: float, numerator: float, denominator: float, ratio_decimals: int) -> bool:
+    """Whether a printed ratio is the ratio of two times printed with 4 decimals (0.1 ms): each
+    printed value lies within half its last digit of the unrounded one it was printed from."""
+    time_slack, ratio_slack = 0.5e-4, 0.5 * 10**-ratio_decimals
+    low = (numerator - time_slack) / (denominator + time_slack)
+    high = (numerator + time_slack) / (denominator - time_slack)
+    return low - ratio_slack <= ratio <= high + ratio_slack
+
+
 def test_checkpoint_io_benchmark_prints_its_table():
     out = run_benchmark("benchmarks/checkpoint_io.py", "--sizes", "10", "--rounds", "1")
     row = re.search(r"^\| 10 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
     assert row, out
     raw_save, save, save_ratio, raw_load, load, load_ratio = map(float, row.groups())
     assert min(raw_save, save, raw_load, load) > 0
-    # The times are printed rounded to 0.1 ms, the ratios from the times before rounding.
-    assert save_ratio == pytest.approx(save / raw_save, rel=0.05, abs=0.01)
-    assert load_ratio == pytest.approx(load / raw_load, rel=0.05, abs=0.01)
+    assert could_be(save_ratio, save, raw_save, 2) and could_be(load_ratio, load, raw_load, 2), row.groups()
 
 
 def test_async_save_benchmark_prints_its_table():
@@ -44,4 +50,4 @@ def test_async_save_benchmark_prints_its_table():
     row = re.search(r"^\| 10 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
     assert row, out
     sync, stall, ratio = map(float, row.groups())
-    assert sync > 0 and stall > 0 and ratio == pytest.approx(stall / sync, rel=0.05, abs=0.002)
+    assert sync > 0 and stall > 0 and could_be(ratio, stall, sync, 3), row.groups()
