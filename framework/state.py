@@ -115,6 +115,12 @@ class TrainState:
         """The weights without wrapper prefixes: they load into the plain model anywhere."""
         return strip_prefixes(unwrap(self.model).state_dict())
 
+    def stepped_tensors(self) -> list[torch.Tensor]:
+        """The tensors that only the optimizer's step changes: the parameters and the optimizer's
+        state. (Not the buffers: a forward pass may change them, batch norm's running statistics.)"""
+        state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return [*self.model.parameters(), *state]
+
     def _capture_model(self):
         return {"model_state_dict": self.model_weights()}
 

@@ -447,6 +447,7 @@ class Training:
                 self.scaler,
                 self.autocast,
                 t.gradient_clip_val,
+                self.checkpointer.wait_for_snapshot,
             )
             self.scheduler.step()
             state.global_step += 1
@@ -547,6 +548,7 @@ class Training:
             position=state.position,
             metric=val.get(self.cfg.checkpoint.monitor),
             improved=improved,
+            copy_later=state.stepped_tensors(),  # copied in the background (async_save) before the next step
         )
 
     def payload(self, kind: str, val_loss: float | None, rng_per_rank: list | None) -> dict:
@@ -686,7 +688,10 @@ def train_step(
     scaler: torch.amp.GradScaler,
     autocast: Callable[[], contextlib.AbstractContextManager],
     clip_norm: float | None,
+    before_update: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
+    """One optimizer step. `before_update` runs just before the weights change: a save in the
+    background may still be copying them (Checkpointer.wait_for_snapshot)."""
     with autocast():
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
@@ -694,6 +699,7 @@ def train_step(
     if clip_norm:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    before_update()
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()

@@ -119,3 +119,18 @@ class FailsOnOneRank(TinyNet):
         if self.fail_here and self.calls > self.after:
             raise RuntimeError(f"this rank failed on purpose after {self.after} steps")
         return super().forward(x)
+
+
+class EditsWeightsInForward(TinyNet):
+    """Changes its first layer's bias in place in every forward pass in training (as some
+    weight-normalising tricks do): saving in the background cannot snapshot such a model while it
+    trains. Takes (and ignores) the arguments of another model's config."""
+
+    def __init__(self, input_shape, num_classes: int, **other_models_arguments):
+        super().__init__(input_shape, num_classes)
+
+    def forward(self, x):
+        if self.training:
+            with torch.no_grad():
+                self.net[1].bias.mul_(0.999)
+        return super().forward(x)

@@ -12,12 +12,21 @@ last.pt, best.pt or the file this run resumed from.
 
 With `async_save`, a save point only takes a snapshot of the state (every tensor copied: to
 pinned CPU memory from a GPU, so later optimizer steps cannot touch it) and the file is written
-by one background thread while training goes on. At most one save is in flight: the next save
-point waits for it, and the loop's end, a stop by a signal and retention (done in that thread,
-after the file is durable) never see a half-done one. The commit order is the synchronous one:
-temporary file, fsync, rename, folder fsync, index.json, other names, retention. A background
-write that fails raises its error at the next step boundary (`raise_if_failed`) or wait: the run
-stops with it, never with a checkpoint silently missing.
+by one background thread while training goes on. The tensors that only the optimizer's step
+changes (`copy_later`: the parameters and the optimizer's state, most of the bytes) are copied
+by that thread too, first, while the loop runs the next forward and backward pass; the loop
+calls `wait_for_snapshot()` before its next optimizer step, so the copy is of the save point's
+state (as torch.distributed.checkpoint's asynchronous staging asks of its callers). Everything
+else (buffers such as batch norm's running statistics, which a forward pass changes) is copied
+at the save point. A tensor of `copy_later` that changes anyway before its copy is done (a model
+that edits its weights in forward) is caught by its version counter and stops the run: that
+snapshot would mix two states.
+At most one save is in flight: the next save point waits for it, and the loop's end, a stop by
+a signal and retention (done in that thread, after the file is durable) never see a half-done
+one. The commit order is the synchronous one: temporary file, fsync, rename, folder fsync,
+index.json, other names, retention. A background write that fails raises its error at the next
+step boundary (`raise_if_failed`) or wait: the run stops with it, never with a checkpoint
+silently missing.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -66,7 +76,9 @@ class Checkpointer:
         # Replaced files are deleted here, while training goes on (io.set_aside); close() waits.
         self.discard = ThreadPoolExecutor(1, thread_name_prefix="discard")
         self.in_flight: Future | None = None
+        self.copying: Future | None = None  # the in-flight save's copy of `copy_later`
         self.staging: dict = {}  # the last snapshot of each kind of payload, reused by the next
+        self.copy_stream = None  # a CUDA stream for the background copy, made at the first one
 
     def step_due(self, global_step: int) -> bool:
         n = self.cfg.every_n_steps
@@ -87,11 +99,15 @@ class Checkpointer:
         position: int,
         metric: float | None,
         improved: bool,
+        copy_later: Iterable[torch.Tensor] = (),
     ) -> list[str]:
         """Write what the policy asks for at this save point; return the file names written.
 
         event: "epoch" (an epoch just ended), "step" (every_n_steps inside an epoch) or "stop"
         (max_steps ended the run). make_payload(kind) builds the checkpoint ("full" or "model").
+        copy_later: tensors that only the optimizer's step changes; with async_save they may
+        still be being copied when this returns, and the caller must call wait_for_snapshot()
+        before its next optimizer step.
         """
         cfg = self.cfg
         if not cfg.enabled:
@@ -115,10 +131,34 @@ class Checkpointer:
         if self.background is None:
             return self._commit({kind: make_payload(kind) for kind in kinds}, full_roles, periodic, facts)
         # The previous save is done (waited for above): its snapshot's memory takes this one.
-        payloads = {kind: snapshot(make_payload(kind), reuse=self.staging.get(kind)) for kind in kinds}
+        later = {t.data_ptr() for t in copy_later}
+        payloads, pending = {}, []
+        for kind in kinds:
+            payloads[kind], copies = snapshot(make_payload(kind), reuse=self.staging.get(kind), later=later)
+            pending += copies
         self.staging.update(payloads)
-        self.in_flight = self.background.submit(self._commit, payloads, full_roles, periodic, facts)
+        ready = None  # on a GPU: the point in the loop's stream where the state is the save point's
+        if any(c.source.is_cuda for c in pending):
+            ready = torch.cuda.Event()
+            ready.record()
+            if self.copy_stream is None:
+                self.copy_stream = torch.cuda.Stream()
+        self.copying = Future()
+        self.in_flight = self.background.submit(
+            self._copy_then_commit, pending, ready, self.copying, payloads, full_roles, periodic, facts
+        )
         return [name for _, name in full_roles] + ([periodic] if "model" in kinds else [])
+
+    def _copy_then_commit(self, pending: list, ready, copying: Future, *commit_args) -> list[str]:
+        """In the background thread: finish the snapshot (the loop waits for `copying` before its
+        next optimizer step), then write."""
+        try:
+            copy_pending(pending, ready, self.copy_stream)
+        except BaseException as e:
+            copying.set_exception(e)
+            raise
+        copying.set_result(None)
+        return self._commit(*commit_args)
 
     def _commit(self, payloads: dict, full_roles: list, periodic: str | None, facts: dict) -> list[str]:
         """Write the files of one save point, list them, apply retention: in the loop's thread, or
@@ -143,9 +183,21 @@ class Checkpointer:
         log.info("checkpoint at epoch %d step %d: %s", facts["epoch"], facts["step"], ", ".join(written))
         return written
 
+    def wait_for_snapshot(self) -> None:
+        """Before an optimizer step: until the save in flight has its copy of the state the step
+        changes (at once when there is none, or it is done); its error, if the copy failed."""
+        copying, self.copying = self.copying, None
+        if copying is None:
+            return
+        try:
+            copying.result()
+        except BaseException:
+            self.in_flight = None  # said here; the write it ended is not waited for again
+            raise
+
     def wait(self) -> None:
         """Until the save in flight (if any) is durable and listed; its error, if it failed."""
-        pending, self.in_flight = self.in_flight, None
+        pending, self.in_flight, self.copying = self.in_flight, None, None
         if pending is not None:
             pending.result()
 
@@ -192,32 +244,70 @@ class Checkpointer:
             self.index.remove(old.name)
 
 
-def snapshot(payload: object, reuse: object = None) -> object:
+class PendingCopy(NamedTuple):
+    """A tensor of the snapshot that the background thread copies (`copy_later`)."""
+
+    key: str  # where it is in the payload, for the error that names it
+    destination: torch.Tensor
+    source: torch.Tensor
+    version: int  # the source's version counter at the save point
+
+
+def snapshot(payload: object, reuse: object = None, later: set[int] = frozenset()) -> tuple[object, list]:
     """A copy of the payload that later training cannot change: every tensor copied (from a GPU
     to pinned CPU memory, all copies started before one wait), containers rebuilt, the rest
     (numbers, strings) immutable already. `reuse`: the previous save's snapshot, whose tensors of
     the same shape are copied into rather than allocated anew (fresh memory costs page faults
-    that would more than double the copy's time)."""
-    copies = []
+    that would more than double the copy's time). Tensors whose data_ptr is in `later` get
+    their memory but are not copied yet: returned as PendingCopy's for copy_pending."""
+    copies, pending = [], []
 
-    def copy(value: object, old: object) -> object:
+    def copy(value: object, old: object, key: str) -> object:
         if isinstance(value, torch.Tensor):
-            value = value.detach()
+            value = value.detach()  # shares the version counter
             fits = isinstance(old, torch.Tensor) and (old.shape, old.dtype) == (value.shape, value.dtype)
             if not fits:
                 on_gpu = value.device.type != "cpu"
                 old = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=on_gpu)
-            copies.append(old.copy_(value, non_blocking=old.is_pinned()))
+            if value.data_ptr() in later and value.numel():
+                pending.append(PendingCopy(key, old, value, value._version))
+            else:
+                copies.append(old.copy_(value, non_blocking=old.is_pinned()))
             return old
         if isinstance(value, dict):  # an OrderedDict (a state dict) stays one
             old = old if isinstance(old, dict) else {}
-            return type(value)((k, copy(v, old.get(k))) for k, v in value.items())
+            return type(value)((k, copy(v, old.get(k), f"{key}.{k}" if key else str(k))) for k, v in value.items())
         if isinstance(value, (list, tuple)):
             old = old if isinstance(old, (list, tuple)) and len(old) == len(value) else [None] * len(value)
-            return type(value)(copy(v, o) for v, o in zip(value, old))
+            return type(value)(copy(v, o, f"{key}[{i}]") for i, (v, o) in enumerate(zip(value, old)))
         return value
 
-    copied = copy(payload, reuse)
+    copied = copy(payload, reuse, "")
     if any(c.is_pinned() for c in copies):
         torch.cuda.synchronize()
-    return copied
+    return copied, pending
+
+
+def copy_pending(pending: list[PendingCopy], ready, stream) -> None:
+    """The copies `snapshot` left for later, in the background thread, while the loop runs the
+    next forward and backward pass (which read these tensors, never write them). From a GPU: on
+    a stream of their own that first waits for `ready`, the save point in the loop's stream.
+    Then every source must still be at its save-point version: one that was changed before its
+    copy was done (in place, by the model's forward) would make a snapshot of two states."""
+    if ready is None:
+        for c in pending:
+            c.destination.copy_(c.source)
+    else:
+        with torch.cuda.stream(stream):
+            stream.wait_event(ready)
+            for c in pending:
+                c.destination.copy_(c.source, non_blocking=True)
+            stream.synchronize()
+    changed = [c.key for c in pending if c.source._version != c.version]
+    if changed:
+        named = changed[0] if len(changed) == 1 else f"{changed[0]} (and {len(changed) - 1} more)"
+        raise io.CheckpointError(
+            f"checkpoint.async_save: {named} changed before the background save had copied it; only "
+            "the optimizer's step may change the parameters and the optimizer's state, and this model "
+            "changes them elsewhere (in forward?): give checkpoint.async_save=false"
+        )
