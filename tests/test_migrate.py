@@ -16,6 +16,7 @@ from helpers import DATA, ROOT, read_summary, train_in_process
 from framework.checkpoint import io
 from framework.checkpoint.migrate import build_state, experiment_config
 from framework.ckpt import main as ckpt
+from framework.reproducibility import fingerprint
 
 # tests/data/checkpoint_format1.pt was written by framework 0.1.0 (commit 833b0e1) with
 #   python -m framework model=mlp model.hidden=[32] data=synthetic data.source.n_samples=400
@@ -31,13 +32,27 @@ THEIRS = ["model=mlp", "model.hidden=[32]", "data=synthetic", "data.source.n_sam
 
 @pytest.fixture(scope="module")
 def format1_straight(tmp_path_factory):
-    """The format-1 file's run, straight through, by this version of the code."""
-    run = tmp_path_factory.mktemp("format1") / "straight"
-    train_in_process(run, *FORMAT1_RUN)
-    return run
+    """The format-1 file's run, straight through, by this version of the code on this machine;
+    and the checkpoint that run writes at the file's step (7) when stopped there."""
+    runs = tmp_path_factory.mktemp("format1")
+    train_in_process(runs / "straight", *FORMAT1_RUN)
+    train_in_process(runs / "to_step_7", *FORMAT1_RUN, "trainer.max_steps=7")
+    return runs / "straight", torch.load(runs / "to_step_7" / "checkpoints" / "last.pt", weights_only=True)
+
+
+def resumed_like_this_machine(ckpt: dict, here_at_7: dict, tmp_path) -> dict:
+    """Resume from `ckpt` to the end with the weights and optimizer state this machine computes
+    for the first 7 steps. The file's were computed on another machine, and another CPU's
+    kernels (AVX2 against AVX-512, say) may round the same steps differently in the last bit:
+    a straight run here then ends elsewhere, whatever the file holds. All the rest of the file
+    (random streams, data position, schedule, counters) is what this resume tests."""
+    path = tmp_path / "like_this_machine.pt"
+    torch.save({**ckpt, **{k: here_at_7[k] for k in ("model_state_dict", "optimizer_state_dict")}}, path)
+    return train_in_process(tmp_path / "like_this_machine", f"resume={path}", "trainer.max_steps=null")
 
 
 def test_a_format1_file_is_migrated_and_the_run_resumes_from_it_exactly(format1_straight, tmp_path, capsys):
+    straight, here_at_7 = format1_straight
     migrated = tmp_path / "migrated.pt"
     assert ckpt(["migrate", str(FORMAT1), str(migrated)]) == 0
     assert "format 1 -> 2" in capsys.readouterr().out
@@ -45,19 +60,27 @@ def test_a_format1_file_is_migrated_and_the_run_resumes_from_it_exactly(format1_
     assert new["meta"]["format_version"] == 2 and new["meta"]["upgraded_from"] == [1]
     assert new["meta"]["origin"] == "trained" and new["meta"]["exact_resume"] is True
     old = torch.load(FORMAT1, weights_only=True)
-    assert all(torch.equal(old["model_state_dict"][k], v) for k, v in new["model_state_dict"].items())
+    assert fingerprint(new["model_state_dict"], new["optimizer_state_dict"]) == fingerprint(
+        old["model_state_dict"], old["optimizer_state_dict"]
+    )
     io.load_checked(migrated)  # its CRC32s match the new contents
 
     summary = train_in_process(tmp_path / "run", f"resume={migrated}", "trainer.max_steps=null")
     assert summary["status"] == "completed" and summary["resumes"][0]["global_step"] == 7
-    assert summary["fingerprint"] == read_summary(format1_straight)["fingerprint"]
+    assert resumed_like_this_machine(new, here_at_7, tmp_path)["fingerprint"] == read_summary(straight)["fingerprint"]
+    if fingerprint(old["model_state_dict"]) == fingerprint(here_at_7["model_state_dict"]):
+        assert summary["fingerprint"] == read_summary(straight)["fingerprint"]  # this machine rounds alike
 
 
 def test_a_format1_file_is_also_resumed_from_as_it_is(format1_straight, tmp_path, caplog):
+    straight, here_at_7 = format1_straight
     with caplog.at_level("INFO", logger="framework"):
         summary = train_in_process(tmp_path / "run", f"resume={FORMAT1}", "trainer.max_steps=null")
     assert "upgraded in memory from format 1 to 2" in caplog.text
-    assert summary["fingerprint"] == read_summary(format1_straight)["fingerprint"]
+    migrated = tmp_path / "migrated.pt"
+    assert ckpt(["migrate", str(FORMAT1), str(migrated)]) == 0
+    again = train_in_process(tmp_path / "from_migrated", f"resume={migrated}", "trainer.max_steps=null")
+    assert summary["fingerprint"] == again["fingerprint"]  # upgraded in memory as on disk
 
 
 def test_migrating_a_current_file_writes_nothing(tmp_path, capsys):
