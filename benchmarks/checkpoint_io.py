@@ -15,7 +15,7 @@ between the two shows most. Before each timed call, os.sync() lets the disk fini
 previous one left (freeing a replaced file's blocks): on a virtual disk that varies most.
 The goals: save at most 1.15 times raw, load at most 1.1 times.
 
-    python benchmarks/checkpoint_io.py                    # 10 MB to 1 GB, median of 3
+    python benchmarks/checkpoint_io.py                    # 10 MB to 1 GB, median of 6
     python benchmarks/checkpoint_io.py --sizes 10 64 --rounds 1 --folder /scratch
 """
 
@@ -68,24 +68,35 @@ def raw_load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def timed(action, *args) -> float:
-    os.sync()  # outside the timing: what the previous one left for the disk to do is done
+def timed(action, *args, settle: float) -> float:
+    # Outside the timing: what the previous call left for the disk to do is done. os.sync()
+    # does not wait for all of it: on a disk mounted with `discard`, the blocks a deleted or
+    # truncated file freed are trimmed after the journal commits, and at 1 GB that landed in the
+    # next call's time, the raw save's or ours (every other round took twice as long).
+    os.sync()
+    time.sleep(settle)
     start = time.perf_counter()
     action(*args)
     return time.perf_counter() - start
 
 
-def measure(size_mb: int, folder: Path, rounds: int) -> tuple:
+def measure(size_mb: int, folder: Path, rounds: int, settle: float) -> tuple:
     payload = payload_of(size_mb)
     raw_path, ours_path = folder / "raw.pt", folder / "last.pt"
     times = {"raw save": [], "save": [], "raw load": [], "load": []}
     discard = ThreadPoolExecutor(1)
-    for _ in range(rounds):  # in turns, so that the disk's moods fall on both
-        times["raw save"].append(timed(raw_save, payload, raw_path))
-        times["save"].append(timed(framework_save, payload, ours_path, discard))
-        discard.submit(int).result()  # untimed: the replaced file is gone before the next timing
-        times["raw load"].append(timed(raw_load, raw_path))
-        times["load"].append(timed(framework_load, ours_path))
+    saves = {
+        "raw save": lambda: raw_save(payload, raw_path),
+        "save": lambda: framework_save(payload, ours_path, discard),
+    }
+    loads = {"raw load": lambda: raw_load(raw_path), "load": lambda: framework_load(ours_path)}
+    # In turns, so that the disk's moods fall on both. Who goes first alternates: at 1 GB this
+    # virtual disk made the second of two saves in a row up to twice as slow, whichever it was.
+    for i in range(rounds):
+        for kinds in (saves, loads):
+            for kind in sorted(kinds, reverse=i % 2 == 1):
+                times[kind].append(timed(kinds[kind], settle=settle))
+                discard.submit(int).result()  # untimed: the replaced file is gone before the next timing
     med = {k: statistics.median(v) for k, v in times.items()}
     raw_path.unlink()
     return (size_mb, med["raw save"], med["save"], med["save"] / med["raw save"],
@@ -95,15 +106,21 @@ def measure(size_mb: int, folder: Path, rounds: int) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 64, 256, 1024], help="payload sizes in MB")
-    parser.add_argument("--rounds", type=int, default=3, help="saves and loads of each kind, taking turns")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="saves and loads of each kind, taking turns (even: each goes first as often)",
+    )
     parser.add_argument("--folder", type=Path, help="where to write (default: a temporary folder)")
+    parser.add_argument("--settle", type=float, default=0.0, help="seconds the disk is left alone before each timing")
     args = parser.parse_args()
     print("| payload (MB) | raw save + fsync (s) | framework save (s) | ratio ", end="")
     print("| raw load (s) | framework load (s) | ratio |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         for size in args.sizes:
-            row = measure(size, Path(tmp), args.rounds)
+            row = measure(size, Path(tmp), args.rounds, args.settle)
             print("| {} | {:.4f} | {:.4f} | {:.2f} | {:.4f} | {:.4f} | {:.2f} |".format(*row))
 
 

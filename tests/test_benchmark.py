@@ -37,7 +37,7 @@ def could_be(ratio: float, numerator: float, denominator: float, ratio_decimals:
 
 
 def test_checkpoint_io_benchmark_prints_its_table():
-    out = run_benchmark("benchmarks/checkpoint_io.py", "--sizes", "10", "--rounds", "1")
+    out = run_benchmark("benchmarks/checkpoint_io.py", "--sizes", "10", "--rounds", "1", "--settle", "0")
     row = re.search(r"^\| 10 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
     assert row, out
     raw_save, save, save_ratio, raw_load, load, load_ratio = map(float, row.groups())
@@ -46,8 +46,10 @@ def test_checkpoint_io_benchmark_prints_its_table():
 
 
 def test_async_save_benchmark_prints_its_table():
-    out = run_benchmark("benchmarks/async_save.py", "--sizes", "10", "--rounds", "1")
-    row = re.search(r"^\| 10 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    out = run_benchmark("benchmarks/async_save.py", "--sizes", "10", "--rounds", "1", "--batch", "4")
+    numbers = r" \| ".join([r"(-?[\d.]+)"] * 6)  # the time lost may come out below zero: noise
+    row = re.search(r"^\| \d+ \| " + numbers + r" \|$", out, re.M)
     assert row, out
-    sync, stall, ratio = map(float, row.groups())
-    assert sync > 0 and stall > 0 and could_be(ratio, stall, sync, 3), row.groups()
+    step, sync, stall, stall_ratio, lost, lost_ratio = map(float, row.groups())
+    assert step > 0 and sync > 0 and stall > 0, row.groups()
+    assert could_be(stall_ratio, stall, sync, 3) and could_be(lost_ratio, lost, sync, 3), row.groups()

@@ -298,7 +298,7 @@ def copy_pending(pending: list[PendingCopy], ready, stream) -> None:
         for c in pending:
             c.destination.copy_(c.source)
     else:
-        with torch.cuda.stream(stream):
+        with torch.cuda.device(stream.device), torch.cuda.stream(stream):  # this thread's device is 0 by default
             stream.wait_event(ready)
             for c in pending:
                 c.destination.copy_(c.source, non_blocking=True)
