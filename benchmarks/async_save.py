@@ -17,6 +17,7 @@ For a synchronous save both are the save's time. The goal: the stall with async_
 
     python benchmarks/async_save.py                       # 64 MB to 1 GB, median of 3
     python benchmarks/async_save.py --sizes 64 --rounds 1 --batch 16
+    python benchmarks/async_save.py --device cuda          # the copy goes to pinned memory
 """
 
 from __future__ import annotations
@@ -49,18 +50,22 @@ POLICY = {"enabled": True, "save_last": True, "monitor": None, "mode": "min", "e
 class Loop:
     """An MLP with Adam whose state (parameters and two moments) is about `size_mb` MB."""
 
-    def __init__(self, size_mb: int, batch: int):
+    def __init__(self, size_mb: int, batch: int, device: torch.device):
         width = round(math.sqrt(size_mb * MB / 4 / 3 / LAYERS))
-        self.model = MLP((width,), 10, hidden=[width] * LAYERS, dropout=0.0)
+        self.model = MLP((width,), 10, hidden=[width] * LAYERS, dropout=0.0).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters())
-        self.x, self.y = torch.randn(batch, width), torch.randint(0, 10, (batch,))
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.x = torch.randn(batch, width, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.on_gpu = device.type == "cuda"
         self.waited = 0.0  # seconds the optimizer steps waited for a background copy
 
     def step(self, checkpointer: Checkpointer) -> float:
         start = time.perf_counter()
         train_step(self.model, self.x, self.y, self.optimizer, self.scaler, contextlib.nullcontext, None,
                    lambda: self.wait_for_snapshot(checkpointer))  # fmt: skip
+        if self.on_gpu:
+            torch.cuda.synchronize()  # the step's time on the GPU, not the time to queue it
         return time.perf_counter() - start
 
     def wait_for_snapshot(self, checkpointer: Checkpointer) -> None:
@@ -100,11 +105,11 @@ def one_save(loop: Loop, checkpointer: Checkpointer, step: int) -> tuple[float, 
     return normal, called + loop.waited, lost
 
 
-def measure(size_mb: int, folder: Path, rounds: int, batch: int) -> dict:
+def measure(size_mb: int, folder: Path, rounds: int, batch: int, device: torch.device) -> dict:
     """Medians over the rounds. One save of each kind first, untimed: the first background save
     allocates the snapshot's memory, which every later one reuses (as in a run, whose first save
     is one of many)."""
-    loop = Loop(size_mb, batch)
+    loop = Loop(size_mb, batch, device)
     savers = {}
     for mode in (False, True):
         (folder / str(mode)).mkdir()
@@ -132,9 +137,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], help="state sizes in MB")
     parser.add_argument("--rounds", type=int, default=3, help="saves of each kind, taking turns")
     parser.add_argument("--batch", type=int, default=64, help="batch size of the training steps")
+    parser.add_argument("--device", default="cpu", help="where the model trains: cpu, cuda")
     parser.add_argument("--folder", type=Path, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
-    print(f"batch {args.batch}, torch threads {torch.get_num_threads()}")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, batch {args.batch}, torch threads {torch.get_num_threads()}")
     print("| state (MB) | step (s) | synchronous save (s) | stall with async_save (s) | stall / synchronous "
           "| time lost with async_save (s) | lost / synchronous |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -142,7 +149,7 @@ def main() -> None:
         for size in args.sizes:
             folder = Path(tmp) / f"{size}mb"
             folder.mkdir()
-            m = measure(size, folder, args.rounds, args.batch)
+            m = measure(size, folder, args.rounds, args.batch, device)
             print(f"| {m['state']:.0f} | {m['step']:.4f} | {m['sync']:.4f} | {m['stall']:.4f} "
                   f"| {m['stall'] / m['sync']:.3f} | {m['lost']:.4f} | {m['lost'] / m['sync']:.3f} |")  # fmt: skip
 
