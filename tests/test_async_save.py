@@ -84,9 +84,16 @@ def test_the_snapshot_is_a_copy_that_later_steps_cannot_change():
     assert type(copied["model_state_dict"]) is type(weights) and copied["meta"] == payload["meta"]
 
 
-def saver(folder, async_save=True) -> policy.Checkpointer:
-    cfg = compose_config("checkpoint.async_save=" + str(async_save).lower()).checkpoint
-    return policy.Checkpointer(cfg, folder)
+def saver(folder) -> policy.Checkpointer:
+    return policy.Checkpointer(compose_config(ASYNC).checkpoint, folder)
+
+
+@pytest.fixture
+def held_copy(monkeypatch) -> threading.Event:
+    """The background copy waits until the test sets this event."""
+    held, real_copy = threading.Event(), policy.copy_pending
+    monkeypatch.setattr(policy, "copy_pending", lambda *args: (held.wait(timeout=60), real_copy(*args)))
+    return held
 
 
 def save_point(checkpointer, model, optimizer, step) -> None:
@@ -96,11 +103,9 @@ def save_point(checkpointer, model, optimizer, step) -> None:
                       improved=False, copy_later=[*model.parameters()])  # fmt: skip
 
 
-def test_the_loop_waits_for_the_copy_of_the_weights_before_it_changes_them(tmp_path, monkeypatch):
+def test_the_loop_waits_for_the_copy_of_the_weights_before_it_changes_them(tmp_path, held_copy):
     """The copy of the parameters runs in the background; wait_for_snapshot holds the loop's next
     optimizer step until it is done, and the file holds the save point's weights."""
-    held, real_copy = threading.Event(), policy.copy_pending
-    monkeypatch.setattr(policy, "copy_pending", lambda *args: (held.wait(timeout=60), real_copy(*args)))
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     checkpointer = saver(tmp_path)
@@ -118,7 +123,7 @@ def test_the_loop_waits_for_the_copy_of_the_weights_before_it_changes_them(tmp_p
     step = threading.Thread(target=optimizer_step)
     step.start()
     assert not stepped.wait(timeout=0.3), "the weights changed while the save was still copying them"
-    held.set()
+    held_copy.set()
     step.join()
     assert stepped.is_set()
     checkpointer.close()
@@ -127,16 +132,14 @@ def test_the_loop_waits_for_the_copy_of_the_weights_before_it_changes_them(tmp_p
     assert not torch.equal(model.weight, saved["weight"])  # the step did happen, after the copy
 
 
-def test_weights_changed_before_their_copy_stop_the_run_instead_of_a_torn_checkpoint(tmp_path, monkeypatch):
-    held, real_copy = threading.Event(), policy.copy_pending
-    monkeypatch.setattr(policy, "copy_pending", lambda *args: (held.wait(timeout=60), real_copy(*args)))
+def test_weights_changed_before_their_copy_stop_the_run_instead_of_a_torn_checkpoint(tmp_path, held_copy):
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     checkpointer = saver(tmp_path)
     save_point(checkpointer, model, optimizer, step=1)
     with torch.no_grad():
         model.bias.add_(1.0)  # outside the optimizer's step, before the copy was done
-    held.set()
+    held_copy.set()
     with pytest.raises(CheckpointError, match=r"model_state_dict\.bias changed before the background save"):
         checkpointer.wait_for_snapshot()
     checkpointer.close()  # reported once: not raised again
