@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -49,26 +50,35 @@ def continue_in_place(argv: list[str]) -> tuple[list[str], Callable[[], None] | 
     Returns the arguments, and what takes back Hydra's writes into the run (that folder, the lines
     added to train.log) if the resume is refused before it starts.
     """
-    resume = overrides.value_of(argv, "resume")
-    if resume in (None, "", "None", "null"):
+    if not resumes(argv):
         return argv, None
-    run_dir_arg = overrides.value_of(argv, "hydra.run.dir")
-    extra, run_dir = [], None
-    if run_dir_arg is not None:
-        run_dir = Path(run_dir_arg)
-    elif resume != "auto":
-        path = Path(resume).expanduser()
-        if path.is_file():  # RUN_DIR/checkpoints/NAME.pt
-            run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        elif path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
-            run_dir = path.parent if path.name == "checkpoints" else path
-        if run_dir is not None:
-            extra.append(f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
+    run_dir, extra = resumed_run_dir(argv), []
+    if run_dir is not None and overrides.value_of(argv, "hydra.run.dir") is None:
+        extra.append(f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
     has_checkpoints = run_dir is not None and any((run_dir / "checkpoints").glob("*.pt"))
     if not has_checkpoints or overrides.value_of(argv, "hydra.output_subdir") is not None:
         return argv + extra, None
     subdir = f".hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}"
     return argv + [*extra, f"hydra.output_subdir={subdir}"], take_back_if_not_started(run_dir, run_dir / subdir)
+
+
+def resumes(argv: list[str]) -> bool:
+    return overrides.value_of(argv, "resume") not in (None, "", "None", "null")
+
+
+def resumed_run_dir(argv: list[str]) -> Path | None:
+    """The directory of the run a resume continues: hydra.run.dir if given, else the one its
+    `resume=RUN_DIR` or `resume=FILE.pt` names (None for resume=auto without a directory)."""
+    run_dir_arg = overrides.value_of(argv, "hydra.run.dir")
+    if run_dir_arg is not None:
+        return Path(run_dir_arg)
+    resume = overrides.value_of(argv, "resume")
+    path = Path(resume).expanduser()
+    if resume != "auto" and path.is_file():  # RUN_DIR/checkpoints/NAME.pt
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if resume != "auto" and path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
+        return path.parent if path.name == "checkpoints" else path
+    return None
 
 
 def take_back_if_not_started(run_dir: Path, hydra_files: Path) -> Callable[[], None]:
@@ -172,13 +182,27 @@ def relaunch_for_strict(argv: list[str]) -> None:
     """determinism=strict needs PYTHONHASHSEED fixed before the interpreter starts (setting it
     in a running one changes nothing for that one): re-launch with it set, before any work.
 
-    Only a level given on the command line is seen here (a sweep over levels included); one that
-    comes from a config file is checked when the run starts, which then refuses with a message
-    saying how to set it.
+    Seen here: a level given on the command line (a sweep over levels included), and a resume
+    of a strict run that gives no level (the checkpoint's config keeps it; the run's metrics.json
+    says so without loading anything). A level from a config file is checked when the run
+    starts, which then refuses with a message saying how to set it.
     """
-    if "PYTHONHASHSEED" not in os.environ and overrides.asks_for_strict(argv):
+    if "PYTHONHASHSEED" not in os.environ and (overrides.asks_for_strict(argv) or resumes_a_strict_run(argv)):
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         os.execve(sys.executable, [sys.executable, "-m", "framework", *argv], env)
+
+
+def resumes_a_strict_run(argv: list[str]) -> bool:
+    """A resume that sets no determinism level, of a run whose last process ran strict."""
+    if not resumes(argv) or overrides.sets_determinism(argv):
+        return False
+    run_dir = resumed_run_dir(argv)
+    if run_dir is None:
+        return False
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["determinism"]["level"] == "strict"
+    except (OSError, ValueError, KeyError, TypeError):  # no summary, or not ours: the run says what is wrong
+        return False
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

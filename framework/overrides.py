@@ -65,6 +65,11 @@ def asks_for_strict(argv: list[str]) -> bool:
     )
 
 
+def sets_determinism(argv: list[str]) -> bool:
+    """Whether the command line gives a determinism level (in any spelling)."""
+    return any(o.key_or_group in ("determinism", "determinism.level") for o in parse(argv))
+
+
 def value_of(argv: list[str], key: str) -> str | None:
     """The single value the command line gives `key` (however it is spelt), or None."""
     for o in parse(argv):

@@ -94,6 +94,19 @@ def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_
     assert with_seed.returncode == 0 and read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
 
 
+def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypatch):
+    """The level comes from the checkpoint's config, too late to fix the hash seed: the resume
+    re-launches itself as the first run did (its metrics.json says strict)."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    run = tmp_path / "run"
+    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "determinism=strict", "trainer.max_steps=25")
+    resumed = run_cli(run, "resume=auto", "trainer.max_steps=null", check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["resumes"][-1]["global_step"] == 25
+    assert summary["determinism"]["level"] == "strict" and summary["determinism"]["pythonhashseed"] == "0"
+
+
 def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
     code = (
         "import os; os.environ['PYTHONHASHSEED'] = '0'\n"
