@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from framework.checkpoint.io import required_keys
 from framework.checkpoint.policy import Checkpointer
 from framework.models import MLP
+from framework.state import stepped_tensors
 from framework.train import train_step
 
 MB = 10**6
@@ -74,11 +75,7 @@ class Loop:
         self.waited += time.perf_counter() - start
 
     def state_mb(self) -> float:
-        return sum(t.numel() * t.element_size() for t in self.stepped()) / MB
-
-    def stepped(self) -> list[torch.Tensor]:
-        moments = [v for s in self.optimizer.state.values() for v in s.values() if v.dim()]
-        return [*self.model.parameters(), *moments]
+        return sum(t.numel() * t.element_size() for t in stepped_tensors(self.model, self.optimizer)) / MB
 
     def payload(self, kind: str) -> dict:
         return {**dict.fromkeys(required_keys("full")), "model_state_dict": self.model.state_dict(),
@@ -93,7 +90,7 @@ def one_save(loop: Loop, checkpointer: Checkpointer, step: int) -> tuple[float, 
     loop.waited = 0.0
     start = time.perf_counter()
     checkpointer.save(loop.payload, event="step", epoch=0, step=step, position=step, metric=None,
-                      improved=False, copy_later=loop.stepped())  # fmt: skip
+                      improved=False, copy_later=stepped_tensors(loop.model, loop.optimizer))  # fmt: skip
     called = time.perf_counter() - start
     steps, writing = 0, checkpointer.in_flight  # None once a synchronous save returns
     while steps == 0 or (writing is not None and not writing.done()):

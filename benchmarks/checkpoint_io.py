@@ -68,7 +68,7 @@ def raw_load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def timed(action, *args, settle: float) -> float:
+def timed(action, settle: float) -> float:
     # Outside the timing: what the previous call left for the disk to do is done. os.sync()
     # does not wait for all of it: on a disk mounted with `discard`, the blocks a deleted or
     # truncated file freed are trimmed after the journal commits, and at 1 GB that landed in the
@@ -76,7 +76,7 @@ def timed(action, *args, settle: float) -> float:
     os.sync()
     time.sleep(settle)
     start = time.perf_counter()
-    action(*args)
+    action()
     return time.perf_counter() - start
 
 
@@ -95,7 +95,7 @@ def measure(size_mb: int, folder: Path, rounds: int, settle: float) -> tuple:
     for i in range(rounds):
         for kinds in (saves, loads):
             for kind in sorted(kinds, reverse=i % 2 == 1):
-                times[kind].append(timed(kinds[kind], settle=settle))
+                times[kind].append(timed(kinds[kind], settle))
                 discard.submit(int).result()  # untimed: the replaced file is gone before the next timing
     med = {k: statistics.median(v) for k, v in times.items()}
     raw_path.unlink()

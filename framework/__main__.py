@@ -121,7 +121,7 @@ def protect_existing_run(argv: list[str]) -> None:
     Only a directory given on the command line is seen here; one from a config file is checked
     when the run starts.
     """
-    if overrides.value_of(argv, "resume") not in (None, "", "None", "null"):
+    if resumes(argv):
         return
     key = "hydra.sweep.dir" if overrides.is_multirun(argv) else "hydra.run.dir"
     given = overrides.value_of(argv, key)

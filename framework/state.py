@@ -55,6 +55,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def stepped_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors that only the optimizer's step changes: the parameters and the optimizer's
+    state. (Not the buffers: a forward pass may change them, batch norm's running statistics.)"""
+    state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    return [*model.parameters(), *state]
+
+
 def strip_prefixes(state_dict: dict) -> dict:
     """Drop `module.` and `_orig_mod.` key prefixes, so wrapped and plain models share files."""
     clean = {}
@@ -116,10 +123,7 @@ class TrainState:
         return strip_prefixes(unwrap(self.model).state_dict())
 
     def stepped_tensors(self) -> list[torch.Tensor]:
-        """The tensors that only the optimizer's step changes: the parameters and the optimizer's
-        state. (Not the buffers: a forward pass may change them, batch norm's running statistics.)"""
-        state = [v for s in self.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        return [*self.model.parameters(), *state]
+        return stepped_tensors(self.model, self.optimizer)
 
     def _capture_model(self):
         return {"model_state_dict": self.model_weights()}
