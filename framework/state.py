@@ -38,6 +38,9 @@ PIECES = (
 )
 RNG_PIECES = ("python_rng", "numpy_rng", "torch_rng", "cuda_rng")
 RNG_KEYS = ("rng_state", "cuda_rng_state", "numpy_rng_state", "python_rng_state")
+# The counters that differ per rank under torchrun: each rank's own losses. A checkpoint keeps
+# every rank's (`counters_per_rank`), so that each rank resumes its own running sum.
+RANK_COUNTERS = ("loss", "epoch_loss_sum")
 
 # Fault injection for the tests that prove exact resume has teeth: a comma-separated list of
 # pieces that `restore` must skip. Never set it outside those tests.
@@ -92,20 +95,25 @@ class TrainState:
         self.best_metric: float | None = None
 
     # ---- the two entry points --------------------------------------------------------------
-    def capture(self) -> dict:
+    def capture(self, every_rank: list[dict] | None = None) -> dict:
+        """The checkpoint's state. `every_rank`: under torchrun, each rank's `own_state()` in rank
+        order (None: one process, whose streams are every rank's)."""
         out: dict = {}
         for piece in PIECES:
             out.update(getattr(self, f"_capture_{piece}")())
-        # Every rank's streams: this process's; under torchrun the loop puts every rank's here.
-        out["rng_per_rank"] = [{k: out[k] for k in RNG_KEYS}]
+        if every_rank is None:
+            out["rng_per_rank"] = [{k: out[k] for k in RNG_KEYS}]
+        else:
+            out.update(per_rank_entries(every_rank))
         return out
 
-    def own_streams(self) -> dict:
-        """This process's random streams, as they go into `rng_per_rank`."""
+    def own_state(self) -> dict:
+        """This process's state that differs per rank: its random streams and its losses."""
         out: dict = {}
         for piece in RNG_PIECES:
             out.update(getattr(self, f"_capture_{piece}")())
-        return out
+        counters = self._capture_counters()
+        return {**out, **{k: counters[k] for k in RANK_COUNTERS}}
 
     def restore(self, ckpt: dict, pieces: Sequence[str] = PIECES, strict: bool = True) -> list[str]:
         """Restore the named pieces from a checkpoint; return notes on what did not fit
@@ -235,6 +243,29 @@ class TrainState:
                     raise RuntimeError(note)
                 return [note]
             torch.cuda.set_rng_state_all(states)
+
+
+def per_rank_entries(every_rank: list[dict]) -> dict:
+    """The checkpoint's entries for the state that differs per rank, from each rank's
+    `own_state()`: every rank's streams and counters, and under the counters' plain names their
+    mean over the ranks (as train/loss is logged), which a reader of one value expects."""
+    counters = [{k: own[k] for k in RANK_COUNTERS} for own in every_rank]
+    return {
+        "rng_per_rank": [{k: own[k] for k in RNG_KEYS} for own in every_rank],
+        "counters_per_rank": counters,
+        **{k: mean_or_none([c[k] for c in counters]) for k in RANK_COUNTERS},
+    }
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    return None if None in values else sum(values) / len(values)
+
+
+def as_rank_restores_it(ckpt: dict, rank: int) -> dict:
+    """The checkpoint with `rank`'s own streams and counters under the plain names. A file
+    without `counters_per_rank` (written before it existed) keeps its plain counters."""
+    counters = ckpt.get("counters_per_rank")
+    return {**ckpt, **ckpt["rng_per_rank"][rank], **(counters[rank] if counters else {})}
 
 
 def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict) -> str | None:

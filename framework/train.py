@@ -41,7 +41,7 @@ from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
 from framework.run_dir import RunLock, clear_leftovers, holds_a_run, refusal
-from framework.state import PIECES, RNG_PIECES, TrainState
+from framework.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
 
 log = logging.getLogger("framework")
 # How torch words the error of an operation that has no deterministic implementation.
@@ -355,19 +355,22 @@ class Training:
         """Everything but the random streams, which come back once the resumed epoch's data
         iterator exists (creating it must not shift them). Returns the resume's record."""
         ckpt = point.ckpt
+        # The state that differs per rank comes back only for the number of ranks that wrote it.
+        same_ranks = ckpt["meta"].get("world_size", 1) == self.world_size
         try:
+            if same_ranks and self.world_size > 1:
+                ckpt = as_rank_restores_it(ckpt, self.rank)  # each rank its own streams and losses
             notes = self.state.restore(
                 ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=self.cfg.checkpoint.strict_load
             )
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, IndexError) as e:
             raise CheckpointError(
                 f"cannot resume from {point.path}: {e}. "
                 "checkpoint.strict_load=false loads what fits and reports the rest."
             ) from e
         for note in notes:
             log.warning("non-strict load: %s", note)
-        # The random streams come back only for the number of ranks that wrote them.
-        self.restore_rng_from = ckpt if ckpt["meta"].get("world_size", 1) == self.world_size else None
+        self.restore_rng_from = ckpt if same_ranks else None
         resume = resume_record(point, self.changes)
         if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
             resume["val_check"] = check_restored_val_loss(
@@ -432,10 +435,7 @@ class Training:
             batches = iter(loader) if state.position < self.steps_per_epoch else iter(())
         if self.restore_rng_from is not None:
             # Only now: anything that creating the iterator drew must not shift the streams.
-            ckpt = self.restore_rng_from
-            if self.world_size > 1:  # each rank its own streams
-                ckpt = {**ckpt, **ckpt["rng_per_rank"][self.rank]}
-            state.restore(ckpt, RNG_PIECES, strict=cfg.checkpoint.strict_load)
+            state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
             self.restore_rng_from = None
         stopped_by, loss = "max_epochs", None
         for x, y in batches:
@@ -490,9 +490,10 @@ class Training:
     def end_epoch(self, loss_sum: torch.Tensor) -> None:
         """Validate and save where the epoch ended: at its last step, or where a stop came."""
         t, state = self.t, self.state
-        state.epoch_loss_sum = distributed.mean(loss_sum.item())
-        stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
-        metrics = {"train/loss": state.epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
+        state.epoch_loss_sum = loss_sum.item()  # this rank's: a checkpoint keeps every rank's
+        epoch_loss_sum = distributed.mean(state.epoch_loss_sum)
+        stop_if_not_finite(epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
+        metrics = {"train/loss": epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
         metrics.update(self.validate())
         self.metrics = metrics
         log.info(
@@ -531,17 +532,17 @@ class Training:
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
-        """Every rank gives its random streams; rank 0 writes; all wait until it is done."""
-        state = self.state
-        rng_per_rank = distributed.gather(state.own_streams()) if self.world_size > 1 else None
+        """Every rank gives its own state (random streams, losses); rank 0 writes; all wait until
+        it is done."""
+        every_rank = distributed.gather(self.state.own_state()) if self.world_size > 1 else None
         if distributed.is_main():
-            self.save_here(event, val, improved, rng_per_rank)
+            self.save_here(event, val, improved, every_rank)
         distributed.barrier()
 
-    def save_here(self, event: str, val: dict, improved: bool, rng_per_rank: list | None) -> None:
+    def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> None:
         state = self.state
         self.checkpointer.save(
-            lambda kind: self.payload(kind, val.get("val/loss"), rng_per_rank),
+            lambda kind: self.payload(kind, val.get("val/loss"), every_rank),
             event=event,
             epoch=state.epoch,
             step=state.global_step,
@@ -551,9 +552,9 @@ class Training:
             copy_later=state.stepped_tensors(),  # copied in the background (async_save) before the next step
         )
 
-    def payload(self, kind: str, val_loss: float | None, rng_per_rank: list | None) -> dict:
+    def payload(self, kind: str, val_loss: float | None, every_rank: list | None) -> dict:
         """What a checkpoint holds: everything to resume ("full"), or the weights ("model").
-        `rng_per_rank`: every rank's streams under torchrun (None: this process's only)."""
+        `every_rank`: under torchrun, each rank's own state (None: this process's only)."""
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": kind,
@@ -570,11 +571,8 @@ class Training:
                 "config": self.config_yaml,
                 "meta": meta,
             }
-        full = self.state.capture()
-        if rng_per_rank is not None:
-            full["rng_per_rank"] = rng_per_rank
         return {
-            **full,
+            **self.state.capture(every_rank),
             "val_loss": val_loss,
             "metrics_lines": self.logger.lines,
             "config": self.config_yaml,
