@@ -472,26 +472,6 @@ def test_resume_auto_without_a_fixed_directory_is_warned_about(tmp_path):
     assert "Warning: resume=auto without hydra.run.dir" in proc.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real, small file system (tmpfs): mount(size, inodes) -> its folder."""
-    mounted = []
-
-    def mount(size: str, inodes: int):
-        folder = tmp_path / f"fs{len(mounted)}"
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 @pytest.mark.parametrize(
     "size,inodes,says", [("16m", 10000, "not enough free disk space"), ("256m", 10, "free inodes")]
 )

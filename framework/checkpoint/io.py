@@ -20,6 +20,7 @@ verify` also compares the index's sha256.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -126,6 +127,17 @@ class HashingWriter:
         self.stable = tensor_memory(payload)
         self.gathered = bytearray()
         self.hashed: Future | None = None
+        self.failure: OSError | None = None  # the file's first error (a full disk)
+
+    def save(self, payload: object) -> None:
+        """torch.save the payload through this writer. The file's own error (a full disk) is
+        raised as it is: torch's writer replaces it with a RuntimeError that says "unexpected pos"."""
+        try:
+            torch.save(payload, self)
+        except RuntimeError as e:
+            if self.failure is None:
+                raise
+            raise self.failure from e
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -137,16 +149,23 @@ class HashingWriter:
             for start in range(0, view.nbytes, self.GATHER):
                 piece = view[start : start + self.GATHER]
                 self.hashed = self.pool.submit(self.hash, piece)
-                self.file.write(piece)
+                self.pass_on(piece)
             if not stable:
                 self.hashed.result()  # before torch may reuse the buffer
         else:
             self.gathered += view
             if len(self.gathered) >= self.GATHER:
                 self.hash_gathered()
-            self.file.write(view)
+            self.pass_on(view)
         self.size += view.nbytes
         return view.nbytes
+
+    def pass_on(self, data: memoryview) -> None:
+        try:
+            self.file.write(data)
+        except OSError as e:
+            self.failure = self.failure or e
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -215,12 +234,13 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     check_room(folder, expected_size(payload), f"to write {path}")
+    faults.boundary("room_checked")
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     replaced = None
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
             hashing = HashingWriter(f, pool, payload)
-            torch.save(payload, hashing)
+            hashing.save(payload)
             f.flush()
             os.fsync(f.fileno())  # the hashing thread goes on meanwhile
             written = {"size": hashing.size, **hashing.digests()}
@@ -232,7 +252,7 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
         faults.boundary("renamed")
     except OSError as e:  # the disk filled up, inodes ran out, the folder went away
         remove_temporaries(tmp, replaced)
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}. Existing checkpoints are kept.") from e
+        raise CheckpointError(write_failure(path, e)) from e
     except BaseException:
         remove_temporaries(tmp, replaced)
         raise
@@ -242,6 +262,16 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
         else:
             discard.submit(replaced.unlink, missing_ok=True)
     return written
+
+
+def write_failure(path: Path, error: OSError) -> str:
+    """One line for an OSError met while writing checkpoint `path`."""
+    if error.errno == errno.ENOSPC:
+        return (
+            f"no space left on device while writing checkpoint {path}: the disk filled up during the save. "
+            "Existing checkpoints are kept; free some space or set checkpoint.keep_last_n."
+        )
+    return f"cannot write {path}: {error.strerror or error}. Existing checkpoints are kept."
 
 
 def remove_temporaries(*paths: Path | None) -> None:
