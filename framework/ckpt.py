@@ -19,7 +19,7 @@ Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a tr
   1  diff: the files differ
   2  usage: a wrong argument (argparse's own), an export extension other than .pt or
      .safetensors, an export over an existing file without --force
-  3  no such file, or one that cannot be read or written
+  3  no such file, not a regular file (a named pipe is never opened), or one that cannot be read or written
   4  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
   5  unsafe: it pickles code or objects, so it needs more than torch.load(weights_only=True)
   6  foreign: it loads safely but is not a checkpoint of this framework (no `meta`)
@@ -52,6 +52,7 @@ from framework.checkpoint.io import (
     UnsafeCheckpoint,
 )
 from framework.config import ConfigError, config_from_text, flatten
+from framework.file_kind import not_a_regular_file
 
 OK = 0
 DIFFERENT = 1
@@ -67,7 +68,7 @@ EXIT_CODES = f"""exit codes:
   {OK}  ok, or identical (diff)
   {DIFFERENT}  diff: the files differ
   {USAGE}  usage: a wrong argument
-  {UNREADABLE}  no such file, or one that cannot be read or written
+  {UNREADABLE}  no such file, not a regular file, or one that cannot be read or written
   {DAMAGED}  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
   {UNSAFE}  unsafe: pickles code or objects (needs more than torch.load(weights_only=True))
   {FOREIGN}  foreign: loads safely but is not a checkpoint of this framework
@@ -137,10 +138,9 @@ def one_line(error: Exception) -> str:
 def load(path: Path, index: Index | None = None, sha256: bool = False) -> tuple[dict, str]:
     """load_checked, against what index.json beside the file lists for it (if any); with
     `sha256`, its sha256 too. Returns the checkpoint and the check it passed, in words."""
-    if not path.exists():
-        raise FileProblem(f"no such file: {path}")
-    if not path.is_file():
-        raise FileProblem(f"{path} is not a file")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise FileProblem(problem)
     # Unreadable (permissions) is said as such, not as a file that does not load.
     with open(path, "rb"):
         pass
@@ -318,10 +318,13 @@ def verify_command(args) -> int:
 def files_to_verify(path: Path) -> tuple[Path, list[str]]:
     """The folder and the file names to check, in name order: a file alone; or every `.pt` file
     of a checkpoints folder (a run directory's checkpoints/) and every file its index lists."""
-    if path.is_file():
-        return path.parent, [path.name]
-    if not path.is_dir():
+    if not os.path.lexists(path):
         raise FileProblem(f"no such file or directory: {path}")
+    if not path.is_dir():
+        problem = not_a_regular_file(path)
+        if problem:
+            raise FileProblem(problem)
+        return path.parent, [path.name]
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     names = sorted({p.name for p in folder.glob("*.pt")} | set(Index(folder).entries))
     if not names:
@@ -557,8 +560,11 @@ def write_safetensors(payload: dict, out: Path) -> None:
 # ---- migrate ---------------------------------------------------------------------------------
 def migrate_command(args) -> int:
     src, dst = Path(args.src), Path(args.dst)
-    if not src.exists():
+    if not os.path.lexists(src):
         raise FileProblem(f"no such file or folder: {src}")
+    problem = None if src.is_dir() else not_a_regular_file(src)
+    if problem:
+        raise FileProblem(problem)
     if dst.exists():
         raise UsageProblem(f"{dst} exists already: give another DST (migrate never overwrites)")
     unpickle_numpy = Path(args.unpickle_numpy) if args.unpickle_numpy else None

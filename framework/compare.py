@@ -3,7 +3,8 @@
     python -m framework.compare RUN_A RUN_B
 
 Exit status 0 when the runs are identical (same fingerprint, same metrics history, and where
-both kept last.pt, every tensor equal), 1 when they differ, 2 when a run cannot be read.
+both kept last.pt, every tensor equal), 1 when they differ, 2 when a run cannot be read or
+there is nothing to compare (neither has a fingerprint, and they have no last.pt to compare).
 """
 
 from __future__ import annotations
@@ -21,9 +22,44 @@ from framework.reproducibility import why_runs_differ
 HISTORY_EVENTS = ("step", "epoch", "stop")
 
 
+class CannotCompare(Exception):
+    """A run whose files are not what a run writes, or two runs with nothing to compare."""
+
+
+def read_summary(run_dir: Path) -> dict:
+    """metrics.json, which must hold a JSON object."""
+    path = run_dir / "metrics.json"
+    summary = parsed_json(text_of(path), path)
+    if not isinstance(summary, dict):
+        raise CannotCompare(f"{path} holds a {type(summary).__name__}, not a JSON object")
+    return summary
+
+
 def read_history(run_dir: Path) -> list[dict]:
+    """The step, epoch and stop lines of metrics.jsonl: each must be a JSON object with an `event`."""
     path = run_dir / "metrics.jsonl"
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] in HISTORY_EVENTS]
+    history = []
+    for number, line in enumerate(text_of(path).splitlines(), start=1):
+        record = parsed_json(line, f"{path} line {number}")
+        if not isinstance(record, dict) or "event" not in record:
+            raise CannotCompare(f"{path} line {number} is not a JSON object with an 'event' key")
+        if record["event"] in HISTORY_EVENTS:
+            history.append(record)
+    return history
+
+
+def text_of(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as e:
+        raise CannotCompare(f"{path} is not UTF-8 text: {e}") from e
+
+
+def parsed_json(text: str, where: object) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CannotCompare(f"{where} is not JSON: {e}") from e
 
 
 def first_divergence(a: list[dict], b: list[dict]) -> str | None:
@@ -73,20 +109,35 @@ def _paired_tensors(prefix, a, b, out=None):
 
 
 def compare(a: Path, b: Path) -> list[str]:
-    """Every way in which two runs differ; an empty list means identical to the bit."""
+    """Every way in which two runs differ; an empty list means identical to the bit. Raises
+    CannotCompare when a file is malformed or neither a fingerprint nor a final state can be compared."""
     found = []
-    sa, sb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    sa, sb = read_summary(a), read_summary(b)
+    la, lb = a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt"
+    both_kept_state = la.is_file() and lb.is_file()
+    # Equal histories alone prove nothing: they hold a few rounded numbers, not the state.
+    if sa.get("fingerprint") is None and sb.get("fingerprint") is None and not both_kept_state:
+        raise CannotCompare(
+            f"nothing to compare: neither {a} nor {b} has a fingerprint in metrics.json, "
+            "and they do not both have checkpoints/last.pt"
+        )
     if sa.get("fingerprint") != sb.get("fingerprint"):
         found.append(f"fingerprints differ: {sa.get('fingerprint')} vs {sb.get('fingerprint')}")
     divergence = first_divergence(read_history(a), read_history(b))
     if divergence:
         found.append(divergence)
-    la, lb = a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt"
-    if la.is_file() and lb.is_file():
-        tensors = tensor_differences(safe_load(la), safe_load(lb))
+    if both_kept_state:
+        tensors = tensor_differences(final_state(la), final_state(lb))
         if tensors:
             found.append(f"{len(tensors)} entries of the final state differ: " + ", ".join(tensors))
     return found
+
+
+def final_state(path: Path) -> dict:
+    state = safe_load(path)
+    if not isinstance(state, dict):
+        raise CannotCompare(f"{path} holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         found = compare(args.run_a, args.run_b)
-    except (CheckpointError, OSError, ValueError) as e:  # a damaged file: not a difference, an error
-        print(f"Error: cannot compare, a file cannot be read: {e}", file=sys.stderr)
+    except (CannotCompare, CheckpointError, OSError) as e:  # a damaged file: not a difference, an error
+        print(f"Error: cannot compare: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if not found:
         print(f"identical: {args.run_a} and {args.run_b} (fingerprint, metrics history and final state)")
@@ -111,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"different: {args.run_a} vs {args.run_b}")
     for line in found:
         print(f"  - {line}")
-    summaries = [json.loads((run / "metrics.json").read_text()) for run in (args.run_a, args.run_b)]
-    for reason in why_runs_differ(summaries):
+    for reason in why_runs_differ([read_summary(run) for run in (args.run_a, args.run_b)]):
         print(f"  possible cause: {reason}")
     return 1
 

@@ -117,7 +117,7 @@ def load_source(src: Path, unpickle_numpy: Path | None) -> object:
     # opcode scan does not list: every dtype class is let through with the named globals.
     dtype_classes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     for _ in range(MAX_NUMPY_GLOBALS):
-        with torch.serialization.safe_globals([numpy_global(name) for name in allowed] + dtype_classes):
+        with torch.serialization.safe_globals([numpy_global(src, name) for name in allowed] + dtype_classes):
             try:
                 return io.safe_load(src)
             except UnsafeCheckpoint as e:  # torch's older format names one object at a time
@@ -140,11 +140,17 @@ def same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
-def numpy_global(name: str) -> tuple[object, str]:
-    """The NumPy object a pickle names `name`, as torch's allow-list takes it (object, name)."""
+def numpy_global(src: Path, name: str) -> tuple[object, str]:
+    """The NumPy object SRC's pickle names `name`, as torch's allow-list takes it (object, name)."""
     module, _, attribute = name.rpartition(".")
     module = module.replace("numpy.core", "numpy._core") if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else module
-    return getattr(importlib.import_module(module), attribute), name
+    try:
+        return getattr(importlib.import_module(module), attribute), name
+    except (ImportError, AttributeError):  # a name of NumPy's form that this NumPy does not have
+        raise UnsafeCheckpoint(
+            f"{src} pickles {name}, which NumPy {np.__version__} does not have: nothing of it was unpickled",
+            [name],
+        ) from None
 
 
 # ---- an older file of ours ------------------------------------------------------------------
