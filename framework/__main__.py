@@ -7,10 +7,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -19,17 +17,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import framework
-from framework import config, distributed, overrides, recipe, train
+from framework import config, distributed, hydra_files, overrides, recipe, sweep, train
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 from framework.preemption import exit_code
-from framework.run_dir import EXISTING_RUN, RunDirInUse, holds_a_run, make_room, refusal
-from framework.sweep import summarize, verdict
+from framework.run_dir import EXISTING_RUN, RunDirRefused, hold_every_run, holds_a_run, make_room, refusal
 
 config.register()
 RECIPES = recipe.find_all()
@@ -39,27 +36,27 @@ log = logging.getLogger("framework")
 STOPPED = ("preempted", "interrupted")  # by a signal, with a checkpoint: resume=auto continues
 
 
-def continue_in_place(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+def continue_in_place(argv: list[str]) -> list[str]:
     """With `resume=RUN_DIR` or `resume=FILE.pt`, run in that run's own directory.
 
     Hydra picks the run directory before any of our code runs, so this is decided from the
-    command line: add `hydra.run.dir=<the run's directory>` unless the user set one. And so that
-    the run's original `.hydra/` record is kept, Hydra's files for this invocation go to
-    `.hydra/resume-<time>/` whenever the directory already holds checkpoints.
-
-    Returns the arguments, and what takes back Hydra's writes into the run (that folder, the lines
-    added to train.log) if the resume is refused before it starts.
+    command line: add `hydra.run.dir=<the run's directory>` unless the user set one.
     """
     if not resumes(argv):
-        return argv, None
-    run_dir, extra = resumed_run_dir(argv), []
+        return argv
+    run_dir = resumed_run_dir(argv)
     if run_dir is not None and overrides.value_of(argv, "hydra.run.dir") is None:
-        extra.append(f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
-    has_checkpoints = run_dir is not None and any((run_dir / "checkpoints").glob("*.pt"))
-    if not has_checkpoints or overrides.value_of(argv, "hydra.output_subdir") is not None:
-        return argv + extra, None
-    subdir = f".hydra/resume-{datetime.now():%Y%m%d-%H%M%S-%f}"
-    return argv + [*extra, f"hydra.output_subdir={subdir}"], take_back_if_not_started(run_dir, run_dir / subdir)
+        return overrides.with_overrides(argv, f"hydra.run.dir={overrides.quoted(str(run_dir.resolve()))}")
+    return argv
+
+
+def hold_back_hydra_files(argv: list[str]) -> list[str]:
+    """Hydra writes its record of the invocation into a folder of this invocation's own, which
+    joins the run once the run takes its directory (framework/hydra_files.py). Not where the
+    user chose where Hydra writes it."""
+    if overrides.value_of(argv, "hydra.output_subdir") is not None:
+        return argv
+    return overrides.with_overrides(argv, f"hydra.output_subdir={overrides.quoted(hydra_files.incoming_subdir())}")
 
 
 def resumes(argv: list[str]) -> bool:
@@ -79,39 +76,6 @@ def resumed_run_dir(argv: list[str]) -> Path | None:
     if resume != "auto" and path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
         return path.parent if path.name == "checkpoints" else path
     return None
-
-
-def take_back_if_not_started(run_dir: Path, hydra_files: Path) -> Callable[[], None]:
-    """What undoes Hydra's writes into `run_dir` for this invocation, as long as the run has not
-    started (its metrics.json is as it was): a refused resume leaves the run as it found it."""
-    log_file = run_dir / "train.log"
-    log_size = log_file.stat().st_size if log_file.is_file() else None
-    summary = run_dir / "metrics.json"
-    summary_before = summary.read_bytes() if summary.is_file() else None
-
-    def take_back() -> None:
-        if (summary.read_bytes() if summary.is_file() else None) != summary_before:
-            return  # the run started: what it wrote is its record
-        shutil.rmtree(hydra_files, ignore_errors=True)
-        if log_size is None:
-            log_file.unlink(missing_ok=True)
-        elif log_file.is_file():
-            os.truncate(log_file, log_size)
-
-    return take_back
-
-
-def warn_about_auto_without_a_directory(argv: list[str]) -> None:
-    """resume=auto looks for checkpoints in the run directory; without a fixed one, every run
-    gets a new timestamped directory, and there is never anything to continue from."""
-    key = "hydra.sweep.dir" if overrides.is_multirun(argv) else "hydra.run.dir"
-    if overrides.value_of(argv, "resume") == "auto" and overrides.value_of(argv, key) is None:
-        print(
-            f"Warning: resume=auto without {key}: this run gets a new timestamped directory, so it can "
-            f"never find a checkpoint to continue from (unless your config sets {key}). Give "
-            f"{key}=A_FIXED_DIRECTORY, the same on every requeue.",
-            file=sys.stderr,
-        )
 
 
 def protect_existing_run(argv: list[str]) -> None:
@@ -135,10 +99,14 @@ def protect_existing_run(argv: list[str]) -> None:
     policy = overrides.value_of(argv, "existing_run") or "refuse"
     if not occupied or policy not in EXISTING_RUN:
         return  # a wrong value is refused with the rest of the config
-    if policy == "refuse":
-        print(f"Error: {refusal(folder, key)}", file=sys.stderr)
+    try:
+        if policy == "refuse":
+            with hold_every_run(folder):  # a live run is named as such
+                raise RunDirRefused(refusal(folder, key))
+        print(make_room(folder, policy, key), file=sys.stderr)
+    except RunDirRefused as e:
+        print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(make_room(folder, policy), file=sys.stderr)
 
 
 def start_processes(argv: list[str]) -> None:
@@ -171,11 +139,11 @@ def one_run_directory(argv: list[str]) -> list[str]:
     if overrides.value_of(argv, "hydra.run.dir") is None:
         now = datetime.now()  # the pattern of hydra.run.dir in conf/config.yaml
         chosen = distributed.from_main(f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S-%f}")
-        argv = [*argv, f"hydra.run.dir={overrides.quoted(chosen)}"]
+        argv = overrides.with_overrides(argv, f"hydra.run.dir={overrides.quoted(chosen)}")
     if distributed.is_main():
         return argv
     mine = [a for a in argv if not a.startswith("hydra.output_subdir=")]
-    return [*mine, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return overrides.with_overrides(mine, "hydra.output_subdir=null", "hydra/job_logging=disabled")
 
 
 def relaunch_for_strict(argv: list[str]) -> None:
@@ -206,44 +174,104 @@ def resumes_a_strict_run(argv: list[str]) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | str | None:
     """Train; return the final value of `optimized_metric`, for sweepers that optimize it."""
     distributed.join_cluster_tasks()  # a submitit job with several tasks: one group, like torchrun's
+    hydra_cfg = HydraConfig.get()
+    # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    held = hydra_files.HeldBack(run_dir, hydra_cfg.output_subdir)  # before anything is logged
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 tells the run's story
-    # version_base 1.3 keeps the working directory; the run directory comes from Hydra.
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return sweep_job(cfg, hydra_cfg, run_dir, held)
+        return single_run(cfg, hydra_cfg, run_dir, held)
+    finally:
+        held.settle()
+        distributed.close()  # the job's group (a submitit job's tasks) ends with the job
+
+
+# A user's mistake, an unusable checkpoint, a directory that is another run's: one clear message.
+USER_ERRORS = (RunDirRefused, config.ConfigError, CheckpointError, train.RunStopped)
+
+
+def train_job(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldBack) -> dict:
+    warn_if_auto_can_never_resume(cfg, hydra_cfg)
+    check_objective(cfg, hydra_cfg)
     # The keys this command line sets: on resume only these may differ from the checkpoint's config.
     given = overrides.given_keys(list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices)
+    return train.run(cfg, run_dir, given=given, on_accept=held.keep)
+
+
+def single_run(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldBack) -> float | str | None:
     try:
-        check_objective(cfg, hydra_cfg)
-        summary = train.run(cfg, run_dir, given=given)
-        if summary["status"] in STOPPED:  # not finished: a scheduler must not take it for done
-            if in_sweep:
-                # The signal was for the whole sweep: start no more jobs; summarize what ran.
-                stop_the_sweep(Path(hydra_cfg.sweep.dir), summary["status"])
-            sys.exit(exit_code(signal.Signals[summary["signal"]]))
-        return objective(summary)
-    except (config.ConfigError, CheckpointError, RunDirInUse, train.RunStopped) as e:
-        # A user's mistake or an unusable checkpoint: one clear message and a non-zero exit.
-        if in_sweep:
-            log.error("job failed: %s", e)
-            return failed(e)
+        summary = train_job(cfg, hydra_cfg, run_dir, held)
+    except USER_ERRORS as e:
+        settle_failed(held, e)
         if distributed.is_main():  # one message for the job, not one per rank
             print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)
+    if summary["status"] in STOPPED:  # not finished: a scheduler must not take it for done
+        sys.exit(exit_code(signal.Signals[summary["signal"]]))
+    return objective(summary)
+
+
+def sweep_job(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldBack) -> float | str | None:
+    """One job of a sweep. A failed job must not stop the others (the basic sweeper would raise and
+    skip the summary): it returns why it failed, and its record says so, in its own metrics.json or,
+    where its directory is another run's, at the sweep's root (framework/sweep.py). A stop signal
+    stops the whole sweep: no more jobs start, and the summary ends it."""
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    sweep.StopBetweenJobs.install(sweep_dir)  # a parallel launcher's worker, between its jobs
+    stopped_by = sweep.stop_requested(sweep_dir)
+    if stopped_by is not None:
+        held.drop()
+        return failed(f"not started: {stopped_by.name} stopped the sweep")
+    try:
+        summary = train_job(cfg, hydra_cfg, run_dir, held)
     except Exception as e:
-        if not in_sweep:
-            raise
-        # In a sweep, a failed job must not stop the others (the basic sweeper would raise and
-        # skip the summary): it is recorded in its own metrics.json and in the summary, and the
-        # sweep exits non-zero at the end.
-        log.exception("job failed")
+        settle_failed(held, e)
+        if held.dropped:
+            overrides_given = list(hydra_cfg.overrides.task)
+            sweep.record_refusal(sweep_dir, hydra_cfg.job.num, run_dir, cfg.get("seed"), overrides_given, str(e))
+            print(f"Error: job {hydra_cfg.job.num} left {run_dir} as it was: {e}", file=sys.stderr)
+        elif isinstance(e, USER_ERRORS):
+            log.error("job failed: %s", e)
+        else:
+            log.exception("job failed")
         return failed(e)
-    finally:
-        distributed.close()  # the job's group (a submitit job's tasks) ends with the job
+    if summary["status"] in STOPPED:
+        sweep.request_stop(sweep_dir, signal.Signals[summary["signal"]])
+        return failed(f"{summary['status']} at step {summary['global_step']}")
+    return objective(summary)
+
+
+def settle_failed(held: hydra_files.HeldBack, error: Exception) -> None:
+    """A job that failed before it took its directory: Hydra's files of it stay only where no run
+    was before, and never where another process holds the directory."""
+    if isinstance(error, RunDirRefused):
+        held.drop()
+    else:
+        held.settle()
+
+
+def warn_if_auto_can_never_resume(cfg: DictConfig, hydra_cfg) -> None:
+    """resume=auto looks for checkpoints in the run directory; a directory named for the time
+    (Hydra's default, `${now:...}`) is new at every start, so there is never anything to find."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    pattern = OmegaConf.to_container(hydra_cfg.sweep if multirun else hydra_cfg.run, resolve=False)["dir"]
+    if cfg.get("resume") == "auto" and "${now:" in str(pattern) and not warned_about_auto:
+        warned_about_auto.append(key)  # once per process, not once per job of a sweep
+        print(
+            f"Warning: resume=auto without {key}: this run gets a new timestamped directory, so it can "
+            f"never find a checkpoint to continue from. Give {key}=A_FIXED_DIRECTORY, the same on every requeue.",
+            file=sys.stderr,
+        )
+
+
+warned_about_auto: list[str] = []
 
 
 def objective(summary: dict) -> float | str | None:
@@ -276,15 +304,6 @@ def check_objective(cfg: DictConfig, hydra_cfg) -> None:
         )
 
 
-def stop_the_sweep(sweep_dir: Path, status: str) -> None:
-    line = verdict(summarize(sweep_dir))[1]
-    print(
-        f"sweep {status}: no more jobs started. {line}. Continue with the same command and resume=auto "
-        f"(the summary: {sweep_dir / 'summary.md'})",
-        file=sys.stderr,
-    )
-
-
 # Under torchrun, a rank's uncaught error goes into the file torchrun names for it, so that its
 # failure summary shows that rank's error as the root cause (the other ranks fail after it, on a
 # closed connection). Without torchrun it does nothing.
@@ -293,6 +312,10 @@ def entry(argv: list[str]) -> None:
     if "--version" in argv:  # Hydra's own flag would print Hydra's version, not ours
         print(f"framework {framework.__version__} (Hydra {hydra.__version__}, torch {torch.__version__})")
         return
+    problem = overrides.unreadable(argv)
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+        sys.exit(1)
     chosen = overrides.value_of(argv, "recipe")
     if chosen in RECIPE_PROBLEMS:
         print(f"Error: {RECIPE_PROBLEMS[chosen]}", file=sys.stderr)
@@ -309,24 +332,18 @@ def entry(argv: list[str]) -> None:
     relaunch_for_strict(argv)
     start_processes(argv)
     join_the_job(argv)
-    warn_about_auto_without_a_directory(argv)
     if distributed.is_main():
         protect_existing_run(argv)  # the others are stopped by torchrun if it refuses
-    argv, take_back = continue_in_place(argv)  # the same directory on every rank
+    argv = continue_in_place(argv)  # the same directory on every rank
+    argv = hold_back_hydra_files(argv)
     argv = one_run_directory(argv)
-    if not distributed.is_main():
-        take_back = None
     sys.argv = [sys.argv[0], *argv]
-    # Hydra prints its errors itself unless HYDRA_FULL_ERROR is set; set, they reach us, and the
+    # Hydra prints its errors itself unless HYDRA_FULL_ERROR is 1; set, they reach us, and the
     # one a user meets most (a key the config does not have) gets a message that says what to do.
-    user_wants_tracebacks = "HYDRA_FULL_ERROR" in os.environ
+    user_wants_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
-    except SystemExit as e:
-        if e.code == 1 and take_back is not None:
-            take_back()  # the resume was refused
-        raise
     except KeyboardInterrupt:  # a second Ctrl-C: the first one's graceful stop was not awaited
         print(
             "Interrupted: stopped at once, without a checkpoint. resume=auto continues from the last one.",

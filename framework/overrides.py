@@ -24,23 +24,50 @@ def parse(argv: list[str]) -> list[Override]:
 
     Anything Hydra would refuse gives an empty list here: Hydra then reports it in its own words.
     """
+    try:
+        return OverridesParser.create().parse_overrides(parse_args(argv).overrides)
+    except (HydraException, ValueError):
+        return []
+
+
+def parse_args(argv: list[str]):
+    """Hydra's own reading of the command line: its flags and its list of overrides (none, where
+    it would refuse the command line: Hydra then says why)."""
     # hydra.main builds its command line with this parser; importing it keeps the two the same.
     from hydra._internal.utils import get_args_parser
 
     try:
-        args, _ = get_args_parser().parse_known_args(argv)
-        return OverridesParser.create().parse_overrides(args.overrides)
-    except (SystemExit, HydraException):
-        return []
+        return get_args_parser().parse_known_args(argv)[0]
+    except SystemExit:
+        return get_args_parser().parse_known_args([])[0]
+
+
+def unreadable(argv: list[str]) -> str | None:
+    """Why an override cannot be read at all, in one line (None when all can, or Hydra says why in
+    its own words): Hydra's parser lets some errors out bare, such as Python's refusal to convert
+    an integer of more than 4300 digits, and those would show as a long traceback."""
+    for text in parse_args(argv).overrides:
+        try:
+            OverridesParser.create().parse_overrides([text])
+        except HydraException:
+            continue
+        except ValueError as e:
+            shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+            return f"cannot read the override {shown}: {str(e).split('; use ')[0]}"
+    return None
 
 
 def is_multirun(argv: list[str]) -> bool:
-    from hydra._internal.utils import get_args_parser
+    return bool(parse_args(argv).multirun)
 
-    try:
-        return bool(get_args_parser().parse_known_args(argv)[0].multirun)
-    except SystemExit:
-        return False
+
+def with_overrides(argv: list[str], *added: str) -> list[str]:
+    """`argv` with `added` overrides, placed right after its last override: Hydra's argument
+    parser takes the overrides as one run of words, and refuses a second run after a flag
+    (`--cfg job seed=1` then another override)."""
+    words = set(parse_args(argv).overrides)
+    last = max((i for i, word in enumerate(argv) if word in words), default=len(argv) - 1)
+    return [*argv[: last + 1], *added, *argv[last + 1 :]]
 
 
 def values(override: Override, options: Iterable[str] = ()) -> list[str]:

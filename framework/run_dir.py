@@ -6,23 +6,52 @@ overwrite its checkpoints, add a second history to its metrics and leave its lat
 hijack a `resume=auto`. It is refused, unless `existing_run` says to archive the old run
 (rename the directory aside) or to overwrite it (delete it). Decided before Hydra writes its
 own files into the directory, when the directory is on the command line.
+
+Archiving and deleting act only on a directory that is unmistakably a run of ours: it carries
+the MARKER a run writes when it takes the directory, and nothing in it but what runs and sweeps
+write (RUN_FILES, SWEEP_FILES). Never on the current directory, a parent of it, the home folder
+or a file system's root, never through a symbolic link, and never while a live process holds
+the run's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import framework
+from framework.atomic import write_json_atomic
+
 EXISTING_RUN = ("refuse", "archive", "overwrite")
+MARKER = ".framework-run"  # written when a run takes its directory: "a run of ours is here"
+LOCK = ".lock"
+# What a run writes at the top of its directory; `*.log` is Hydra's job log (train.log).
+RUN_FILES = (MARKER, LOCK, ".hydra", "metrics.json", "metrics.jsonl", "checkpoints", "tensorboard")
+# What a sweep writes at its root, beside its jobs' run directories.
+SWEEP_FILES = (
+    "multirun.yaml",
+    "summary.json",
+    "summary.md",
+    "val_curves.png",
+    "optimization_results.yaml",
+    ".refused",
+    ".stopped",
+)
 
 
-class RunDirInUse(Exception):
-    """Another process is writing this run directory: reported in one line, exit 1."""
+class RunDirRefused(Exception):
+    """The directory is another run's: this invocation leaves it as it is (one line, exit 1)."""
+
+
+class RunDirInUse(RunDirRefused):
+    """Another process is writing this run directory."""
 
 
 def holds_a_run(folder: Path) -> bool:
@@ -32,6 +61,15 @@ def holds_a_run(folder: Path) -> bool:
         or (folder / "metrics.jsonl").is_file()
         or (folder / "metrics.json").is_file()
     )
+
+
+def mark_as_run(folder: Path) -> None:
+    """Say that a run of ours has taken `folder` (once: the first run there wrote it)."""
+    if not (folder / MARKER).is_file():
+        write_json_atomic(
+            folder / MARKER,
+            {"framework": framework.__version__, "since": f"{datetime.now():%Y-%m-%d %H:%M:%S}"},
+        )
 
 
 def describe(folder: Path) -> str:
@@ -52,16 +90,70 @@ def refusal(folder: Path, key: str) -> str:
     )
 
 
-def make_room(folder: Path, policy: str) -> str | None:
-    """Apply `existing_run` to a folder that holds a run; return what was done, in words."""
-    if policy == "archive":
-        aside = folder.with_name(f"{folder.name}.archived-{datetime.now():%Y%m%d-%H%M%S-%f}")
-        folder.rename(aside)
-        return f"the run that was in {folder} is now in {aside}"
-    if policy == "overwrite":
+def make_room(folder: Path, policy: str, key: str = "hydra.run.dir") -> str:
+    """Apply `existing_run` (archive or overwrite) to a folder that holds a run or a sweep's runs;
+    return what was done, in words. Raises RunDirRefused, touching nothing, where it may not act."""
+    why_not = untouchable(folder) or not_ours(folder)
+    if why_not:
+        raise RunDirRefused(f"existing_run={policy} leaves {key}={folder} as it is: {why_not}")
+    with hold_every_run(folder):
+        if policy == "archive":
+            aside = folder.with_name(f"{folder.name}.archived-{datetime.now():%Y%m%d-%H%M%S-%f}")
+            folder.rename(aside)
+            for lock in [aside / LOCK, *aside.glob(f"*/{LOCK}")]:
+                lock.unlink(missing_ok=True)  # the archive is nobody's: the lock held here is not its file
+            return f"the run that was in {folder} is now in {aside}"
         shutil.rmtree(folder)
         return f"the run that was in {folder} was deleted (existing_run=overwrite)"
+
+
+def untouchable(folder: Path) -> str | None:
+    """Why no `existing_run` may archive or delete `folder` whatever it holds, or None."""
+    if folder.is_symlink():
+        return f"it is a symbolic link (to {os.readlink(folder)}); give the directory itself"
+    real, here = folder.resolve(), Path.cwd().resolve()
+    if real == here or real in here.parents:
+        return "it is the current directory or one above it"
+    if real == Path.home().resolve() or os.path.ismount(real):
+        return "it is the home folder or the root of a file system"
     return None
+
+
+def not_ours(folder: Path) -> str | None:
+    """Why `folder` is not unmistakably a run (or a sweep of runs) of ours, or None."""
+    if (folder / MARKER).is_file():
+        others = [p.name for p in folder.iterdir() if not is_run_file(p.name)]
+    else:
+        runs = [p for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file()]
+        if not runs:
+            return (
+                f"it has no {MARKER} file, which every run of this framework writes (a run made by an older "
+                "version has none, and a folder of your own never has one); move or delete it yourself"
+            )
+        others = [p.name for p in folder.iterdir() if p not in runs and not is_sweep_file(p.name)]
+        others += [f"{run.name}/{name}" for run in runs for name in os.listdir(run) if not is_run_file(name)]
+    if others:
+        return f"it holds what no run writes ({', '.join(sorted(others)[:3])}): move that out first"
+    return None
+
+
+@contextlib.contextmanager
+def hold_every_run(folder: Path) -> Iterator[None]:
+    """Hold the lock of the run in `folder`, or of every run in a sweep's `folder`: refused, naming
+    the process, when a live one holds any of them."""
+    runs = [folder] if (folder / MARKER).is_file() else [p for p in folder.iterdir() if (p / MARKER).is_file()]
+    with contextlib.ExitStack() as held:
+        for run in runs:
+            held.enter_context(RunLock(run))
+        yield
+
+
+def is_run_file(name: str) -> bool:
+    return name in RUN_FILES or name.endswith(".log") or name.startswith(".metrics.json")
+
+
+def is_sweep_file(name: str) -> bool:
+    return name in SWEEP_FILES or name.startswith((".summary.", ".val_curves."))
 
 
 def clear_leftovers(folder: Path) -> None:
@@ -81,7 +173,7 @@ class RunLock:
     flock and hold the directory until they noticed their parent was gone."""
 
     def __init__(self, folder: Path):
-        self.path = folder / ".lock"
+        self.path = folder / LOCK
         while True:
             self.file = open(self.path, "a+")
             try:

@@ -9,10 +9,19 @@ confidence interval; a row per run with its seed, final metrics and fingerprint)
 val_curves.png (the validation curves of every seed, with their mean and spread).
 
 Every job leaves its own record (metrics.json with its status), so a sweep whose jobs failed,
-were killed, or ran under any launcher is summarized the same way. Runs that differ only in
-`repeat` are repeats: the summary says per seed whether all of them have one fingerprint.
-Exit status of the command (and of the sweep, through SummaryCallback): 1 when a job failed or
-a seed did not reproduce, 0 otherwise.
+were killed, or ran under any launcher is summarized the same way. A job refused because its
+directory holds another run (or a live process) cannot write there: it leaves its record at the
+sweep's root (`.refused/`, cleared when the next multirun of that directory starts). Runs that
+differ only in `repeat` are repeats: the summary says per seed whether all of them have one
+fingerprint. Exit status of the command (and of the sweep, through SummaryCallback): 1 when a
+job failed or was refused or a seed did not reproduce, 0 otherwise; 128 + N when signal N
+stopped the sweep.
+
+A stop signal stops the whole sweep: the job that trains stops at a step with a checkpoint, no
+more jobs start, the summary is written, and the sweep exits as the signal would have it. That
+holds between two jobs too, and for a parallel launcher whose main process alone is signalled: it
+passes the signal to its workers (StopBetweenJobs). The signal is noted at the sweep's root
+(`.stopped`) for every process of the sweep to see.
 """
 
 from __future__ import annotations
@@ -21,9 +30,13 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
+import shutil
+import signal
 import statistics
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -31,6 +44,7 @@ from hydra.experimental.callback import Callback
 
 from framework.atomic import replace_atomically, write_json_atomic
 from framework.overrides import without
+from framework.preemption import STOP_SIGNALS, exit_code
 from framework.reproducibility import why_runs_differ
 
 log = logging.getLogger("framework")
@@ -38,6 +52,82 @@ log = logging.getLogger("framework")
 METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
 # Jobs a signal stopped with a checkpoint: not failed, not done.
 STOPPED = ("preempted", "interrupted")
+REFUSED = ".refused"  # at the sweep's root: a record per job of the last multirun that was refused
+STOPPED_BY = ".stopped"  # at the sweep's root: the name of the signal that stopped the sweep
+
+
+# ---- what a job leaves at the sweep's root ------------------------------------------------
+def record_refusal(sweep_dir: Path, job_num: int, run_dir: Path, seed: object, overrides: list, reason: str) -> None:
+    """A job refused a directory that is another run's: its record, where the summary finds it."""
+    record = {"dir": str(run_dir), "seed": seed, "overrides": overrides, "error": reason}
+    folder = sweep_dir / REFUSED
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"job_{job_num}.json", record)
+
+
+def refused_jobs(sweep_dir: Path) -> list[dict]:
+    """The records of the last multirun's refused jobs, in job order, as the summary lists jobs."""
+    jobs = []
+    for path in sorted((sweep_dir / REFUSED).glob("job_*.json"), key=lambda p: int(p.stem.split("_")[1])):
+        try:
+            refused = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        record = empty_record(str(refused.get("dir")))
+        record.update(status="refused", **{k: refused.get(k) for k in ("seed", "overrides", "error")})
+        jobs.append(record)
+    return jobs
+
+
+def request_stop(sweep_dir: Path, signum: int) -> None:
+    """Note at the sweep's root that signal `signum` stops the sweep: no more jobs start."""
+    replace_atomically(sweep_dir / STOPPED_BY, signal.Signals(signum).name + "\n", durable=False)
+
+
+def stop_requested(sweep_dir: Path) -> signal.Signals | None:
+    """The signal that stopped the sweep, or None."""
+    try:
+        return signal.Signals[(sweep_dir / STOPPED_BY).read_text().strip()]
+    except (OSError, KeyError):
+        return None
+
+
+class StopBetweenJobs:
+    """The handler of the stop signals in a sweep's processes while no job trains (each job's own
+    StopOnSignal takes them meanwhile, and puts this one back after): it notes the stop at the
+    sweep's root and passes the signal to this process's children, the workers of a parallel
+    launcher, whose running jobs then stop at a step. Ctrl-C is not passed on: a terminal sends it
+    to every process already, and a second one would abort a job without its checkpoint.
+    Installed once per process, and never over another program's handler (submitit's requeues)."""
+
+    installed: StopBetweenJobs | None = None
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir = sweep_dir
+        self.previous = {}
+        for sig in STOP_SIGNALS:
+            if callable(signal.getsignal(sig)) and signal.getsignal(sig) is not signal.default_int_handler:
+                continue  # another program's handler
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    @classmethod
+    def install(cls, sweep_dir: Path) -> None:
+        if cls.installed is None and threading.current_thread() is threading.main_thread():
+            cls.installed = cls(sweep_dir)
+
+    @classmethod
+    def uninstall(cls) -> None:
+        if cls.installed is not None:
+            for sig, handler in cls.installed.previous.items():
+                signal.signal(sig, handler)
+            cls.installed = None
+
+    def handle(self, signum: int, frame) -> None:
+        request_stop(self.sweep_dir, signum)
+        if signum != signal.SIGINT:
+            for child in multiprocessing.active_children():
+                if child.pid is not None:
+                    os.kill(child.pid, signum)
 
 
 # ---- reading the jobs --------------------------------------------------------------------
@@ -49,11 +139,10 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, str(d)))
 
 
-def read_job(job: Path) -> dict:
-    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-    record = {
-        "dir": str(job),
-        "overrides": overrides,
+def empty_record(job_dir: str) -> dict:
+    return {
+        "dir": job_dir,
+        "overrides": [],
         "status": "failed",
         "seed": None,
         "repeat": 0,
@@ -63,6 +152,11 @@ def read_job(job: Path) -> dict:
         "curve": [],
         "optimized_metric": None,
     }
+
+
+def read_job(job: Path) -> dict:
+    record = empty_record(str(job))
+    record["overrides"] = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
     config_file = job / ".hydra" / "config.yaml"
     if config_file.is_file():
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -128,7 +222,7 @@ def group_key(record: dict) -> tuple:
 # ---- the summary -------------------------------------------------------------------------
 def summarize(sweep_dir: Path) -> dict:
     sweep_dir = Path(sweep_dir)
-    runs = [read_job(d) for d in job_dirs(sweep_dir)]
+    runs = [read_job(d) for d in job_dirs(sweep_dir)] + refused_jobs(sweep_dir)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(group_key(r), []).append(r)
@@ -158,14 +252,18 @@ def summarize(sweep_dir: Path) -> dict:
                 "possible_causes": [] if reproduces else why_runs_differ([r.get("settings") or {} for r in g]),
             }
         )
-    failed = [r for r in runs if r["status"] not in ("completed", *STOPPED)]
+    failed = [r for r in runs if r["status"] not in ("completed", "refused", *STOPPED)]
     stopped = [r for r in runs if r["status"] in STOPPED]
+    refused = [r for r in runs if r["status"] == "refused"]
+    stopped_by = stop_requested(sweep_dir)
     summary = {
         "sweep_dir": str(sweep_dir),
         "jobs": len(runs),
-        "completed": len(runs) - len(failed) - len(stopped),
+        "completed": len(runs) - len(failed) - len(stopped) - len(refused),
         "failed": len(failed),
+        "refused": len(refused),
         "stopped": len(stopped),
+        "stopped_by": stopped_by.name if stopped_by else None,
         "metrics": stats,
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
@@ -200,7 +298,8 @@ def markdown(s: dict) -> str:
     out = [
         f"# Sweep summary: {s['sweep_dir']}",
         "",
-        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed, {s['stopped']} stopped by a signal.",
+        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed, {s.get('refused', 0)} refused, "
+        f"{s['stopped']} stopped by a signal.",
         "",
     ]
     if s["metrics"]:
@@ -219,7 +318,7 @@ def markdown(s: dict) -> str:
         values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
         fp = (r["fingerprint"] or "")[:16]
         out.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
-    for title, statuses in (("Failed jobs:", ("failed",)), ("Stopped jobs:", STOPPED)):
+    for title, statuses in (("Failed jobs:", ("failed",)), ("Refused jobs:", ("refused",)), ("Stopped jobs:", STOPPED)):
         listed = [r for r in s["runs"] if r["status"] in statuses]
         if listed:
             out += ["", title] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in listed]
@@ -299,6 +398,11 @@ def verdict(summary: dict) -> tuple[int, str]:
     problems = []
     if summary["failed"]:
         problems.append(f"{summary['failed']} of {summary['jobs']} jobs failed")
+    if summary.get("refused"):
+        problems.append(
+            f"{summary['refused']} of {summary['jobs']} jobs refused (their directories hold other runs: "
+            "see summary.md)"
+        )
     if summary.get("stopped"):
         problems.append(f"{summary['stopped']} of {summary['jobs']} jobs stopped by a signal")
     if summary["all_reproduce"] is False:
@@ -320,13 +424,29 @@ def verdict(summary: dict) -> tuple[int, str]:
 
 
 class SummaryCallback(Callback):
-    """Writes the summary when a multirun ends; the sweep exits 1 if a job failed or a seed did
-    not reproduce. (Hydra turns an exception raised here into a warning, hence sys.exit.)"""
+    """Takes the stop signals for the sweep while it runs (StopBetweenJobs); writes the summary
+    when a multirun ends; the sweep exits 1 if a job failed or a seed did not reproduce, 128 + N
+    if signal N stopped it. (Hydra turns an exception raised here into a warning, hence sys.exit.)"""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        # What the last multirun of this directory left: a requeue starts anew.
+        shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)
+        (sweep_dir / STOPPED_BY).unlink(missing_ok=True)
+        StopBetweenJobs.install(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        StopBetweenJobs.uninstall()
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = summarize(sweep_dir)
         status, line = verdict(summary)
+        stopped_by = stop_requested(sweep_dir)
+        if stopped_by is not None:
+            status = exit_code(stopped_by)
+            line = (
+                f"stopped by {stopped_by.name}: no more jobs started. {line}. Continue with the same command "
+                "and resume=auto"
+            )
         log.info("sweep summary: %s (%s)", line, sweep_dir / "summary.md")
         print(f"sweep summary: {line}\n  {sweep_dir / 'summary.md'}", file=sys.stderr if status else sys.stdout)
         if status:

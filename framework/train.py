@@ -40,7 +40,7 @@ from framework.environment import describe
 from framework.logger import MetricsLogger, Progress
 from framework.preemption import StopOnSignal, signals_held
 from framework.reproducibility import apply_determinism, fingerprint, gpu_note, pick_num_threads, seed_everything
-from framework.run_dir import RunLock, clear_leftovers, holds_a_run, refusal
+from framework.run_dir import RunDirRefused, RunLock, clear_leftovers, holds_a_run, mark_as_run, refusal
 from framework.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
 
 log = logging.getLogger("framework")
@@ -48,11 +48,18 @@ log = logging.getLogger("framework")
 NONDETERMINISTIC = "does not have a deterministic implementation"
 
 
-def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    given: list[str] | None = None,
+    on_accept: Callable[[bool], None] | None = None,
+) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the final summary.
 
     `given`: the config keys the command line set (see framework/overrides.py). On resume only
     these may differ from the checkpoint's config; None compares every key.
+    `on_accept(resumed)`: called once, when this run takes the directory (before it first
+    changes anything there), or when it finds it finished already; never for a refused start.
     """
     check(cfg)  # before a handler is installed or a file written
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     try:
         # One writer per run directory: under torchrun, rank 0 writes for all.
         with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-            summary = run_locked(cfg, run_dir, given, preemption)
+            summary = run_locked(cfg, run_dir, given, preemption, on_accept)
     finally:
         preemption.close()
     # Recorded, closed and unlocked: now the handler this one replaced may requeue the job (submitit).
@@ -69,12 +76,19 @@ def run(cfg: DictConfig, run_dir: Path, given: list[str] | None = None) -> dict:
     return summary
 
 
-def run_locked(cfg: DictConfig, run_dir: Path, given: list[str] | None, preemption: StopOnSignal) -> dict:
+def run_locked(
+    cfg: DictConfig,
+    run_dir: Path,
+    given: list[str] | None,
+    preemption: StopOnSignal,
+    on_accept: Callable[[bool], None] | None = None,
+) -> dict:
     """The whole run: resolve the config, set up, build, maybe restore, fit, test, record."""
-    record = RunRecord(run_dir)
+    record = RunRecord(run_dir, on_accept)
     cfg, resume_point, changes, follows_original = resolve_config(cfg, run_dir, given)
     if resume_point is not None and nothing_left(resume_point.ckpt, cfg):
         if record.previous.get("status") == "completed":
+            record.accept(resumed=True)
             say_nothing_left(resume_point.ckpt, cfg)
             return record.previous
     device = pick_device(cfg.trainer.device)
@@ -124,7 +138,7 @@ def resolve_config(
         resume_point = resume_lib.find(cfg.resume, run_dir)
         if resume_point is None and holds_a_run(run_dir):
             if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
-                raise ConfigError(refusal(run_dir, "hydra.run.dir"))
+                raise RunDirRefused(refusal(run_dir, "hydra.run.dir"))
             # resume=auto found no checkpoint: an attempt that never saved one is replaced, not continued.
             clear_leftovers(run_dir)
     # Rank 0 picks the file; the others load that one, so no two ranks resume from different files.
@@ -192,15 +206,20 @@ def say_nothing_left(ckpt: dict, cfg: DictConfig) -> None:
 
 class RunRecord:
     """metrics.json: the run's status, settings, resumes, final metrics and wall time, in one
-    place. A resumed run adds to the record it had (its history of resumes, its last metrics)."""
+    place. A resumed run adds to the record it had (its history of resumes, its last metrics).
+    Its first write is where the run takes its directory (`accept`)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, on_accept: Callable[[bool], None] | None = None):
         self.path = run_dir / "metrics.json"
         self.started = time.time()
         self.previous = previous_summary(run_dir)
         self.summary: dict = {}
+        self.resumed = False
+        self.on_accept = on_accept
+        self.accepted = False
 
     def start(self, cfg: DictConfig, determinism: dict, device: torch.device, follows: bool, resumed: bool) -> None:
+        self.resumed = resumed
         self.summary = dict(self.previous) if resumed else {}
         self.summary.update(
             status="running",
@@ -215,8 +234,19 @@ class RunRecord:
     def add_resume(self, resume: dict) -> None:
         self.summary["resumes"] = self.summary.get("resumes", []) + [resume]
 
+    def accept(self, resumed: bool) -> None:
+        """This run takes its directory: the marker that says a run of ours is here, then what
+        the caller held back until now (Hydra's files: framework/hydra_files.py)."""
+        if self.accepted or not distributed.is_main():
+            return
+        self.accepted = True
+        mark_as_run(self.path.parent)
+        if self.on_accept is not None:
+            self.on_accept(resumed)
+
     def write(self) -> None:
         if distributed.is_main():
+            self.accept(self.resumed)
             write_json_atomic(self.path, self.summary)
 
     def end(self, **fields) -> dict:

@@ -4,6 +4,7 @@ import math
 import os
 
 import torch
+from hydra.experimental.callback import Callback
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -134,3 +135,21 @@ class EditsWeightsInForward(TinyNet):
             with torch.no_grad():
                 self.net[1].bias.mul_(0.999)
         return super().forward(x)
+
+
+class PauseBeforeLaterJobs(Callback):
+    """A Hydra callback for tests: before every job but the first, says so (a file `waiting` at
+    the sweep's root) and waits until the test says `go` (a file beside it), so that a signal
+    lands while no job trains."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        import time
+        from pathlib import Path
+
+        if config.hydra.job.num == 0:
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        (sweep / "waiting").touch()
+        deadline = time.time() + 60
+        while not (sweep / "go").exists() and time.time() < deadline:
+            time.sleep(0.01)
