@@ -26,7 +26,7 @@ from framework import config, distributed, hydra_files, overrides, recipe, sweep
 from framework.arguments import explain_unknown_key
 from framework.checkpoint import CheckpointError
 from framework.preemption import exit_code
-from framework.run_dir import EXISTING_RUN, RunDirRefused, hold_every_run, holds_a_run, make_room, refusal
+from framework.run_dir import EXISTING_RUN, RunDirRefused, holds_a_run, make_room, refusal, refuse_unless_dead
 
 config.register()
 RECIPES = recipe.find_all()
@@ -101,8 +101,8 @@ def protect_existing_run(argv: list[str]) -> None:
         return  # a wrong value is refused with the rest of the config
     try:
         if policy == "refuse":
-            with hold_every_run(folder):  # a live run is named as such
-                raise RunDirRefused(refusal(folder, key))
+            refuse_unless_dead(folder)  # a live run is named as such
+            raise RunDirRefused(refusal(folder, key))
         print(make_room(folder, policy, key), file=sys.stderr)
     except RunDirRefused as e:
         print(f"Error: {e}", file=sys.stderr)
@@ -221,13 +221,14 @@ def sweep_job(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldB
     """One job of a sweep. A failed job must not stop the others (the basic sweeper would raise and
     skip the summary): it returns why it failed, and its record says so, in its own metrics.json or,
     where its directory is another run's, at the sweep's root (framework/sweep.py). A stop signal
-    stops the whole sweep: no more jobs start, and the summary ends it."""
-    sweep_dir = Path(hydra_cfg.sweep.dir)
-    sweep.StopBetweenJobs.install(sweep_dir)  # a parallel launcher's worker, between its jobs
-    stopped_by = sweep.stop_requested(sweep_dir)
-    if stopped_by is not None:
-        held.drop()
-        return failed(f"not started: {stopped_by.name} stopped the sweep")
+    stops the whole sweep where it runs here: no more jobs start, and the summary ends it."""
+    sweep_dir, here = Path(hydra_cfg.sweep.dir), sweep.runs_here(hydra_cfg)
+    if here:
+        sweep.StopBetweenJobs.install(sweep_dir)  # a parallel launcher's worker, between its jobs
+        stopped_by = sweep.stop_requested(sweep_dir)
+        if stopped_by is not None:
+            held.drop()
+            return failed(f"not started: {stopped_by.name} stopped the sweep")
     try:
         summary = train_job(cfg, hydra_cfg, run_dir, held)
     except Exception as e:
@@ -242,7 +243,10 @@ def sweep_job(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldB
             log.exception("job failed")
         return failed(e)
     if summary["status"] in STOPPED:
-        sweep.request_stop(sweep_dir, signal.Signals[summary["signal"]])
+        signum = signal.Signals[summary["signal"]]
+        if not here:  # a cluster's job: the signal was for it alone, and its scheduler takes the exit status
+            sys.exit(exit_code(signum))
+        sweep.request_stop(sweep_dir, signum)
         return failed(f"{summary['status']} at step {summary['global_step']}")
     return objective(summary)
 

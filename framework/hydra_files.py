@@ -54,7 +54,7 @@ class HeldBack:
         self.hydra_dir = run_dir / ".hydra"
         # Whether a run was here before this invocation: then it may not leave anything behind.
         self.was_new = not holds_a_run(run_dir) and not (self.hydra_dir / "config.yaml").is_file()
-        inside = str(run_dir.resolve()) + os.sep
+        inside = os.path.abspath(run_dir) + os.sep  # as logging.FileHandler names its file
         self.log_files = [
             h for h in logging.root.handlers if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(inside)
         ]

@@ -65,11 +65,15 @@ def holds_a_run(folder: Path) -> bool:
 
 def mark_as_run(folder: Path) -> None:
     """Say that a run of ours has taken `folder` (once: the first run there wrote it)."""
-    if not (folder / MARKER).is_file():
+    if (folder / MARKER).is_file():
+        return
+    try:
         write_json_atomic(
             folder / MARKER,
             {"framework": framework.__version__, "since": f"{datetime.now():%Y-%m-%d %H:%M:%S}"},
         )
+    except OSError:
+        pass  # a full disk must not fail the run for its marker: without it, existing_run only refuses
 
 
 def describe(folder: Path) -> str:
@@ -141,11 +145,21 @@ def not_ours(folder: Path) -> str | None:
 def hold_every_run(folder: Path) -> Iterator[None]:
     """Hold the lock of the run in `folder`, or of every run in a sweep's `folder`: refused, naming
     the process, when a live one holds any of them."""
-    runs = [folder] if (folder / MARKER).is_file() else [p for p in folder.iterdir() if (p / MARKER).is_file()]
+
+    def is_run(path: Path) -> bool:
+        return (path / MARKER).is_file() or holds_a_run(path)
+
+    runs = [folder] if is_run(folder) else [p for p in folder.iterdir() if p.is_dir() and is_run(p)]
     with contextlib.ExitStack() as held:
         for run in runs:
             held.enter_context(RunLock(run))
         yield
+
+
+def refuse_unless_dead(folder: Path) -> None:
+    """Refused, naming the process, when a live one holds the run in `folder` (or one of a sweep's)."""
+    with hold_every_run(folder):
+        pass
 
 
 def is_run_file(name: str) -> bool:

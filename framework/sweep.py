@@ -92,13 +92,25 @@ def stop_requested(sweep_dir: Path) -> signal.Signals | None:
         return None
 
 
+# The launchers that run a sweep's jobs in its own processes on this machine: one after another,
+# or in worker processes. A cluster's launcher (submitit) runs each job as a job of its own,
+# which a scheduler signals and requeues alone: its signals are not the whole sweep's.
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+
+
+def runs_here(hydra_cfg) -> bool:
+    """Whether the sweep's jobs run in processes of its own, on this machine (LOCAL_LAUNCHERS)."""
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    return any(launcher.endswith(name) for name in LOCAL_LAUNCHERS)
+
+
 class StopBetweenJobs:
-    """The handler of the stop signals in a sweep's processes while no job trains (each job's own
-    StopOnSignal takes them meanwhile, and puts this one back after): it notes the stop at the
-    sweep's root and passes the signal to this process's children, the workers of a parallel
-    launcher, whose running jobs then stop at a step. Ctrl-C is not passed on: a terminal sends it
-    to every process already, and a second one would abort a job without its checkpoint.
-    Installed once per process, and never over another program's handler (submitit's requeues)."""
+    """The handler of the stop signals in the processes of a sweep that runs here (runs_here)
+    while no job trains (each job's own StopOnSignal takes them meanwhile, and puts this one back
+    after): it notes the stop at the sweep's root and passes the signal to this process's
+    children, the workers of a parallel launcher, whose running jobs then stop at a step. Ctrl-C
+    is not passed on: a terminal sends it to every process already, and a second one would abort
+    a job without its checkpoint. Installed once per process, never over another program's."""
 
     installed: StopBetweenJobs | None = None
 
@@ -433,7 +445,8 @@ class SummaryCallback(Callback):
         # What the last multirun of this directory left: a requeue starts anew.
         shutil.rmtree(sweep_dir / REFUSED, ignore_errors=True)
         (sweep_dir / STOPPED_BY).unlink(missing_ok=True)
-        StopBetweenJobs.install(sweep_dir)
+        if runs_here(config.hydra):
+            StopBetweenJobs.install(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         StopBetweenJobs.uninstall()

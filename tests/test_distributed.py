@@ -42,6 +42,7 @@ def straight(tmp_path_factory):
 
 def test_two_ranks_write_one_run_directory_with_one_set_of_files(straight):
     assert sorted(p.name for p in straight.iterdir()) == [
+        ".framework-run",
         ".hydra",
         "checkpoints",
         "metrics.json",
@@ -49,6 +50,7 @@ def test_two_ranks_write_one_run_directory_with_one_set_of_files(straight):
         "train.log",
     ]
     assert (straight / "train.log").read_text().count("done in") == 1  # rank 0 alone logs
+    assert sorted(p.name for p in (straight / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     assert [line.count('"event": "epoch"') for line in (straight / "metrics.jsonl").read_text().splitlines()].count(
         1
     ) == 2

@@ -301,16 +301,23 @@ def test_a_signal_to_a_parallel_sweeps_main_process_stops_its_workers_at_a_step(
 
     wait_for(both_train, proc, "two jobs training")
     workers = children_of(proc.pid)
-    proc.send_signal(signal.SIGTERM)  # the main process alone
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    summary = json.loads((sweep / "summary.json").read_text())
-    assert (summary["jobs"], summary["stopped"], summary["stopped_by"]) == (2, 2, "SIGTERM")
-    for job in ("0", "1"):
-        stopped = read_summary(sweep / job)
-        saved = torch.load(sweep / job / "checkpoints" / "last.pt", weights_only=True)
-        assert stopped["status"] == "preempted" and saved["global_step"] == stopped["global_step"] > 5
-    deadline = time.time() + 30
-    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
-        time.sleep(0.1)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers left running"
+    try:
+        proc.send_signal(signal.SIGTERM)  # the main process alone
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err
+        summary = json.loads((sweep / "summary.json").read_text())
+        assert (summary["jobs"], summary["stopped"], summary["stopped_by"]) == (2, 2, "SIGTERM")
+        for job in ("0", "1"):
+            stopped = read_summary(sweep / job)
+            saved = torch.load(sweep / job / "checkpoints" / "last.pt", weights_only=True)
+            assert stopped["status"] == "preempted" and saved["global_step"] == stopped["global_step"] > 5
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.1)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers left running"
+    finally:
+        for pid in [proc.pid, *workers]:  # what a failure here would leave training on
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
