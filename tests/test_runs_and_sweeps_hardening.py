@@ -65,32 +65,32 @@ def finished_run(tmp_path_factory) -> Path:
     return run
 
 
+def copy_of_run(finished_run: Path, folder: Path) -> Path:
+    shutil.copytree(finished_run, folder, dirs_exist_ok=True)
+    return folder
+
+
 # ---- 1. existing_run deletes or moves only a run of ours ----------------------------------------
-def test_existing_run_never_acts_on_the_current_directory_or_one_above_it(tmp_path):
-    """A project folder with sources, a run started in it (`hydra.run.dir=.`), then every
+def test_existing_run_never_acts_on_the_current_directory_or_one_above_it(finished_run, tmp_path):
+    """A project folder with sources and a run in it (as `hydra.run.dir=.` leaves one), then every
     existing_run value from it and from a folder below it: all refused, nothing moved or deleted."""
-    project = tmp_path / "project"
-    (project / "src").mkdir(parents=True)
+    project = copy_of_run(finished_run, tmp_path / "project")
+    (project / "src").mkdir()
     (project / "src" / "model.py").write_text("precious")
     (project / "sub").mkdir()
     (tmp_path / "sibling").mkdir()
     (tmp_path / "sibling" / "sentinel").write_text("precious")
-    assert framework(project, "hydra.run.dir=.", *TINY).returncode == 0
     before = tree(tmp_path)
 
-    for run_dir, policy in [(".", "archive"), (".", "overwrite"), ("", "overwrite")]:
+    for run_dir, policy in [(".", "refuse"), (".", "archive"), (".", "overwrite"), ("", "overwrite")]:
         proc = framework(project, f"hydra.run.dir={run_dir}", f"existing_run={policy}", *TINY)
-        refused_in_one_line(proc, "it is the current directory or one above it")
+        says = "already holds a run" if policy == "refuse" else "it is the current directory or one above it"
+        refused_in_one_line(proc, says)
     refused_in_one_line(
         framework(project / "sub", "hydra.run.dir=..", "existing_run=archive", *TINY),
         "it is the current directory or one above it",
     )
     assert tree(tmp_path) == before
-
-
-def copy_of_run(finished_run: Path, folder: Path) -> Path:
-    shutil.copytree(finished_run, folder, dirs_exist_ok=True)
-    return folder
 
 
 def home_folder(finished_run, tmp_path, small_disk):
