@@ -88,10 +88,16 @@ class StopOnSignal:
         (submitit's requeues the job, and exits). Call it once the run is recorded and closed:
         it may not return. Ctrl-C's own handler is not called: the run has stopped already."""
         handler = self.previous.get(self.received)
-        if callable(handler) and handler is not signal.default_int_handler:
+        if is_python_handler(handler):
             name = signal.Signals(self.received).name
             log.info("handing %s over to the handler it replaced (%s)", name, getattr(handler, "__qualname__", handler))
             handler(self.received, None)
+
+
+def is_python_handler(handler: object) -> bool:
+    """Whether a signal's handler is a Python function someone installed (submitit's requeue, a
+    sweep's StopBetweenJobs), not Python's default Ctrl-C handler, SIG_DFL or SIG_IGN."""
+    return callable(handler) and handler is not signal.default_int_handler
 
 
 @contextlib.contextmanager

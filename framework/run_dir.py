@@ -34,6 +34,8 @@ MARKER = ".framework-run"  # written when a run takes its directory: "a run of o
 LOCK = ".lock"
 # What a run writes at the top of its directory; `*.log` is Hydra's job log (train.log).
 RUN_FILES = (MARKER, LOCK, ".hydra", "metrics.json", "metrics.jsonl", "checkpoints", "tensorboard")
+REFUSED = ".refused"  # at a sweep's root: a record per job of its last multirun that was refused
+STOPPED_BY = ".stopped"  # at a sweep's root: the name of the signal that stopped it
 # What a sweep writes at its root, beside its jobs' run directories.
 SWEEP_FILES = (
     "multirun.yaml",
@@ -41,8 +43,8 @@ SWEEP_FILES = (
     "summary.md",
     "val_curves.png",
     "optimization_results.yaml",
-    ".refused",
-    ".stopped",
+    REFUSED,
+    STOPPED_BY,
 )
 
 

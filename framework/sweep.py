@@ -44,16 +44,15 @@ from hydra.experimental.callback import Callback
 
 from framework.atomic import replace_atomically, write_json_atomic
 from framework.overrides import without
-from framework.preemption import STOP_SIGNALS, exit_code
+from framework.preemption import STOP_SIGNALS, exit_code, is_python_handler
 from framework.reproducibility import why_runs_differ
+from framework.run_dir import REFUSED, STOPPED_BY
 
 log = logging.getLogger("framework")
 
 METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
 # Jobs a signal stopped with a checkpoint: not failed, not done.
 STOPPED = ("preempted", "interrupted")
-REFUSED = ".refused"  # at the sweep's root: a record per job of the last multirun that was refused
-STOPPED_BY = ".stopped"  # at the sweep's root: the name of the signal that stopped the sweep
 
 
 # ---- what a job leaves at the sweep's root ------------------------------------------------
@@ -118,9 +117,8 @@ class StopBetweenJobs:
         self.sweep_dir = sweep_dir
         self.previous = {}
         for sig in STOP_SIGNALS:
-            if callable(signal.getsignal(sig)) and signal.getsignal(sig) is not signal.default_int_handler:
-                continue  # another program's handler
-            self.previous[sig] = signal.signal(sig, self.handle)
+            if not is_python_handler(signal.getsignal(sig)):
+                self.previous[sig] = signal.signal(sig, self.handle)
 
     @classmethod
     def install(cls, sweep_dir: Path) -> None:
