@@ -1,7 +1,7 @@
 """How long does a save point stop the training loop, saving in the background against saving
 synchronously? And what does the background write cost the steps that run beside it?
 
-For each state size, a training loop as the framework's (framework.train.train_step: forward,
+For each state size, a training loop as the framework's (framework.engine.step.train_step: forward,
 backward, wait_for_snapshot, optimizer step) trains an MLP whose parameters and Adam's two
 moments come to about that many MB, on random batches. Saves take turns: a synchronous one
 (checkpoint.async_save=false), then a background one (true), each after a few steps without a
@@ -36,9 +36,9 @@ from omegaconf import OmegaConf
 
 from framework.checkpoint.io import required_keys
 from framework.checkpoint.policy import Checkpointer
+from framework.engine.state import stepped_tensors
+from framework.engine.step import train_step
 from framework.models import MLP
-from framework.state import stepped_tensors
-from framework.train import train_step
 
 MB = 10**6
 LAYERS = 3  # hidden layers of the MLP, each `width` wide

@@ -25,7 +25,10 @@ from overhead import COMMON, WORKLOADS, built_by_hand, intervals, measure, print
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from framework import config, distributed, train
+from framework import distributed
+from framework.config import schema
+from framework.config.folders import CONF_DIR
+from framework.engine import run as train
 
 
 def time_framework(cfg) -> list[float]:
@@ -64,9 +67,9 @@ def main() -> None:
         parser.error("run it under torchrun: torchrun --standalone --nproc_per_node=2 benchmarks/ddp_overhead.py")
     distributed.init()
     logging.disable(logging.INFO)
-    config.register()
+    schema.register()
 
-    with initialize_config_dir(config_dir=str(config.CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         rows = [
             measure(name, compose("config", overrides=COMMON + WORKLOADS[name]), time_framework, time_hand_written,
                     args.rounds)

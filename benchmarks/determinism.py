@@ -24,10 +24,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from framework import config, train
-from framework.reproducibility import machine_threads
+from framework.config import schema
+from framework.config.folders import CONF_DIR
+from framework.engine import run as train
+from framework.runs.reproducibility import machine_threads
 
-CONF = config.CONF_DIR
+CONF = CONF_DIR
 stamps: list[float] = []
 register_optimizer_step_post_hook(lambda *args: stamps.append(time.perf_counter()))
 
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     logging.disable(logging.INFO)
-    config.register()
+    schema.register()
     cpus = machine_threads()
     runs = {  # label -> (level, threads)
         "off": ("off", cpus),

@@ -38,10 +38,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from framework import build, config, train
 from framework import data as data_lib
+from framework.config import schema
+from framework.config.folders import CONF_DIR
+from framework.engine import build
+from framework.engine import run as train
 
-CONF = config.CONF_DIR
+CONF = CONF_DIR
 
 WORKLOADS = {
     # The default experiment: small CNN on 8x8 digits, batch 64.
@@ -183,7 +186,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.disable(logging.INFO)
-    config.register()
+    schema.register()
     setting = [f"trainer.device={args.device}", f"data.on_device={str(args.data_on_device).lower()}"]
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from framework.config import CONF_DIR
+from framework.config.folders import CONF_DIR
 
 
 @pytest.fixture
@@ -15,9 +15,9 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from framework import config
+    from framework.config import schema
 
-    config.register()
+    schema.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield lambda overrides=(): hydra_compose("config", overrides=list(overrides))
 

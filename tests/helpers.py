@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.config import CONF_DIR
+from framework.config.folders import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -68,10 +68,10 @@ def compose_config(*overrides: str, test_conf: bool = False, hydra_node: bool = 
     (with `hydra_node`, Hydra's own settings too, as the run sees them in HydraConfig)."""
     from hydra import compose, initialize_config_dir
 
-    from framework import config, recipe
+    from framework.config import recipes, schema
 
-    config.register()
-    recipe.register()
+    schema.register()
+    recipes.register()
     if test_conf:  # the tests' own config folder, as --config-dir adds it
         overrides = (f"hydra.searchpath=[file://{TESTS / 'conf'}]", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -83,14 +83,14 @@ def train_in_process(run_dir: Path, *overrides: str, test_conf: bool = False) ->
     for what the config does, without paying for a new interpreter."""
     from omegaconf import open_dict
 
-    from framework import overrides as overrides_lib
-    from framework import train
+    from framework.config import overrides as overrides_lib
+    from framework.engine.run import run
 
     cfg = compose_config(*overrides, test_conf=test_conf, hydra_node=True)
     given = overrides_lib.given_keys(list(overrides), cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
-    return train.run(cfg, run_dir, given=given)
+    return run(cfg, run_dir, given=given)
 
 
 def read_tensorboard(run_dir: Path) -> dict:

@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import compose_config, read_summary, train_in_process
 
-import framework.train
+import framework.engine.training
 from framework.checkpoint import CheckpointError, io, policy
-from framework.compare import compare as differences
+from framework.cli.compare import compare as differences
 
 # 22 steps an epoch; a periodic file every 5 steps, so saves fall inside epochs too.
 RUN = ["model=mlp", "model.hidden=[32]", "data=synthetic", "trainer.max_epochs=2", "logger=none",
@@ -178,7 +178,7 @@ def test_a_background_write_that_fails_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_a_stop_by_a_signal_waits_for_the_save_in_flight(straight, tmp_path, monkeypatch):
-    real_step, calls = framework.train.train_step, []
+    real_step, calls = framework.engine.training.train_step, []
 
     def step_then_signal(*args, **kwargs):
         loss = real_step(*args, **kwargs)
@@ -187,7 +187,7 @@ def test_a_stop_by_a_signal_waits_for_the_save_in_flight(straight, tmp_path, mon
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    monkeypatch.setattr(framework.train, "train_step", step_then_signal)
+    monkeypatch.setattr(framework.engine.training, "train_step", step_then_signal)
     run = tmp_path / "run"
     summary = train_in_process(run, *RUN, ASYNC)
     assert (summary["status"], summary["global_step"]) == ("preempted", 11)

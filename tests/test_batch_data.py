@@ -13,8 +13,8 @@ from helpers import train_in_process
 from torch.utils.data import Subset, TensorDataset
 
 from framework import data
-from framework.compare import compare
-from framework.config import ConfigError
+from framework.cli.compare import compare
+from framework.config.errors import ConfigError
 
 SEED = 7
 

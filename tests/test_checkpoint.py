@@ -14,10 +14,11 @@ import torch
 from helpers import CONF, flip_middle_byte
 from omegaconf import OmegaConf
 
-from framework import resume
 from framework.checkpoint import Checkpointer, CheckpointError, Index, formats, io
-from framework.config import CheckpointConfig, ConfigError
-from framework.state import TrainState
+from framework.config.errors import ConfigError
+from framework.config.schema import CheckpointConfig
+from framework.engine.state import TrainState
+from framework.runs import resume
 
 
 def make_state() -> TrainState:

@@ -34,7 +34,7 @@ def test_compare_says_identical_or_where_runs_differ(tmp_path):
 
 
 def test_compare_finds_a_late_divergence(tmp_path):
-    from framework.compare import first_divergence
+    from framework.cli.compare import first_divergence
 
     a = [{"event": "step", "epoch": 0, "step": s, "train/loss": 1.0 / s} for s in range(1, 30)]
     b = [dict(r) for r in a]

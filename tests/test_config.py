@@ -13,8 +13,12 @@ from helpers import CONF, run_cli
 from omegaconf import MISSING, OmegaConf
 
 import framework
-from framework import build, config, data
-from framework.arguments import check_arguments
+from framework import data
+from framework.config import schema
+from framework.config.checks import check
+from framework.config.errors import ConfigError
+from framework.config.target_arguments import check_arguments
+from framework.engine import build
 
 GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
 
@@ -45,7 +49,7 @@ def test_every_option_composes_and_builds(compose, tmp_path, group, option):
     if option == "custom":  # any target: here, one that returns arrays
         overrides.append("data.source._target_=framework.data.load_digits")
     cfg = compose(overrides)
-    config.check(cfg)
+    check(cfg)
     splits = build.build_data(cfg.data, cfg.seed)
     model = build.build_model(cfg.model, splits)
     optimizer = build.build_optimizer(cfg.optimizer, model)
@@ -76,8 +80,8 @@ def test_a_wrong_type_is_refused_at_compose_time(compose):
 
 def test_missing_values_are_listed_by_key(compose):
     cfg = compose(["data=npz"])
-    with pytest.raises(config.ConfigError, match=r"data\.source\.path"):
-        config.check(cfg)
+    with pytest.raises(ConfigError, match=r"data\.source\.path"):
+        check(cfg)
 
 
 def test_out_of_range_choices_are_refused(compose):
@@ -87,8 +91,8 @@ def test_out_of_range_choices_are_refused(compose):
         ("trainer.device=tpu", "trainer.device"),
         ("data.val_fraction=0.9", "data.val_fraction"),
     ]:
-        with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
-            config.check(compose([override]))
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check(compose([override]))
 
 
 def test_split_is_fixed_by_the_seed(compose):
@@ -144,7 +148,7 @@ def test_a_misspelt_added_key_is_refused_by_name_before_any_data_loads(tmp_path)
 
 def test_an_added_argument_reaches_the_component(compose):
     cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true", "+model.foo=1"])
-    with pytest.raises(config.ConfigError, match=r"model\.foo: framework\.models\.CNN takes no argument 'foo'"):
+    with pytest.raises(ConfigError, match=r"model\.foo: framework\.models\.CNN takes no argument 'foo'"):
         check_arguments(cfg)
     cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true"])
     check_arguments(cfg)
@@ -177,7 +181,7 @@ def test_the_schemas_hold_types_not_values():
             else:
                 yield f"{prefix}{f.name}", f.default
 
-    schemas = [config.Config] + [s for options in config.SCHEMAS.values() for s in options.values()]
+    schemas = [schema.Config] + [s for options in schema.SCHEMAS.values() for s in options.values()]
     written = [(s.__name__, key, value) for s in schemas for key, value in leaves(s) if value != MISSING]
     assert written == []
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from framework import data
-from framework.build import checked_arrays
+from framework.engine.build import checked_arrays
 
 
 def digits_train():

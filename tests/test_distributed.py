@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import ROOT, TESTS, compose_config, read_summary, train_in_process
 
-from framework.compare import compare as differences
-from framework.config import ConfigError
+from framework.cli.compare import compare as differences
+from framework.config.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, train_in_process, wait_for_step
 
-from framework.compare import compare as differences
-from framework.config import ConfigError
-from framework.preemption import StopOnSignal
+from framework.cli.compare import compare as differences
+from framework.config.errors import ConfigError
+from framework.engine.preemption import StopOnSignal
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from helpers import DATA, ROOT, read_summary, train_in_process
 
 from framework.checkpoint import io
 from framework.checkpoint.migrate import build_state, experiment_config
-from framework.ckpt import main as ckpt
-from framework.reproducibility import fingerprint
+from framework.cli.ckpt import main as ckpt
+from framework.runs.reproducibility import fingerprint
 
 # tests/data/checkpoint_format1.pt was written by framework 0.1.0 (commit 833b0e1) with
 #   python -m framework model=mlp model.hidden=[32] data=synthetic data.source.n_samples=400
@@ -105,7 +105,7 @@ def test_a_newer_format_is_refused_by_migrate_and_by_resume(newer, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "format 3, written by framework 9.1.0" in err and "reads formats 1 to 2" in err
     assert not (tmp_path / "out.pt").exists()
-    from framework.config import ConfigError
+    from framework.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"format 3, written by framework 9.1.0.*Read it with framework 9.1.0"):
         train_in_process(tmp_path / "run", f"resume={newer}")
@@ -264,7 +264,7 @@ def test_a_run_of_framework_0_1_with_augmentation_noise_is_told_its_noise_change
     original trajectory, and says so (the format-1 file itself has no noise: it resumes exactly)."""
     from omegaconf import OmegaConf
 
-    from framework.train import noise_drawn_otherwise
+    from framework.engine.run import noise_drawn_otherwise
 
     ckpt = torch.load(FORMAT1, weights_only=True)
     cfg = OmegaConf.create(ckpt["config"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from framework import overrides
+from framework.config import overrides
 
 STRICT = [
     ["determinism=strict"],

@@ -16,10 +16,10 @@ import pytest
 import torch
 from helpers import ROOT, TESTS, read_summary, train_in_process
 
-import framework.train
-from framework.compare import compare as differences
-from framework.config import ConfigError
-from framework.preemption import StopOnSignal
+import framework.engine.training
+from framework.cli.compare import compare as differences
+from framework.config.errors import ConfigError
+from framework.engine.preemption import StopOnSignal
 
 # 22 steps an epoch (synthetic data, 1400 training samples, batches of 64).
 RUN = ["model=mlp", "model.hidden=[32]", "data=synthetic", "trainer.max_epochs=2", "logger=none"]
@@ -35,7 +35,7 @@ def straight(tmp_path_factory):
 
 def signal_at_step(monkeypatch, sig: signal.Signals, step: int) -> None:
     """The process signals itself during the given step, as a scheduler would at any moment."""
-    real_step, calls = framework.train.train_step, []
+    real_step, calls = framework.engine.training.train_step, []
 
     def step_then_signal(*args, **kwargs):
         loss = real_step(*args, **kwargs)
@@ -44,7 +44,7 @@ def signal_at_step(monkeypatch, sig: signal.Signals, step: int) -> None:
             os.kill(os.getpid(), sig)
         return loss
 
-    monkeypatch.setattr(framework.train, "train_step", step_then_signal)
+    monkeypatch.setattr(framework.engine.training, "train_step", step_then_signal)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2])

@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers import read_summary, run_cli, start_cli
 
-from framework.compare import compare as differences
+from framework.cli.compare import compare as differences
+from framework.engine.state import TrainState, as_rank_restores_it
 from framework.faults import KILL_ENV, STOP_ENV
-from framework.state import TrainState, as_rank_restores_it
 
 pytestmark = pytest.mark.slow
 

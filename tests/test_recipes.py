@@ -1,4 +1,4 @@
-"""Recipes (recipes/, framework/recipe.py), a user's own Dataset, and sweeps that optimize."""
+"""Recipes (recipes/, framework/config/recipes.py), a user's own Dataset, and sweeps that optimize."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import yaml
 from helpers import TESTS, compose_config, read_summary, train_in_process
 from omegaconf import OmegaConf
 
-from framework import recipe as recipe_lib
-from framework.__main__ import check_objective
-from framework.compare import compare as differences
-from framework.config import ConfigError, flatten
-from framework.overrides import given_keys
+from framework.cli.compare import compare as differences
+from framework.cli.train import check_objective
+from framework.config import recipes as recipe_lib
+from framework.config.errors import ConfigError
+from framework.config.overrides import given_keys
+from framework.config.resolved import flatten
 
 SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search"]
 # A step or two is enough to show that a recipe builds and trains.
@@ -162,7 +163,7 @@ def test_a_dataset_with_a_keyed_transform_gives_the_same_bits_with_0_and_2_worke
 
 
 def test_datasets_come_split_by_the_seed_or_as_given(tmp_path):
-    from framework import build
+    from framework.engine import build
 
     cfg = compose_config("recipe=template")
     splits = build.build_data(cfg.data, cfg.seed)

@@ -10,7 +10,7 @@ import torch
 import yaml
 from helpers import train_in_process
 
-from framework.config import ConfigError
+from framework.config.errors import ConfigError
 
 # Not the defaults (cnn, sgd, cosine), so that a resume that took today's defaults would show.
 FIRST = ["model=mlp", "model.hidden=[32]", "optimizer=adamw", "scheduler=cosine", "trainer.max_epochs=2",

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from framework import reproducibility
-from framework.reproducibility import apply_determinism, fingerprint, pick_num_threads
+from framework.runs import reproducibility
+from framework.runs.reproducibility import apply_determinism, fingerprint, pick_num_threads
 from framework.schedulers import WarmupCosine
 
 

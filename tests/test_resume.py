@@ -21,8 +21,8 @@ import pytest
 import torch
 from helpers import ROOT, TEST_CONF, TESTS, read_jsonl, read_summary, run_cli, train_in_process
 
-from framework.compare import compare as differences
-from framework.compare import read_history
+from framework.cli.compare import compare as differences
+from framework.cli.compare import read_history
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import QUICK, ROOT, read_jsonl, read_summary, read_tensorboard, run_cli, train_in_process
 
-from framework.config import ConfigError
+from framework.config.errors import ConfigError
 
 # Four runs that between them use every option of model, optimizer, scheduler and data.
 OPTION_RUNS = [

@@ -20,7 +20,7 @@ import torch
 import yaml
 from helpers import ROOT, TESTS, read_jsonl, read_summary, run_cli, start_cli, wait_for_step
 
-from framework.run_dir import RunDirRefused, make_room
+from framework.runs.run_dir import RunDirRefused, make_room
 
 pytestmark = pytest.mark.slow
 

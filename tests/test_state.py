@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.state import PIECES, TrainState, load_model_weights, strip_prefixes
+from framework.engine.state import PIECES, TrainState, load_model_weights, strip_prefixes
 
 
 def make_state(precision_scaler: bool = False) -> TrainState:

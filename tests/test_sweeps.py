@@ -252,7 +252,7 @@ def test_sweep_command_says_when_a_folder_is_not_a_sweep(tmp_path):
 
 
 def test_ci_interval_uses_students_t():
-    from framework.sweep import statistics_of
+    from framework.runs.sweep_summary import statistics_of
 
     d = statistics_of([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["std"] == 1.0
@@ -263,7 +263,7 @@ def test_the_reproducibility_check_names_what_the_runs_records_say_differs(tmp_p
     """Repeats that disagree: the summary names a thread-count difference, and a GPU under seeded."""
     import yaml
 
-    from framework.sweep import summarize, verdict
+    from framework.runs.sweep_summary import summarize, verdict
 
     def job(sweep: Path, number: int, repeat: int, fingerprint: str, num_threads: int, level: str, device: str):
         folder = sweep / str(number)

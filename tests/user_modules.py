@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from framework.data import load_digits
+from framework.data.sources import load_digits
 
 
 class TinyNet(nn.Module):

@@ -1,5 +1,5 @@
 """What is wrong with a checkpoint that cannot be written or used: one class each, so that a tool
-can say it with its own exit code (framework/ckpt.py). All are CheckpointErrors: a run reports any
+can say it with its own exit code (framework/cli/ckpt.py). All are CheckpointErrors: a run reports any
 of them alike, in one message, without a traceback."""
 
 from __future__ import annotations

@@ -36,10 +36,11 @@ import framework
 from framework.checkpoint import formats, io
 from framework.checkpoint.errors import CheckpointError, ForeignCheckpoint, UnsafeCheckpoint
 from framework.checkpoint.index import Index
-from framework.config import ConfigError, check
-from framework.environment import describe
-from framework.reproducibility import seed_everything
-from framework.state import TrainState, load_model_weights, optimizer_mismatch
+from framework.config.checks import check
+from framework.config.errors import ConfigError
+from framework.engine.state import TrainState, load_model_weights, optimizer_mismatch
+from framework.runs.environment import describe
+from framework.runs.reproducibility import seed_everything
 
 log = logging.getLogger("framework")
 
@@ -223,10 +224,10 @@ def experiment_config(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from framework import config, recipe
+    from framework.config import recipes, schema
 
-    config.register()
-    recipe.register()
+    schema.register()
+    recipes.register()
     try:
         with initialize_config_dir(config_dir=str(Path(framework.__file__).parent / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
@@ -239,8 +240,9 @@ def experiment_config(overrides: list[str]) -> DictConfig:
 def build_state(cfg: DictConfig) -> tuple[TrainState, int]:
     """The experiment's components, built as a fresh run builds them (same seed, same order), and
     its number of steps per epoch on one process."""
-    from framework.build import build_data, build_model, build_optimizer, build_scheduler
-    from framework.train import mixed_precision, steps_per_epoch
+    from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler
+    from framework.engine.step import mixed_precision
+    from framework.engine.training import steps_per_epoch
 
     seed_everything(cfg.seed)
     splits = build_data(cfg.data, cfg.seed)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.arguments import COMPONENTS
 from framework.checkpoint import CheckpointError, Index, load_checked
-from framework.config import ConfigError, config_from_text, flatten
+from framework.config.errors import ConfigError
+from framework.config.resolved import config_from_text, flatten
+from framework.config.target_arguments import COMPONENTS
 
 log = logging.getLogger("framework")
 

@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 
-from framework.config import CONF_DIR
+from framework.config.folders import CONF_DIR
 
 
 def parse(argv: list[str]) -> list[Override]:

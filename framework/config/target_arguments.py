@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from framework.config import ConfigError
+from framework.config.errors import ConfigError
 
 # The parts of the config that are built by calling their `_target_`.
 COMPONENTS = ("model", "optimizer", "scheduler", "data.source")

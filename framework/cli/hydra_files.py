@@ -22,7 +22,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from framework.run_dir import MARKER, holds_a_run
+from framework.runs.run_dir import MARKER, holds_a_run
 
 INCOMING = ".hydra/incoming-"
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from framework import data as data_lib
-from framework.config import ConfigError
+from framework.config.errors import ConfigError
 
 
 def build_data(cfg: DictConfig, seed: int) -> data_lib.Splits:

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from framework.config import ConfigError
+from framework.config.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:

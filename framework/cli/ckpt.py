@@ -1,0 +1,686 @@
+"""Checkpoint tools: look into, check, compare, export and migrate checkpoint files.
+
+    python -m framework.ckpt inspect PATH [--config]   what a file holds; --config: its config YAML only
+    python -m framework.ckpt verify PATH|RUN_DIR       check every file of a checkpoints folder
+    python -m framework.ckpt diff A B                  config, counters and tensors that differ
+    python -m framework.ckpt export PATH OUT           model-only weights and config (.pt or .safetensors)
+    python -m framework.ckpt migrate SRC DST [OVERRIDES] [--unpickle-numpy SRC]
+                                                       an older file of ours, or another program's
+                                                       (framework/checkpoint/migrate.py)
+
+Every file is read with torch.load(weights_only=True) and checked (framework.checkpoint.io's
+load_checked: its size and xxh3 against index.json, or, where the index does not describe it,
+every record of its archive against the CRC32 listed for it; then its format, keys and types;
+verify also compares the sha256 index.json lists): nothing in a file is ever run, and a file
+that cannot be used is refused the same way by every command.
+
+Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a traceback):
+  0  ok, or identical (diff)
+  1  diff: the files differ
+  2  usage: a wrong argument (argparse's own), an export extension other than .pt or
+     .safetensors, an export over an existing file without --force
+  3  no such file, not a regular file (a named pipe is never opened), or one that cannot be read or written
+  4  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
+  5  unsafe: it pickles code or objects, so it needs more than torch.load(weights_only=True)
+  6  foreign: it loads safely but is not a checkpoint of this framework (no `meta`)
+  7  newer: written in a checkpoint format newer than this framework reads
+  8  migrate: the file does not fit the experiment its overrides describe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.atomic import fsync_dir
+from framework.checkpoint import io, migrate
+from framework.checkpoint.index import Index
+from framework.checkpoint.io import (
+    CheckpointError,
+    DamagedCheckpoint,
+    ForeignCheckpoint,
+    NewerCheckpoint,
+    UnsafeCheckpoint,
+)
+from framework.config.errors import ConfigError
+from framework.config.resolved import config_from_text, flatten
+from framework.file_kind import not_a_regular_file
+
+OK = 0
+DIFFERENT = 1
+USAGE = 2
+UNREADABLE = 3
+DAMAGED = 4
+UNSAFE = 5
+FOREIGN = 6
+NEWER = 7
+NOT_FITTING = 8
+
+EXIT_CODES = f"""exit codes:
+  {OK}  ok, or identical (diff)
+  {DIFFERENT}  diff: the files differ
+  {USAGE}  usage: a wrong argument
+  {UNREADABLE}  no such file, not a regular file, or one that cannot be read or written
+  {DAMAGED}  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
+  {UNSAFE}  unsafe: pickles code or objects (needs more than torch.load(weights_only=True))
+  {FOREIGN}  foreign: loads safely but is not a checkpoint of this framework
+  {NEWER}  newer: a checkpoint format newer than this framework reads
+  {NOT_FITTING}  migrate: the file does not fit the experiment its overrides describe
+"""
+
+# Top-level keys diff does not compare: meta holds timestamps and hosts, which always differ;
+# integrity (older files' record of their contents) and metrics_lines follow from the rest;
+# config is compared key by key on its own.
+NOT_COMPARED = ("meta", "integrity", "metrics_lines", "config")
+# The order diff reports in: the loop's counters first, then the state that holds tensors.
+COUNTERS = ("epoch", "global_step", "loader_state")
+STATE_KEYS = (
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "scaler_state_dict",
+    "rng_state",
+    "cuda_rng_state",
+    "numpy_rng_state",
+    "python_rng_state",
+    "rng_per_rank",
+)
+# A value longer than this, in characters, is summarized (Python's random state: 625 numbers).
+LONGEST_SHOWN = 80
+MIGRATE_HINT = "python -m framework.ckpt migrate SRC DST model=... optimizer=..."
+HELP_WIDTH = 100
+# Stands for a key or item that one of two files does not have.
+ABSENT = object()
+
+
+class FileProblem(Exception):
+    """A path that does not exist or cannot be read or written (not a checkpoint's own fault)."""
+
+
+class UsageProblem(Exception):
+    """Arguments that argparse accepts but the command cannot act on."""
+
+
+def exit_code_for(error: Exception) -> int:
+    # Subclasses first: every checkpoint error is a CheckpointError.
+    codes = (
+        (UsageProblem, USAGE),
+        (FileProblem, UNREADABLE),
+        (OSError, UNREADABLE),
+        (UnsafeCheckpoint, UNSAFE),
+        (ForeignCheckpoint, FOREIGN),
+        (NewerCheckpoint, NEWER),
+        (migrate.DoesNotFit, NOT_FITTING),
+        (DamagedCheckpoint, DAMAGED),
+        # A config that does not parse, and any other reason a file cannot be used: it is not
+        # one this framework wrote as it is.
+        (ConfigError, DAMAGED),
+        (CheckpointError, DAMAGED),
+    )
+    return next(code for kind, code in codes if isinstance(error, kind))
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ---- reading a file --------------------------------------------------------------------------
+
+
+def load(path: Path, index: Index | None = None, sha256: bool = False) -> tuple[dict, str]:
+    """load_checked, against what index.json beside the file lists for it (if any); with
+    `sha256`, its sha256 too. Returns the checkpoint and the check it passed, in words."""
+    problem = not_a_regular_file(path)
+    if problem:
+        raise FileProblem(problem)
+    # Unreadable (permissions) is said as such, not as a file that does not load.
+    with open(path, "rb"):
+        pass
+    index = Index(path.parent) if index is None else index
+    try:
+        return io.load_checked(path, index.entry(path), sha256=sha256)
+    except ForeignCheckpoint as e:
+        raise ForeignCheckpoint(foreign_message(e, path)) from e
+    except UnsafeCheckpoint as e:
+        if all(migrate.NUMPY_GLOBALS.fullmatch(name) for name in e.needs):  # np.random.get_state(), most likely
+            hint = f"; if it is another program's training checkpoint: {MIGRATE_HINT} --unpickle-numpy SRC"
+            raise UnsafeCheckpoint(str(e) + hint, e.needs) from e
+        raise
+
+
+def foreign_message(error: ForeignCheckpoint, path: Path) -> str:
+    """The error, plus what the file holds: another program's training checkpoint can be imported."""
+    # It loaded safely a moment ago (that is how it was found to be foreign): loading it again
+    # runs nothing. Not memory-mapped: other programs may write torch's older, non-zip format.
+    content = io.safe_load(path)
+    if isinstance(content, dict) and "model_state_dict" in content:
+        return (
+            f"{error}; it has a model_state_dict, so it looks like another program's training checkpoint: "
+            f"it can be imported with `{MIGRATE_HINT}`"
+        )
+    if isinstance(content, dict):
+        keys = ", ".join(map(str, list(content)[:8])) + (", ..." if len(content) > 8 else "")
+        return f"{error}; it holds a dict with keys {keys or '(none)'}"
+    return f"{error}; it holds a {type(content).__name__}"
+
+
+def parsed_config(ckpt: dict, path: Path) -> dict:
+    """The embedded config as a plain, resolved tree."""
+    cfg = config_from_text(ckpt["config"], str(path))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: its config does not resolve ({one_line(e)})") from e
+
+
+# ---- inspect ---------------------------------------------------------------------------------
+
+
+def inspect_command(args) -> int:
+    path = Path(args.path)
+    ckpt, passed = load(path)
+    if args.config:
+        # The text alone, so that it can be redirected into a file.
+        sys.stdout.write(ckpt["config"] if ckpt["config"].endswith("\n") else ckpt["config"] + "\n")
+        return OK
+    cfg = parsed_config(ckpt, path)
+    print(f"{path}  (checked: {passed})")
+    for name, value in describe(ckpt, cfg):
+        print(f"  {name:<15} {value}")
+    print("  components")
+    for line in component_lines(ckpt):
+        print(f"    {line}")
+    print("  config")
+    for name, value in config_summary(cfg):
+        print(f"    {name:<10} {value}")
+    return OK
+
+
+def describe(ckpt: dict, cfg: dict) -> list[tuple[str, str]]:
+    meta = ckpt["meta"]
+    loader = ckpt.get("loader_state")
+    position = f"epoch {loader['epoch']}, batch {loader['position']}" if loader else "-"
+    lines = [
+        ("kind", "model (weights and config only: cannot resume)" if meta.get("kind") == "model" else "full"),
+        ("epoch", str(ckpt["epoch"])),
+        ("global step", str(ckpt["global_step"])),
+        ("data position", position),
+        ("monitored", monitored(ckpt, cfg)),
+        ("world size", str(meta.get("world_size", "-"))),
+        ("determinism", str(meta.get("determinism", "-"))),
+        ("versions", versions(meta)),
+    ]
+    if "origin" in meta:
+        lines.append(("origin", origin(meta)))
+    return lines
+
+
+def monitored(ckpt: dict, cfg: dict) -> str:
+    monitor = (cfg.get("checkpoint") or {}).get("monitor")
+    if monitor is None:
+        return "nothing (checkpoint.monitor is null)"
+    best = ckpt.get("best_metric")
+    mode = (cfg.get("checkpoint") or {}).get("mode", "?")
+    return f"{monitor} ({mode}), best {'-' if best is None else best}"
+
+
+def versions(meta: dict) -> str:
+    names = ("framework", "torch", "python", "numpy", "cuda", "cudnn")
+    # None: the version was looked up and there is none (no CUDA); "-": the file does not say.
+    found = [f"{name} {meta.get(f'{name}_version', '-') or 'none'}" for name in names]
+    upgraded = meta.get("upgraded_from")
+    fmt = f"format {meta.get('format_version')}"
+    if upgraded:
+        fmt += f" (upgraded from format {', '.join(map(str, upgraded))})"
+    return ", ".join([*found, fmt])
+
+
+def origin(meta: dict) -> str:
+    imported = meta.get("imported")
+    if not isinstance(imported, dict):
+        return str(meta["origin"])
+    return f"{meta['origin']} from {imported.get('source', '(source not recorded)')}"
+
+
+def tensor_totals(value: object) -> tuple[int, int, int]:
+    """(tensors, elements, bytes) in a nested dict/list."""
+    if isinstance(value, torch.Tensor):
+        return 1, value.numel(), value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        parts = [tensor_totals(v) for v in value]
+        return tuple(sum(p[i] for p in parts) for i in range(3))
+    return 0, 0, 0
+
+
+def component_lines(ckpt: dict) -> list[str]:
+    rows = [(key, *tensor_totals(value)) for key, value in ckpt.items()]
+    rows = [row for row in rows if row[1] > 0]
+    width = max((len(row[0]) for row in rows), default=0)
+    return [
+        f"{key:<{width}}  {count:>4} {'tensor ' if count == 1 else 'tensors'}  {values:>13,} values  "
+        f"{human_bytes(size):>10}"
+        for key, count, values, size in rows
+    ]
+
+
+def human_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}"
+
+
+def config_summary(cfg: dict) -> list[tuple[str, str]]:
+    def target(*keys: str) -> str:
+        node = cfg
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return "-" if node is None else str(node)
+
+    return [
+        ("model", target("model", "_target_")),
+        ("optimizer", target("optimizer", "_target_")),
+        ("scheduler", target("scheduler", "_target_")),
+        ("data", target("data", "source", "_target_")),
+        ("seed", target("seed")),
+    ]
+
+
+# ---- verify ----------------------------------------------------------------------------------
+
+
+def verify_command(args) -> int:
+    folder, names = files_to_verify(Path(args.path))
+    index = Index(folder)
+    codes = []
+    for name in names:
+        code, line = verify_one(folder / name, index)
+        codes.append(code)
+        print(line)
+    bad = sum(code != OK for code in codes)
+    files = f"{len(codes)} file{'' if len(codes) == 1 else 's'}"
+    print(f"{files}: {bad} bad" if bad else f"{files}: {len(codes)} ok")
+    return next((code for code in codes if code != OK), OK)
+
+
+def files_to_verify(path: Path) -> tuple[Path, list[str]]:
+    """The folder and the file names to check, in name order: a file alone; or every `.pt` file
+    of a checkpoints folder (a run directory's checkpoints/) and every file its index lists."""
+    if not os.path.lexists(path):
+        raise FileProblem(f"no such file or directory: {path}")
+    if not path.is_dir():
+        problem = not_a_regular_file(path)
+        if problem:
+            raise FileProblem(problem)
+        return path.parent, [path.name]
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    names = sorted({p.name for p in folder.glob("*.pt")} | set(Index(folder).entries))
+    if not names:
+        raise FileProblem(f"no checkpoint files (*.pt) in {folder}, and no index.json listing any")
+    return folder, names
+
+
+def verify_one(path: Path, index: Index) -> tuple[int, str]:
+    if not path.exists() and index.entry(path) is not None:
+        return UNREADABLE, f"BAD   {path.name}  listed in index.json, but the file is missing"
+    try:
+        ckpt, passed = load(path, index, sha256=True)
+    except (CheckpointError, FileProblem, OSError) as e:
+        return exit_code_for(e), f"BAD   {path.name}  {one_line(e)}"
+    return OK, f"ok    {path.name}  epoch {ckpt['epoch']} step {ckpt['global_step']}  (checked: {passed})"
+
+
+# ---- diff ------------------------------------------------------------------------------------
+
+
+def diff_command(args) -> int:
+    path_a, path_b = Path(args.a), Path(args.b)
+    ckpt_a, _ = load(path_a)
+    ckpt_b, _ = load(path_b)
+    config_lines = config_differences(parsed_config(ckpt_a, path_a), parsed_config(ckpt_b, path_b))
+    pairs = paired_leaves(ckpt_a, ckpt_b)
+    value_lines = [value_difference(name, a, b) for name, a, b in pairs if not is_tensor_pair(a, b)]
+    value_lines = [line for line in value_lines if line]
+    tensor_pairs = [(name, a, b) for name, a, b in pairs if is_tensor_pair(a, b)]
+    tensor_lines = [line for line in (tensor_difference(*pair) for pair in tensor_pairs) if line]
+    if not (config_lines or value_lines or tensor_lines):
+        print("identical")
+        return OK
+    print(f"config: {len(config_lines)} keys differ" if config_lines else "config: identical")
+    print_indented(config_lines)
+    print(f"values: {len(value_lines)} differ" if value_lines else "values: identical")
+    print_indented(value_lines)
+    counted = f"{len(tensor_lines)} of {len(tensor_pairs)} differ"
+    print(f"tensors: {counted}" if tensor_lines else f"tensors: identical ({len(tensor_pairs)})")
+    print_indented(tensor_lines)
+    return DIFFERENT
+
+
+def print_indented(lines: list[str]) -> None:
+    for line in lines:
+        print(f"  {line}")
+
+
+def config_differences(cfg_a: dict, cfg_b: dict) -> list[str]:
+    flat_a, flat_b = flatten(cfg_a), flatten(cfg_b)
+    keys = sorted(flat_a.keys() | flat_b.keys())
+    return [
+        f"{key}: {shown(flat_a.get(key, ABSENT))} -> {shown(flat_b.get(key, ABSENT))}"
+        for key in keys
+        if flat_a.get(key, ABSENT) != flat_b.get(key, ABSENT)
+    ]
+
+
+def shown(value: object) -> str:
+    return "(absent)" if value is ABSENT else str(value)
+
+
+def paired_leaves(ckpt_a: dict, ckpt_b: dict) -> list[tuple[str, object, object]]:
+    """(dotted name, value in A, value in B) for every leaf of the compared keys: the counters,
+    any other plain values, then the state that holds tensors. ABSENT where a file lacks it."""
+    present = [key for key in {**ckpt_a, **ckpt_b} if key not in NOT_COMPARED]
+    others = sorted(key for key in present if key not in COUNTERS + STATE_KEYS)
+    order = [key for key in (*COUNTERS, *others, *STATE_KEYS) if key in present]
+    pairs = []
+    for key in order:
+        walk(key, ckpt_a.get(key, ABSENT), ckpt_b.get(key, ABSENT), pairs)
+    return pairs
+
+
+def walk(name: str, a: object, b: object, out: list) -> None:
+    """Down dicts and lists of containers or tensors, to their leaves; a list of plain values
+    (Python's random state) is one leaf."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        # In the files' own order (a model's layers in order), then what only B has.
+        for key in [*a, *(k for k in b if k not in a)]:
+            walk(f"{name}.{key}", a.get(key, ABSENT), b.get(key, ABSENT), out)
+    elif is_nested_list(a) and is_nested_list(b):
+        for i in range(max(len(a), len(b))):
+            walk(f"{name}.{i}", a[i] if i < len(a) else ABSENT, b[i] if i < len(b) else ABSENT, out)
+    else:
+        out.append((name, a, b))
+
+
+def is_nested_list(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple, torch.Tensor)) for v in value)
+
+
+def is_tensor_pair(a: object, b: object) -> bool:
+    return isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+
+
+def value_difference(name: str, a: object, b: object) -> str | None:
+    if same_value(a, b):
+        return None
+    same_length_lists = isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+    if same_length_lists and len(str(a)) > LONGEST_SHOWN:
+        differing = sum(not same_value(x, y) for x, y in zip(a, b))
+        return f"{name}: {differing:,} of {len(a):,} values differ"
+    return f"{name}: {shown_value(a)} -> {shown_value(b)}"
+
+
+def same_value(a: object, b: object) -> bool:
+    # A NaN loss in both files is the same loss.
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return both_nan or (type(a) is type(b) and a == b)
+
+
+def shown_value(value: object) -> str:
+    """A value in a few words: a section that only one file has is summarized, not printed."""
+    if isinstance(value, (dict, list, tuple)):
+        tensors = tensor_totals(value)[0]
+        if tensors:
+            return f"({type(value).__name__} of {len(value):,} entries, {tensors} tensors)"
+        if len(str(value)) > LONGEST_SHOWN:
+            return f"({type(value).__name__} of {len(value):,} entries)"
+    return shown(value)
+
+
+def tensor_difference(name: str, a: object, b: object) -> str | None:
+    if a is ABSENT:
+        return f"{name}: only in B ({tensor_kind(b)})"
+    if b is ABSENT:
+        return f"{name}: only in A ({tensor_kind(a)})"
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return f"{name}: {tensor_kind(a)} -> {tensor_kind(b)}"
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return f"{name}: {tensor_kind(a)} -> {tensor_kind(b)}"
+    if a.is_floating_point() or a.is_complex():
+        return float_difference(name, a, b)
+    differing = int((a != b).sum())
+    return f"{name}: {differing:,} of {a.numel():,} values differ ({tensor_kind(a)})" if differing else None
+
+
+def float_difference(name: str, a: torch.Tensor, b: torch.Tensor) -> str | None:
+    wide = torch.complex128 if a.is_complex() else torch.float64
+    x, y = a.to(wide), b.to(wide)
+    # NaN in both files at one place is no difference; NaN in one only is (shown as nan).
+    both_nan = x.isnan() & y.isnan()
+    if bool(((x == y) | both_nan).all()):
+        return None
+    gap = (x - y).abs().masked_fill(both_nan, 0)
+    return f"{name}: max abs difference {float(gap.max()):.6g} ({tensor_kind(a)})"
+
+
+def tensor_kind(value: object) -> str:
+    if not isinstance(value, torch.Tensor):
+        return shown_value(value)
+    return f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}"
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+EXPORT_EXTENSIONS = (".pt", ".safetensors")
+
+
+def export_command(args) -> int:
+    source, out = Path(args.path), Path(args.out)
+    if out.suffix not in EXPORT_EXTENSIONS:
+        raise UsageProblem(
+            f"cannot export to {out}: the extension {out.suffix or '(none)'!r} is neither "
+            f"{' nor '.join(EXPORT_EXTENSIONS)}"
+        )
+    if out.exists() and not args.force:
+        raise UsageProblem(f"{out} exists; pass --force to replace it")
+    ckpt, _ = load(source)
+    payload = model_payload(ckpt)
+    try:
+        if out.suffix == ".pt":
+            io.write(payload, out)
+        else:
+            write_safetensors(payload, out)
+    except CheckpointError as e:  # io.write says a full disk or an unwritable folder this way
+        raise FileProblem(one_line(e)) from e
+    count, values, _ = tensor_totals(payload["model_state_dict"])
+    print(
+        f"wrote {out}: model-only, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes "
+        f"(from {source}, epoch {payload['epoch']} step {payload['global_step']})"
+    )
+    return OK
+
+
+def model_payload(ckpt: dict) -> dict:
+    """What a model-only checkpoint holds (io.MODEL_KEYS), the source's meta marked model-only."""
+    return {
+        "epoch": ckpt["epoch"],
+        "global_step": ckpt["global_step"],
+        "model_state_dict": ckpt["model_state_dict"],
+        "config": ckpt["config"],
+        "meta": {**ckpt["meta"], "kind": "model"},
+    }
+
+
+def write_safetensors(payload: dict, out: Path) -> None:
+    """The weights, with the config and meta as safetensors metadata (text only), written
+    atomically: a temporary file beside `out`, fsynced, renamed over it, the folder fsynced."""
+    from safetensors.torch import save_file
+
+    not_tensors = [k for k, v in payload["model_state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise UsageProblem(
+            f"model_state_dict holds values that are not tensors ({', '.join(not_tensors)}), "
+            "which a .safetensors file cannot hold: export to .pt"
+        )
+    # Contiguous copies with storage of their own: safetensors refuses tensors that share memory.
+    tensors = {k: v.detach().contiguous().clone() for k, v in payload["model_state_dict"].items()}
+    metadata = {
+        "format": "framework-model",
+        "config": payload["config"],
+        "meta": json.dumps(payload["meta"]),
+        "epoch": str(payload["epoch"]),
+        "global_step": str(payload["global_step"]),
+    }
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    io.check_room(folder, io.expected_size(tensors), f"to write {out}")
+    tmp = folder / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+
+
+# ---- migrate ---------------------------------------------------------------------------------
+def migrate_command(args) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    if not os.path.lexists(src):
+        raise FileProblem(f"no such file or folder: {src}")
+    problem = None if src.is_dir() else not_a_regular_file(src)
+    if problem:
+        raise FileProblem(problem)
+    if dst.exists():
+        raise UsageProblem(f"{dst} exists already: give another DST (migrate never overwrites)")
+    unpickle_numpy = Path(args.unpickle_numpy) if args.unpickle_numpy else None
+    try:
+        said = migrate.migrate(src, dst, args.overrides, unpickle_numpy, args.epochs_done)
+    except ConfigError as e:  # the overrides do not compose, or a value in them is refused
+        raise UsageProblem(str(e)) from e
+    print(said)
+    return OK
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.ckpt",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+
+    def command(name: str, run, summary: str, details: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            # Wrapped here: the raw formatter keeps the exit code table's lines as they are.
+            description=textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {details}", HELP_WIDTH),
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    inspect = command(
+        "inspect",
+        inspect_command,
+        "what a checkpoint file holds",
+        "Its counters, data position, monitored metric, versions, the size of each component, and "
+        "a summary of its config; with --config, the embedded config YAML alone.",
+    )
+    inspect.add_argument("path", metavar="PATH", help="a checkpoint file")
+    inspect.add_argument("--config", action="store_true", help="print the embedded config YAML only, whole")
+
+    verify = command(
+        "verify",
+        verify_command,
+        "check every checkpoint file of a run",
+        "Each .pt file (in name order): its size, xxh3 and sha256 against index.json when it lists "
+        "the file, else every record of its archive against its CRC32; loaded with weights_only; its "
+        "format, keys and types. Every file the index lists must be there. One line per file, then a count.",
+    )
+    verify.add_argument("path", metavar="PATH", help="a checkpoint file, a checkpoints folder, or a run directory")
+
+    diff = command(
+        "diff",
+        diff_command,
+        "what differs between two checkpoints",
+        "Config keys, counters and other values, and tensors: the max abs difference of floating "
+        "point ones, how many values differ in integer ones. meta (times, hosts) is not compared.",
+    )
+    diff.add_argument("a", metavar="A", help="a checkpoint file")
+    diff.add_argument("b", metavar="B", help="another checkpoint file")
+
+    export = command(
+        "export",
+        export_command,
+        "the model's weights and config, for inference or fine-tuning",
+        "OUT.pt: a model-only checkpoint that torch.load(weights_only=True) reads. "
+        "OUT.safetensors: the weights, with config and meta in its metadata.",
+    )
+    export.add_argument("path", metavar="PATH", help="a checkpoint file")
+    export.add_argument("out", metavar="OUT", help="the file to write, ending in .pt or .safetensors")
+    export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    migrate_ = command(
+        "migrate",
+        migrate_command,
+        "bring a checkpoint to this framework's current format",
+        "An older file of this framework: upgraded, step by step, to the current format. Another "
+        "program's training checkpoint (epoch, model_state_dict, optimizer_state_dict, maybe "
+        "scheduler_state_dict, loss and random streams; a folder of checkpoint_epoch_N.pt files: "
+        "the highest N): imported into a full checkpoint of the experiment that OVERRIDES "
+        "describe, which a run resumes from with resume=DST, not bit for bit. Its weights must "
+        "fit that model and its optimizer state that optimizer.",
+    )
+    migrate_.add_argument("src", metavar="SRC", help="a checkpoint file, or a folder of numbered ones")
+    migrate_.add_argument("dst", metavar="DST", help="the file to write (never overwritten)")
+    migrate_.add_argument(
+        "overrides", metavar="OVERRIDES", nargs="*", help="as for a run, e.g. model=cnn optimizer=sgd (imports only)"
+    )
+    migrate_.add_argument(
+        "--unpickle-numpy",
+        metavar="SRC",
+        help="let NumPy arrays, dtypes and scalars (what np.random.get_state() holds) be unpickled from this "
+        "file, which must be SRC; nothing else beyond torch.load(weights_only=True) ever is",
+    )
+    migrate_.add_argument(
+        "--epochs-done",
+        type=int,
+        metavar="N",
+        help="how many epochs the imported run finished (default: the file's `epoch`, else the number in its name)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointError, ConfigError, FileProblem, UsageProblem, OSError) as e:
+        print(f"Error: {one_line(e)}", file=sys.stderr)
+        return exit_code_for(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

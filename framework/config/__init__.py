@@ -1,0 +1,1 @@
+"""The config: schemas, checks, override parsing, target arguments, recipes."""

@@ -1,0 +1,113 @@
+"""One optimizer step, one evaluation over a split, mixed precision, and the non-finite loss stop."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from framework import distributed
+from framework.engine.preemption import signals_held
+from framework.engine.state import TrainState
+
+
+class RunStopped(Exception):
+    """The run cannot go on meaningfully (a non-finite loss): one line, exit 1, status failed."""
+
+
+def stop_if_not_finite(loss: float, state: TrainState, stop: bool) -> None:
+    """A NaN or infinite train/loss (a step's, or the epoch's running sum) stops the run before
+    it saves or logs that state as if it were fine."""
+    if stop and not math.isfinite(loss):
+        raise RunStopped(
+            f"train/loss is {loss} at step {state.global_step} (epoch {state.epoch + 1}): the run stopped before "
+            "saving that state. Lower optimizer.lr, set trainer.gradient_clip_val or check the data; "
+            "trainer.stop_on_nonfinite_loss=false goes on regardless."
+        )
+
+
+def train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    clip_norm: float | None,
+    before_update: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
+    """One optimizer step. `before_update` runs just before the weights change: a save in the
+    background may still be copying them (Checkpointer.wait_for_snapshot)."""
+    with autocast():
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_norm:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    before_update()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Mean loss and accuracy over a whole split (empty dict for an empty split).
+
+    Draws no random numbers (eval mode, a loader with its own generator), so validating at any
+    point leaves the training trajectory untouched. Under torchrun rank r computes batches r,
+    r + W, ...; the per-batch sums are gathered and added in batch order, as one process adds
+    them: the result is the one process's, to the bit.
+    """
+    if len(loader.dataset) == 0:
+        return {}
+    model.eval()
+    sums = []
+    with signals_held():  # its workers start here
+        batches = iter(loader)
+    for i, (x, y) in enumerate(batches):
+        if i % world_size != rank:
+            continue
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits = model(x)
+        sums.append(
+            (i, F.cross_entropy(logits.float(), y, reduction="sum").item(), (logits.argmax(dim=1) == y).sum().item())
+        )
+    model.train()
+    if world_size > 1:
+        sums = sorted(s for part in distributed.gather(sums) for s in part)
+    loss_sum, correct = 0.0, 0
+    for _, batch_loss, batch_correct in sums:
+        loss_sum += batch_loss
+        correct += batch_correct
+    n = len(loader.dataset)
+    return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def mixed_precision(
+    precision: str, device: torch.device
+) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
+    """An autocast context factory and a gradient scaler for the chosen precision.
+
+    The scaler only scales for 16-mixed (float16 gradients underflow without it); otherwise it
+    is disabled and passes every call straight through, so the loop is the same for all three.
+    """
+    precision = str(precision)
+    if precision == "32":
+        return contextlib.nullcontext, torch.amp.GradScaler(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler

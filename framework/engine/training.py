@@ -1,0 +1,427 @@
+"""`Training` owns the built components and has a method per step of the loop (fit, train an epoch,
+end it, validate, test, save, restore). All state that survives a checkpoint lives in
+`Training.state` (engine/state.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from framework import data as data_lib
+from framework import distributed
+from framework.checkpoint import Checkpointer, CheckpointError
+from framework.checkpoint.formats import FORMAT_VERSION
+from framework.config.errors import ConfigError
+from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler
+from framework.engine.preemption import StopOnSignal, signals_held
+from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
+from framework.engine.step import evaluate, mixed_precision, stop_if_not_finite, train_step
+from framework.runs import resume as resume_lib
+from framework.runs.reproducibility import seed_everything
+from framework.tracking.metrics_logger import MetricsLogger
+from framework.tracking.progress import Progress
+
+log = logging.getLogger("framework")
+
+
+class Training:
+    """The built components and the steps of the loop: fit (epochs of steps, validating after
+    each), save, restore, test. All state that survives a checkpoint lives in `self.state`
+    (framework/engine/state.py); what is built here follows from the config and the seed."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        device: torch.device,
+        summary: dict,
+        changes: list[str],
+        resume_point: resume_lib.ResumePoint | None,
+    ):
+        self.cfg, self.device, self.changes = cfg, device, changes
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # Plain values: reading a DictConfig attribute costs microseconds, which the step loop
+        # would pay several times a step.
+        self.t = t = SimpleNamespace(**OmegaConf.to_container(cfg.trainer, resolve=True))
+        self.meta = {
+            **summary["meta"],
+            "world_size": self.world_size,
+            "seed": cfg.seed,
+            "determinism": cfg.determinism.level,
+            "determinism_settings": summary["determinism"],
+            "follows_original_trajectory": summary["follows_original_trajectory"],
+            "config_changes": changes,
+        }
+        # A resumed run that has nothing left to train keeps the final metrics it had.
+        self.metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
+        self.logger: MetricsLogger | None = None
+        self.progress = Progress(every=t.log_every_n_steps, enabled=distributed.is_main())
+        self.restore_rng_from: dict | None = None
+
+        splits = build_data(cfg.data, cfg.seed)
+        check_metric_exists(cfg.get("optimized_metric"), splits)
+        self.model = build_model(cfg.model, splits).to(device)
+        # What trains: the model itself, or under torchrun its DistributedDataParallel wrapper
+        # (checkpoints hold the model's own state dict: no `module.` prefix).
+        self.net = self.model
+        if self.world_size > 1:
+            # Same initial weights on every rank (DDP also broadcasts rank 0's); then each rank
+            # its own random streams (dropout), from (seed, rank).
+            seed_everything(data_lib.keyed_seed(cfg.seed, RANK_STREAMS, self.rank) % 2**63)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        # data.batch_size is per rank: each rank takes its shard of the epoch in batches of it.
+        self.steps_per_epoch = steps_per_epoch(len(splits.train), self.world_size, cfg.data.batch_size)
+        # The schedule's length comes from max_epochs only: max_steps is a stopping point.
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
+        self.autocast, self.scaler = mixed_precision(t.precision, device)
+        d, augment = cfg.data, cfg.data.augment
+        kept_on = data_lib.resident_device(d.on_device, device, splits.train)
+        self.train_set = data_lib.Augmented(splits.train, cfg.seed, augment.max_shift, augment.noise_std, kept_on)
+        self.val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, d.num_workers, kept_on)
+        self.test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, d.num_workers, kept_on)
+        log.info(
+            "data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
+            splits.input_shape,
+            splits.num_classes,
+            self.steps_per_epoch,
+            device,
+        )
+        self.state = TrainState(self.model, self.optimizer, self.scheduler, self.scaler)
+        self.checkpointer = Checkpointer(
+            cfg.checkpoint,
+            run_dir / "checkpoints",
+            resumed_from=resume_point.path if resume_point else None,
+            state_bytes=expected_state_bytes(self.model),
+        )
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.run_dir = run_dir
+
+    # ---- restore and history -------------------------------------------------------------
+    def restore(self, point: resume_lib.ResumePoint) -> dict:
+        """Everything but the random streams, which come back once the resumed epoch's data
+        iterator exists (creating it must not shift them). Returns the resume's record."""
+        ckpt = point.ckpt
+        # The state that differs per rank comes back only for the number of ranks that wrote it.
+        same_ranks = ckpt["meta"].get("world_size", 1) == self.world_size
+        try:
+            if same_ranks and self.world_size > 1:
+                ckpt = as_rank_restores_it(ckpt, self.rank)  # each rank its own streams and losses
+            notes = self.state.restore(
+                ckpt, [p for p in PIECES if p not in RNG_PIECES], strict=self.cfg.checkpoint.strict_load
+            )
+        except (RuntimeError, ValueError, KeyError, IndexError) as e:
+            raise CheckpointError(
+                f"cannot resume from {point.path}: {e}. "
+                "checkpoint.strict_load=false loads what fits and reports the rest."
+            ) from e
+        for note in notes:
+            log.warning("non-strict load: %s", note)
+        self.restore_rng_from = ckpt if same_ranks else None
+        resume = resume_record(point, self.changes)
+        if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
+            resume["val_check"] = check_restored_val_loss(
+                ckpt["val_loss"],
+                self.evaluate(self.val_loader).get("loss"),
+                rebatched="trainer.eval_batch_size" in self.changes,
+            )
+        return resume
+
+    def open_history(self, point: resume_lib.ResumePoint | None) -> None:
+        """metrics.jsonl and TensorBoard, cut back to where a resumed run's checkpoint was taken."""
+        step = point.ckpt["global_step"] if point else None
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=self.cfg.logger.tensorboard,
+            keep_lines=point.ckpt.get("metrics_lines") if point else None,
+            resume_step=step,
+            enabled=distributed.is_main(),  # one metrics.jsonl, one TensorBoard run
+        )
+        self.logger.log_config(self.config_yaml, step or 0)
+
+    # ---- fit -----------------------------------------------------------------------------
+    def fit(self, preemption: StopOnSignal) -> str:
+        """Train epochs until max_epochs, max_steps or a stop signal; return which one stopped it."""
+        t, state = self.t, self.state
+        stopped_by = "max_epochs"
+        if t.max_steps is not None and state.global_step >= t.max_steps:
+            stopped_by = "max_steps"  # already there: a resumed run whose config stops it at this step
+            log.warning(
+                "trainer.max_steps=%d is reached already (step %d): nothing to train. To go on, give "
+                "trainer.max_steps=null (or a larger number) with the resume.",
+                t.max_steps,
+                state.global_step,
+            )
+        while state.epoch < t.max_epochs and stopped_by == "max_epochs":
+            stopped_by, loss_sum = self.train_epoch(preemption)
+            self.end_epoch(loss_sum)
+        self.checkpointer.wait()  # the last save (in the background, maybe) is durable before the run is recorded
+        return stopped_by
+
+    def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor]:
+        """The steps of one epoch from the state's position, until its end or a stop; saves
+        the step checkpoints that fall inside it. Returns what stopped it and the loss sum."""
+        t, state, progress = self.t, self.state, self.progress
+        self.model.train()
+        loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=self.device)
+        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=state.position)
+        # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
+        state.position = min(state.position, self.steps_per_epoch)
+        cfg = self.cfg
+        loader = data_lib.train_loader(
+            self.train_set,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+            cfg.seed,
+            state.data_epoch,
+            state.position,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        with signals_held():  # its workers start here
+            batches = iter(loader) if state.position < self.steps_per_epoch else iter(())
+        if self.restore_rng_from is not None:
+            # Only now: anything that creating the iterator drew must not shift the streams.
+            state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
+            self.restore_rng_from = None
+        stopped_by, loss = "max_epochs", None
+        for x, y in batches:
+            loss = train_step(
+                self.net,
+                x.to(self.device),
+                y.to(self.device),
+                self.optimizer,
+                self.scaler,
+                self.autocast,
+                t.gradient_clip_val,
+                self.checkpointer.wait_for_snapshot,
+            )
+            self.scheduler.step()
+            state.global_step += 1
+            state.position += 1
+            loss_sum += loss
+            logged = None
+            if state.global_step % t.log_every_n_steps == 0:
+                logged = distributed.mean(loss.item())
+                stop_if_not_finite(logged, state, t.stop_on_nonfinite_loss)
+                lr = current_lr(self.optimizer)
+                self.logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": lr})
+            progress.step(state.global_step, logged, current_lr(self.optimizer))
+            self.checkpointer.raise_if_failed()  # a background save that failed stops the run here
+            if t.max_steps is not None and state.global_step >= t.max_steps:
+                stopped_by = "max_steps"
+            if self.stop_requested(preemption):
+                stopped_by = "signal"
+            if state.position == self.steps_per_epoch or stopped_by != "max_epochs":
+                break  # the epoch end or the stop saves what is due
+            if self.checkpointer.step_due(state.global_step):
+                state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
+                stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
+                self.save("step", self.validate())
+        progress.end_epoch()
+        if loss is not None:
+            state.last_loss = loss.item()
+        return stopped_by, loss_sum
+
+    def stop_requested(self, preemption: StopOnSignal) -> bool:
+        """Whether a stop signal came. Under torchrun the ranks must stop at one step, so they
+        agree every STOP_CHECK_EVERY steps and at the epoch's last (a collective of its own:
+        every step would cost a few percent of a small model's step)."""
+        if self.world_size == 1:
+            return preemption.stop_requested()
+        state = self.state
+        if state.global_step % STOP_CHECK_EVERY and state.position != self.steps_per_epoch:
+            return False
+        return distributed.any_rank(preemption.stop_requested())
+
+    def end_epoch(self, loss_sum: torch.Tensor) -> None:
+        """Validate and save where the epoch ended: at its last step, or where a stop came."""
+        t, state = self.t, self.state
+        state.epoch_loss_sum = loss_sum.item()  # this rank's: a checkpoint keeps every rank's
+        epoch_loss_sum = distributed.mean(state.epoch_loss_sum)
+        stop_if_not_finite(epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
+        metrics = {"train/loss": epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
+        metrics.update(self.validate())
+        self.metrics = metrics
+        log.info(
+            "epoch %d/%d step %d %s",
+            state.epoch + 1,
+            t.max_epochs,
+            state.global_step,
+            " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        )
+        if state.position == self.steps_per_epoch:
+            self.logger.log("epoch", state.epoch, state.global_step, metrics)
+            state.epoch += 1
+            state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
+            monitor = self.cfg.checkpoint.monitor
+            improved = self.checkpointer.improves(metrics.get(monitor), state.best_metric)
+            if improved:
+                state.best_metric = metrics[monitor]
+            self.save("epoch", metrics, improved)
+        else:
+            # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics go on
+            # from here; then report the stop.
+            self.save("stop", metrics)
+            self.logger.log("stop", state.epoch, state.global_step, metrics)
+
+    def validate(self) -> dict:
+        return prefixed("val", self.evaluate(self.val_loader))
+
+    def test(self) -> dict:
+        test = prefixed("test", self.evaluate(self.test_loader))
+        self.logger.log("test", self.state.epoch, self.state.global_step, test)
+        log.info("test %s", " ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        return test
+
+    def evaluate(self, loader: DataLoader) -> dict:
+        return evaluate(self.model, loader, self.device, self.autocast, self.rank, self.world_size)
+
+    # ---- save ----------------------------------------------------------------------------
+    def save(self, event: str, val: dict, improved: bool = False) -> None:
+        """Every rank gives its own state (random streams, losses); rank 0 writes; all wait until
+        it is done."""
+        every_rank = distributed.gather(self.state.own_state()) if self.world_size > 1 else None
+        if distributed.is_main():
+            self.save_here(event, val, improved, every_rank)
+        distributed.barrier()
+
+    def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> None:
+        state = self.state
+        self.checkpointer.save(
+            lambda kind: self.payload(kind, val.get("val/loss"), every_rank),
+            event=event,
+            epoch=state.epoch,
+            step=state.global_step,
+            position=state.position,
+            metric=val.get(self.cfg.checkpoint.monitor),
+            improved=improved,
+            copy_later=state.stepped_tensors(),  # copied in the background (async_save) before the next step
+        )
+
+    def payload(self, kind: str, val_loss: float | None, every_rank: list | None) -> dict:
+        """What a checkpoint holds: everything to resume ("full"), or the weights ("model").
+        `every_rank`: under torchrun, each rank's own state (None: this process's only)."""
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "origin": "trained",
+            "exact_resume": True,  # everything a bit-exact continuation needs is in it
+            **self.meta,
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+        }
+        if kind == "model":
+            return {
+                "epoch": self.state.epoch,
+                "global_step": self.state.global_step,
+                "model_state_dict": self.state.model_weights(),
+                "config": self.config_yaml,
+                "meta": meta,
+            }
+        return {
+            **self.state.capture(every_rank),
+            "val_loss": val_loss,
+            "metrics_lines": self.logger.lines,
+            "config": self.config_yaml,
+            "meta": meta,
+        }
+
+    def close(self) -> None:
+        try:
+            # A run ending by an error still lets the save in flight finish (or fail: said, not raised
+            # over the error that ended the run; a finished run has waited already).
+            self.checkpointer.close()
+        except (CheckpointError, OSError) as e:
+            log.error("the checkpoint being written in the background failed too: %s", e)
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+
+
+def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
+    """Before any training: the run would end without the metric a sweeper optimizes."""
+    for prefix, part in (("val/", splits.val), ("test/", splits.test)):
+        if metric is not None and metric.startswith(prefix) and len(part) == 0:
+            raise ConfigError(
+                f"optimized_metric={metric}: the {prefix[:-1]} split is empty, so the run ends without it"
+            )
+
+
+def steps_per_epoch(train_samples: int, world_size: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch: each rank's shard in batches of data.batch_size (per rank)."""
+    return math.ceil(data_lib.shard_size(train_samples, world_size) / batch_size)
+
+
+def expected_state_bytes(model: torch.nn.Module) -> int:
+    """About how large a full checkpoint of this model gets: its weights and up to two optimizer
+    buffers per weight (Adam's moments)."""
+    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+# The tag of each rank's own random streams (framework/data/keyed.py: tags 1-7).
+RANK_STREAMS = 8
+
+
+# Under torchrun, how often the ranks agree whether a stop signal came (Training.stop_requested).
+STOP_CHECK_EVERY = 5
+
+
+def check_restored_val_loss(recorded: float, now: float | None, rebatched: bool = False) -> dict:
+    """Validation right after restoring must reproduce the loss the checkpoint recorded: to the
+    bit, or, when trainer.eval_batch_size changed (a sum batched otherwise rounds otherwise in its
+    last bits), to float rounding."""
+    identical = now == recorded
+    if rebatched and now is not None and not identical:
+        identical = math.isclose(now, recorded, rel_tol=1e-6, abs_tol=1e-9)
+    if identical:
+        how = "identical to the checkpoint's"
+        if now != recorded:
+            how = "equal to the checkpoint's within float rounding (trainer.eval_batch_size changed)"
+        log.info("resume check: val/loss %.10g after restoring, %s", now, how)
+    else:
+        log.warning("!" * 72)
+        log.warning(
+            "RESUME CHECK FAILED: val/loss after restoring is %r, the checkpoint recorded %r "
+            "(difference %.3g). The restored model is not the one that was saved, or this "
+            "machine computes differently.",
+            now,
+            recorded,
+            (now or 0.0) - recorded,
+        )
+        log.warning("!" * 72)
+    return {
+        "recorded_val_loss": recorded,
+        "val_loss_after_restore": now,
+        "identical": identical,
+        "rebatched": rebatched,
+    }
+
+
+def resume_record(point: resume_lib.ResumePoint, changes: list[str]) -> dict:
+    return {
+        "from": str(point.path),
+        "epoch": point.ckpt["epoch"],
+        "global_step": point.ckpt["global_step"],
+        "position": point.ckpt["loader_state"]["position"],
+        "changed_keys": changes,
+        "exact": point.ckpt["meta"].get("exact_resume", True),  # False: an imported checkpoint
+        "time": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0]["lr"]

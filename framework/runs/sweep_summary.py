@@ -1,0 +1,376 @@
+"""Summaries of multirun sweeps, built from the files on disk.
+
+    python -m framework -m seed=0,1,2,3,4            # the summary is written when the sweep ends
+    python -m framework -m seed=0,1,2 repeat=0,1     # also checks that every seed reproduces
+    python -m framework.sweep SWEEP_DIR              # (re)build it from disk, whatever ran the jobs
+
+Writes at the sweep root: summary.json, summary.md (per metric n, mean, std, min, max and a 95%
+confidence interval; a row per run with its seed, final metrics and fingerprint) and
+val_curves.png (the validation curves of every seed, with their mean and spread).
+
+Every job leaves its own record (metrics.json with its status), so a sweep whose jobs failed,
+were killed, or ran under any launcher is summarized the same way. A job refused because its
+directory holds another run (or a live process) cannot write there: it leaves its record at the
+sweep's root (`.refused/`, cleared when the next multirun of that directory starts). Runs that
+differ only in `repeat` are repeats: the summary says per seed whether all of them have one
+fingerprint. Exit status of the command (and of the sweep, through SummaryCallback): 1 when a
+job failed or was refused or a seed did not reproduce, 0 otherwise; 128 + N when signal N
+stopped the sweep.
+
+A stop signal stops the whole sweep: the job that trains stops at a step with a checkpoint, no
+more jobs start, the summary is written, and the sweep exits as the signal would have it. That
+holds between two jobs too, and for a parallel launcher whose main process alone is signalled: it
+passes the signal to its workers (StopBetweenJobs). The signal is noted at the sweep's root
+(`.stopped`) for every process of the sweep to see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+from pathlib import Path
+
+import yaml
+
+from framework.atomic import replace_atomically, write_json_atomic
+from framework.config.overrides import without
+from framework.runs.reproducibility import why_runs_differ
+from framework.runs.run_dir import REFUSED, STOPPED_BY
+
+METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
+
+
+# Jobs a signal stopped with a checkpoint: not failed, not done.
+STOPPED = ("preempted", "interrupted")
+
+
+# ---- what a job leaves at the sweep's root ------------------------------------------------
+def record_refusal(sweep_dir: Path, job_num: int, run_dir: Path, seed: object, overrides: list, reason: str) -> None:
+    """A job refused a directory that is another run's: its record, where the summary finds it."""
+    record = {"dir": str(run_dir), "seed": seed, "overrides": overrides, "error": reason}
+    folder = sweep_dir / REFUSED
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"job_{job_num}.json", record)
+
+
+def refused_jobs(sweep_dir: Path) -> list[dict]:
+    """The records of the last multirun's refused jobs, in job order, as the summary lists jobs."""
+    jobs = []
+    for path in sorted((sweep_dir / REFUSED).glob("job_*.json"), key=lambda p: int(p.stem.split("_")[1])):
+        try:
+            refused = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        record = empty_record(str(refused.get("dir")))
+        record.update(status="refused", **{k: refused.get(k) for k in ("seed", "overrides", "error")})
+        jobs.append(record)
+    return jobs
+
+
+def request_stop(sweep_dir: Path, signum: int) -> None:
+    """Note at the sweep's root that signal `signum` stops the sweep: no more jobs start."""
+    replace_atomically(sweep_dir / STOPPED_BY, signal.Signals(signum).name + "\n", durable=False)
+
+
+def stop_requested(sweep_dir: Path) -> signal.Signals | None:
+    """The signal that stopped the sweep, or None."""
+    try:
+        return signal.Signals[(sweep_dir / STOPPED_BY).read_text().strip()]
+    except (OSError, KeyError):
+        return None
+
+
+# ---- reading the jobs --------------------------------------------------------------------
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory of the sweep: the ones Hydra made (with .hydra/), in job order."""
+    # A resumed job keeps its later Hydra records in .hydra/resume-*/: those are not jobs.
+    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    found.discard(sweep_dir)
+    return sorted(found, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, str(d)))
+
+
+def empty_record(job_dir: str) -> dict:
+    return {
+        "dir": job_dir,
+        "overrides": [],
+        "status": "failed",
+        "seed": None,
+        "repeat": 0,
+        "metrics": {},
+        "fingerprint": None,
+        "error": None,
+        "curve": [],
+        "optimized_metric": None,
+    }
+
+
+def read_job(job: Path) -> dict:
+    record = empty_record(str(job))
+    record["overrides"] = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    config_file = job / ".hydra" / "config.yaml"
+    if config_file.is_file():
+        config = yaml.safe_load(config_file.read_text()) or {}
+        record["seed"], record["repeat"] = config.get("seed"), config.get("repeat", 0)
+    try:
+        summary = json.loads((job / "metrics.json").read_text())
+    except (OSError, ValueError):
+        record["error"] = f"no metrics.json: the job failed before training started (see {job / 'train.log'})"
+        return record
+    record["settings"] = {k: summary.get(k) for k in ("determinism", "device", "meta")}
+    record.update(
+        status=summary.get("status", "failed"),
+        seed=summary.get("seed", record["seed"]),
+        metrics=summary.get("metrics", {}),
+        fingerprint=summary.get("fingerprint"),
+        error=summary.get("error"),
+        optimized_metric=summary.get("optimized_metric"),
+    )
+    if record["status"] == "running":
+        record["status"] = "failed"  # killed: it never wrote an end
+        record["error"] = record["error"] or "the job never finished (killed?)"
+    if record["status"] in STOPPED:
+        record["error"] = f"{record['status']} at step {summary.get('global_step')}: continue with resume=auto"
+    try:
+        lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        record["curve"] = [
+            (r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"
+        ]
+    except (OSError, ValueError):
+        pass
+    return record
+
+
+# ---- statistics --------------------------------------------------------------------------
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with df degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def statistics_of(values: list[float]) -> dict:
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "min": min(values),
+        "max": max(values),
+        "ci95_low": mean - half,
+        "ci95_high": mean + half,
+    }
+
+
+def group_key(record: dict) -> tuple:
+    """Runs with the same overrides but for `repeat` are repeats of one configuration."""
+    return tuple(sorted(without(record["overrides"], "repeat")))
+
+
+# ---- the summary -------------------------------------------------------------------------
+def summarize(sweep_dir: Path) -> dict:
+    sweep_dir = Path(sweep_dir)
+    runs = [read_job(d) for d in job_dirs(sweep_dir)] + refused_jobs(sweep_dir)
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+
+    # Statistics over configurations, one run each: identical repeats must not shrink the interval.
+    firsts = [next((r for r in g if r["status"] == "completed"), None) for g in groups.values()]
+    firsts = [r for r in firsts if r is not None]
+    stats = {
+        m: statistics_of([r["metrics"][m] for r in firsts if m in r["metrics"]])
+        for m in METRICS
+        if any(m in r["metrics"] for r in firsts)
+    }
+
+    repeated = {k: g for k, g in groups.items() if len(g) > 1}
+    reproducibility = []
+    for key, g in repeated.items():
+        prints = [r["fingerprint"] for r in g]
+        reproduces = all(r["status"] == "completed" for r in g) and len(set(prints)) == 1
+        reproducibility.append(
+            {
+                "seed": g[0]["seed"],
+                "overrides": list(key),
+                "runs": len(g),
+                "fingerprints": prints,
+                "reproduces": reproduces,
+                # What the runs' records say could explain it (a thread count, a GPU under seeded).
+                "possible_causes": [] if reproduces else why_runs_differ([r.get("settings") or {} for r in g]),
+            }
+        )
+    failed = [r for r in runs if r["status"] not in ("completed", "refused", *STOPPED)]
+    stopped = [r for r in runs if r["status"] in STOPPED]
+    refused = [r for r in runs if r["status"] == "refused"]
+    stopped_by = stop_requested(sweep_dir)
+    summary = {
+        "sweep_dir": str(sweep_dir),
+        "jobs": len(runs),
+        "completed": len(runs) - len(failed) - len(stopped) - len(refused),
+        "failed": len(failed),
+        "refused": len(refused),
+        "stopped": len(stopped),
+        "stopped_by": stopped_by.name if stopped_by else None,
+        "metrics": stats,
+        "reproducibility_checked": bool(repeated),
+        "reproducibility": reproducibility,
+        "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
+        "best": best_result(sweep_dir, runs),
+        "runs": [
+            {k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
+            for r in runs
+        ],
+    }
+    # Whole files or none, like every file the framework writes: a reader never sees half a summary.
+    write_json_atomic(sweep_dir / "summary.json", summary)
+    replace_atomically(sweep_dir / "summary.md", markdown(summary))
+    plot_curves(runs, sweep_dir / "val_curves.png")
+    return summary
+
+
+def best_result(sweep_dir: Path, runs: list[dict]) -> dict | None:
+    """What a sweeper that optimizes found (Optuna writes optimization_results.yaml when its
+    study ends): the best value, its parameters, and which metric it is."""
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    found = yaml.safe_load(results.read_text()) or {}
+    if "best_value" not in found:
+        return None  # a study with several objectives: its Pareto front is in that file
+    metric = next((r["optimized_metric"] for r in runs if r["optimized_metric"]), None)
+    return {"metric": metric, "value": found["best_value"], "params": found.get("best_params", {})}
+
+
+def markdown(s: dict) -> str:
+    out = [
+        f"# Sweep summary: {s['sweep_dir']}",
+        "",
+        f"{s['jobs']} jobs: {s['completed']} completed, {s['failed']} failed, {s.get('refused', 0)} refused, "
+        f"{s['stopped']} stopped by a signal.",
+        "",
+    ]
+    if s["metrics"]:
+        out += ["| metric | n | mean | std | min | max | 95% CI |", "|---|---:|---:|---:|---:|---:|---|"]
+        for name, d in s["metrics"].items():
+            ci = "n/a" if d["n"] < 2 else f"[{d['ci95_low']:.4f}, {d['ci95_high']:.4f}]"
+            out.append(
+                f"| {name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} | {ci} |"
+            )
+        out.append("")
+    out += [
+        "| run | seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
+        "|---|---:|---:|---|" + "---:|" * len(METRICS) + "---|",
+    ]
+    for r in s["runs"]:
+        values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
+        fp = (r["fingerprint"] or "")[:16]
+        out.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
+    for title, statuses in (("Failed jobs:", ("failed",)), ("Refused jobs:", ("refused",)), ("Stopped jobs:", STOPPED)):
+        listed = [r for r in s["runs"] if r["status"] in statuses]
+        if listed:
+            out += ["", title] + [f"- {Path(r['dir']).name} (seed {r['seed']}): {r['error']}" for r in listed]
+    if s.get("best"):
+        b = s["best"]
+        params = " ".join(f"{k}={v}" for k, v in b["params"].items())
+        out += ["", f"Best {b['metric'] or 'value'}: {b['value']} with {params}"]
+    if s["reproducibility_checked"]:
+        verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
+        out += [
+            "",
+            f"Reproducibility: {verdict}.",
+            "",
+            "| seed | other overrides | runs | identical fingerprints |",
+            "|---:|---|---:|---|",
+        ]
+        for r in s["reproducibility"]:
+            others = " ".join(without(r["overrides"], "seed")) or "(none)"
+            out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
+        causes = [(r["seed"], c) for r in s["reproducibility"] for c in r["possible_causes"]]
+        if causes:
+            out += ["", "Possible causes, from the runs' records:"] + [f"- seed {seed}: {c}" for seed, c in causes]
+    return "\n".join(out) + "\n"
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for column, (ax, name) in enumerate(zip(axes, ("val/loss", "val/acc")), start=1):
+        by_epoch: dict[int, list[float]] = {}
+        for r in runs:
+            points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
+            if not points:
+                continue
+            ax.plot(
+                [e for e, _ in points],
+                [v for _, v in points],
+                alpha=0.35,
+                linewidth=1,
+                label=f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else ""),
+            )
+            for e, v in points:
+                by_epoch.setdefault(e, []).append(v)
+        if by_epoch:
+            epochs = sorted(by_epoch)
+            mean = [statistics.fmean(by_epoch[e]) for e in epochs]
+            std = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+            ax.plot(epochs, mean, color="black", linewidth=2, label="mean")
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color="black",
+                alpha=0.15,
+                label="mean ± std",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    if axes[1].get_legend_handles_labels()[0]:  # not when no job got as far as an epoch
+        axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def verdict(summary: dict) -> tuple[int, str]:
+    """Exit status and a one-line verdict for a summary."""
+    problems = []
+    if summary["failed"]:
+        problems.append(f"{summary['failed']} of {summary['jobs']} jobs failed")
+    if summary.get("refused"):
+        problems.append(
+            f"{summary['refused']} of {summary['jobs']} jobs refused (their directories hold other runs: "
+            "see summary.md)"
+        )
+    if summary.get("stopped"):
+        problems.append(f"{summary['stopped']} of {summary['jobs']} jobs stopped by a signal")
+    if summary["all_reproduce"] is False:
+        bad = [
+            " ".join(r["overrides"]) or f"seed={r['seed']}" for r in summary["reproducibility"] if not r["reproduces"]
+        ]
+        problems.append(f"{len(bad)} configuration(s) did not reproduce: {'; '.join(bad)}")
+        causes = sorted({c for r in summary["reproducibility"] for c in r["possible_causes"]})
+        if causes:
+            problems.append("possible causes: " + " | ".join(causes))
+    best = summary.get("best")
+    if best:
+        params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        best_line = f"best {best['metric'] or 'value'} {best['value']} with {params}"
+    if problems:
+        return 1, "; ".join(problems + ([best_line] if best else []))
+    extra = ", every seed reproduces" if summary["all_reproduce"] else ""
+    return 0, f"{summary['jobs']} jobs completed{extra}" + (f"; {best_line}" if best else "")
