@@ -1,12 +1,68 @@
-"""Fixtures. Helpers that tests import are in helpers.py."""
+"""Fixtures, and the test tiers. Helpers that tests import are in helpers.py.
+
+Tiers: tests/unit (mirrors the package: no training, no subprocess), tests/integration (training
+in this process) and tests/cli (subprocesses: the command line, torchrun, multirun, pip install).
+Every test under tests/cli is marked `slow`, as is any other test marked `@pytest.mark.slow`.
+
+Which slow tests run:
+- `pytest` (or a folder outside tests/cli, e.g. `pytest tests/unit`): none; they are deselected.
+- `pytest --all`: all of them (the full suite, what CI runs).
+- `pytest tests/cli` (or a folder inside it), a test file or a test id: every slow test the
+  argument names, since naming it is asking for it.
+- `-m` with an expression that mentions `slow`: that expression decides.
+"""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from framework.config.folders import CONF_DIR
+
+SLOW_TIER = Path(__file__).resolve().parent / "cli"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", help="run the slow tier (tests/cli and @slow tests) too")
+
+
+def _named_explicitly(path: Path, args: list[Path]) -> bool:
+    """Whether a command-line argument names this test's file, or a folder at or under tests/cli holding it."""
+    for arg in args:
+        if arg == path:
+            return True
+        if arg.is_dir() and arg.is_relative_to(SLOW_TIER) and path.is_relative_to(arg):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.is_relative_to(SLOW_TIER):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("all") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    args = [(config.invocation_params.dir / a.split("::")[0]).resolve() for a in config.args]
+    kept, left_out = [], []
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None
+        (left_out if slow and not _named_explicitly(item.path, args) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+        config.stash[_LEFT_OUT] = len(left_out)
+
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.stash.get(_LEFT_OUT, 0):
+        terminalreporter.write_line(
+            f"{config.stash[_LEFT_OUT]} slow tests left out (the tests/cli tier and @slow): `pytest --all` runs them"
+        )
 
 
 @pytest.fixture
