@@ -1,0 +1,70 @@
+"""The config through the real command line: one-line errors naming the key, --help and --version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import CONF, run_cli
+
+import framework
+
+GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CLI_ERRORS = [
+    # (overrides, what stderr must say)
+    (["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
+    (["trainer.foo=1"], ["trainer.foo: no such key", "max_epochs"]),
+    (["optimizer=adamw", "optimizer.amsgrad=true"], ["torch.optim.AdamW takes it", "+optimizer.amsgrad=true"]),
+    (["optimizer=adamw", "optimizer.amsgrd=true"], ["optimizer.amsgrd", "no argument 'amsgrd'", "amsgrad, maximize"]),
+    (["model.foo.bar=1"], ["model.foo", "framework.models.CNN takes no argument 'foo'", "channels"]),
+    (["data=npz"], ["missing required value", "data.source.path"]),
+    (["model=foo"], ["Could not find 'model/foo'", "Available options in 'model'", "cnn", "mlp"]),
+    (["trainer.precision=64"], ["trainer.precision", "16-mixed"]),
+    (["data=npz", "data.source.path=/no/such/file.npz"], ["data.source.path", "/no/such/file.npz"]),
+    (["model._target_=no_such_module.Net"], ["model._target_", "no_such_module"]),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", CLI_ERRORS, ids=[" ".join(o) for o, _ in CLI_ERRORS])
+def test_cli_errors_are_short_name_the_key_and_exit_non_zero(tmp_path, overrides, expected):
+    proc = run_cli(tmp_path / "run", *overrides, "logger=none", check=False)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 20
+    if overrides == ["model=foo"]:
+        assert "schema" not in proc.stderr.split("Config search path")[0]  # only real options listed
+
+
+def test_a_misspelt_added_key_is_refused_by_name_before_any_data_loads(tmp_path):
+    # The data file does not exist: had the data been loaded first, the error would be about it.
+    proc = run_cli(tmp_path / "run", "+optimizer.amsgrd=true", "data=npz", "data.source.path=/no/such/file.npz",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "Error: optimizer.amsgrd: torch.optim.SGD takes no argument 'amsgrd'. It takes: lr, momentum, dampening, "
+        "weight_decay, nesterov, maximize, foreach, differentiable, fused"
+    ]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_help_lists_the_real_groups_and_the_version():
+    proc = subprocess.run([sys.executable, "-m", "framework", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    head = proc.stdout.split("== Config ==")[0]
+    assert head.startswith(f"framework {framework.__version__}:")
+    groups = head.split("== Configuration groups ==")[1]
+    listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
+    assert sorted(listed) == sorted([*GROUPS, "recipe"])  # no schema entries
+    assert all(listed[g] == ", ".join(options(g)) for g in GROUPS)
+    assert {"digits_cnn", "template", "seed_study", "lr_search"} <= set(listed["recipe"].split(", "))
+    version = subprocess.run([sys.executable, "-m", "framework", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith(f"framework {framework.__version__} (Hydra ")
