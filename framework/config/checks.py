@@ -1,20 +1,35 @@
-"""The checks Hydra cannot do: missing values and out-of-range choices, in one message."""
+"""The checks Hydra cannot do: keys nothing reads, missing values and out-of-range choices."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from framework.config.errors import ConfigError
-from framework.config.schema import DETERMINISM_LEVELS, FINAL_METRICS, MONITORS, PRECISIONS
+from framework.config.schema import (
+    DETERMINISM_LEVELS,
+    FINAL_METRICS,
+    MONITORS,
+    PRECISIONS,
+    Config,
+    DataConfig,
+)
 from framework.engine.preemption import signal_problem
 from framework.runs.run_dir import EXISTING_RUN
 
 
-def check(cfg: DictConfig) -> None:
-    """Refuse what composition lets through: missing values and out-of-range choices."""
+def check(cfg: DictConfig, every_key_read: bool = True) -> None:
+    """Refuse what composition lets through: keys nothing reads, missing values and out-of-range
+    choices. `every_key_read=False` for a checkpoint's config, which may hold keys that an older
+    version read: a run resumed from it must not be refused for them."""
+    if every_key_read:
+        unread = unread_keys(cfg)
+        if unread:
+            raise ConfigError("; ".join(f"{key}: no such key; nothing reads it. {known}" for key, known in unread))
     missing = sorted(_missing_keys(cfg))
     if missing:
         keys = ", ".join(missing)
@@ -100,3 +115,71 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
             else:
                 found += _missing_keys(node._get_node(key), full + ".")
     return found
+
+
+# Sections that the schema types `Any` (any option fits there) but whose own keys the framework
+# reads: a data option's keys are DataConfig's, whatever its source.
+READ_AS = {"data": DataConfig}
+
+
+def unread_keys(cfg: DictConfig) -> list[tuple[str, str]]:
+    """The keys that nothing reads, each with the keys its section has: `+trainer.ema_decay=0.9`
+    adds a key that Hydra accepts and no code reads. A section with a `_target_` takes its
+    target's arguments (checked in target_arguments.check_arguments); a section the schema does
+    not describe is anyone's; a key that an interpolation names is read through it."""
+    referenced = _referenced_keys(cfg)
+    found = []
+    for key, names in _unread_in(cfg, Config, ""):
+        if not any(key == r or r.startswith(key + ".") or key.startswith(r + ".") for r in referenced):
+            section = key.rpartition(".")[0] or "the config"
+            found.append((key, f"The keys of {section}: {', '.join(names)}"))
+    return found
+
+
+def _unread_in(node: DictConfig, spec: type, prefix: str) -> list[tuple[str, list[str]]]:
+    if "_target_" in node:
+        return []
+    hints = typing.get_type_hints(spec)
+    names = [f.name for f in dataclasses.fields(spec)]
+    found = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if full == "hydra":  # Hydra's own settings, where a config is composed with them
+            continue
+        if key not in hints:
+            found.append((full, names))
+            continue
+        inner, child = READ_AS.get(full, hints[key]), node._get_node(key)
+        if dataclasses.is_dataclass(inner) and _is_section(child):
+            found += _unread_in(child, inner, full + ".")
+    return found
+
+
+# `${a.b}`, `${.b}` and the ones nested in a resolver's arguments (`${oc.env:X,${a.b}}`).
+REFERENCE = re.compile(r"\$\{\s*(\.*[\w\-]+(?:\.[\w\-]+)*)\s*\}")
+
+
+def _referenced_keys(node: DictConfig | ListConfig, prefix: str = "") -> set[str]:
+    """The absolute keys that the interpolations under `node` (at `prefix`) name."""
+    found = set()
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        if child._is_interpolation():
+            found |= {_absolute(ref, prefix) for ref in REFERENCE.findall(str(child._value()))}
+        elif _is_section(child) or (isinstance(child, ListConfig) and not (child._is_none() or child._is_missing())):
+            found |= _referenced_keys(child, f"{prefix}{key}.")
+    return found
+
+
+def _is_section(node: Any) -> bool:
+    return isinstance(node, DictConfig) and not (node._is_none() or node._is_missing())
+
+
+def _absolute(ref: str, prefix: str) -> str:
+    """`ref` as an absolute key, where `prefix` is the section (with its dot) that names it."""
+    dots = len(ref) - len(ref.lstrip("."))
+    if not dots:
+        return ref
+    parts = prefix.rstrip(".").split(".") if prefix else []
+    parts = parts[: len(parts) - (dots - 1)] if dots > 1 else parts
+    return ".".join([*parts, ref.lstrip(".")])

@@ -132,7 +132,7 @@ def resolve_config(
     changes, follows_original = [], True
     if resume_point is not None:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)
-        check(cfg)
+        check(cfg, every_key_read=False)  # an older version may have read keys this one does not
         if not same_world_size(resume_point, cfg.allow_config_changes):
             follows_original = False
         if not resume_point.ckpt["meta"].get("exact_resume", True):
