@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from fractions import Fraction
 from types import SimpleNamespace
 
@@ -200,23 +198,6 @@ def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
         resume.newest_valid(folder)
 
 
-def test_weights_load_into_plain_pytorch_without_the_framework(tmp_path):
-    state = make_state()
-    checkpointer(tmp_path).save(
-        payload_maker(state), event="epoch", epoch=1, step=1, position=0, metric=None, improved=False
-    )
-    script = f"""
-import sys, torch
-model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-model.load_state_dict(torch.load({str(tmp_path / "checkpoints" / "last.pt")!r}, weights_only=True)["model_state_dict"])
-assert not any(m.startswith("framework") for m in sys.modules), "framework was imported"
-print(float(model[0].weight.sum()))
-"""
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
-    assert out.returncode == 0, out.stderr
-    assert float(out.stdout) == pytest.approx(float(state.model[0].weight.detach().sum()))
-
-
 def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -225,29 +206,6 @@ def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
     (folder / "notes.txt").write_text("mine")
     checkpointer(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
-
-
-def test_a_run_writes_model_only_periodic_files_beside_a_full_last(tmp_path):
-    from helpers import run_cli
-
-    run = tmp_path / "run"
-    run_cli(
-        run,
-        "model=mlp",
-        "trainer.max_epochs=2",
-        "logger=none",
-        "checkpoint.every_n_epochs=1",
-        "checkpoint.model_only=true",
-        "checkpoint.monitor=null",
-    )
-    folder = run / "checkpoints"
-    assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
-    periodic = torch.load(folder / "epoch_0002.pt", weights_only=True)
-    last = torch.load(folder / "last.pt", weights_only=True)
-    assert set(periodic) == set(io.MODEL_KEYS) and periodic["meta"]["kind"] == "model"
-    assert last["meta"]["kind"] == "full" and set(io.FULL_KEYS) <= set(last)
-    assert all(torch.equal(periodic["model_state_dict"][k], v) for k, v in last["model_state_dict"].items())
-    assert "model:" in periodic["config"] and periodic["meta"]["seed"] == 0
 
 
 def test_the_checksums_computed_while_writing_are_the_files(tmp_path):
