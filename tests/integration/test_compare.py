@@ -1,23 +1,27 @@
-"""python -m framework.compare: identical, or where two runs first part."""
+"""python -m framework.compare: identical, or where two runs first part (its main, in process)."""
 
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
-from helpers import ROOT, train_in_process
+import pytest
+from helpers import train_in_process
 
-
-def compare_cli(a, b):
-    return subprocess.run(
-        [sys.executable, "-m", "framework.compare", str(a), str(b)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from framework.cli import compare
 
 
-def test_compare_says_identical_or_where_runs_differ(tmp_path):
+@pytest.fixture
+def compare_cli(capsys):
+    """compare_cli(a, b) -> the exit code, stdout and stderr of `python -m framework.compare A B`."""
+
+    def run(a, b):
+        code = compare.main([str(a), str(b)])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
+def test_compare_says_identical_or_where_runs_differ(tmp_path, compare_cli):
     quick = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none"]
     train_in_process(tmp_path / "a", *quick)
     train_in_process(tmp_path / "b", *quick)
@@ -44,7 +48,7 @@ def test_compare_finds_a_late_divergence(tmp_path):
     assert first_divergence(a, json.loads(json.dumps(a))) is None
 
 
-def test_compare_names_a_thread_count_difference(tmp_path):
+def test_compare_names_a_thread_count_difference(tmp_path, compare_cli):
     quick = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
     train_in_process(tmp_path / "one", *quick, "determinism.num_threads=1")
     train_in_process(tmp_path / "two", *quick, "determinism.num_threads=2")
