@@ -14,6 +14,7 @@ died must bring the job down in bounded time, not leave the others waiting at a 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 
 import torch
@@ -22,21 +23,21 @@ import torch.distributed as dist
 TIMEOUT = timedelta(seconds=int(os.environ.get("FRAMEWORK_COLLECTIVE_TIMEOUT_S", "120")))
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+def rank(environ: Mapping[str, str] = os.environ) -> int:
+    return int(environ.get("RANK", "0"))
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def world_size(environ: Mapping[str, str] = os.environ) -> int:
+    return int(environ.get("WORLD_SIZE", "1"))
 
 
-def is_distributed() -> bool:
-    return world_size() > 1
+def is_distributed(environ: Mapping[str, str] = os.environ) -> bool:
+    return world_size(environ) > 1
 
 
-def is_main() -> bool:
+def is_main(environ: Mapping[str, str] = os.environ) -> bool:
     """Rank 0: the one process that logs and writes the run's files."""
-    return rank() == 0
+    return rank(environ) == 0
 
 
 def init() -> None:

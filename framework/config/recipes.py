@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,8 @@ class Recipe:
         return lines[0] if lines else "(no description: its first comment line says what it is for)"
 
 
-def user_folders() -> list[Path]:
-    listed = os.environ.get(FOLDERS_ENV)
+def user_folders(environ: Mapping[str, str] = os.environ) -> list[Path]:
+    listed = environ.get(FOLDERS_ENV)
     if listed:
         return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
     return [Path("recipes")]
@@ -133,15 +134,23 @@ def register(recipes: dict[str, Recipe] | None = None) -> dict[str, str]:
     asked for, not on every run)."""
     problems = {}
     store = ConfigStore.instance()
-    for recipe in (recipes if recipes is not None else find_all()).values():
+    recipes = recipes if recipes is not None else find_all()
+    for recipe in recipes.values():
         try:
             node = read(recipe)
         except ConfigError as e:
             problems[recipe.name] = str(e)
             continue
         store.store(group="recipe", name=recipe.name, node=node, package="_global_")
+    make_importable({name: r for name, r in recipes.items() if name not in problems})
+    return problems
+
+
+def make_importable(recipes: Mapping[str, Recipe]) -> None:
+    """Put the parent of each user folder of `recipes` on sys.path, so that the modules beside them
+    import as FOLDER.NAME (the shipped ones import as framework.recipes.NAME)."""
+    for recipe in recipes.values():
         if not recipe.shipped:
             parent = str(recipe.file.parent.resolve().parent)
             if parent not in sys.path:
                 sys.path.append(parent)
-    return problems

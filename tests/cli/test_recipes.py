@@ -15,7 +15,7 @@ from helpers import TESTS, compose_config, read_summary, train_in_process
 from omegaconf import OmegaConf
 
 from framework.cli.compare import compare as differences
-from framework.cli.train import check_objective
+from framework.cli.jobs import check_objective
 from framework.config import recipes as recipe_lib
 from framework.config.errors import ConfigError
 from framework.config.overrides import given_keys
