@@ -18,6 +18,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 under the usual 022),
+    for files that a library creates with a narrower one (safetensors: 0600)."""
+    try:  # Linux states the umask; reading it elsewhere means setting it for a moment
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def replace_atomically(path: Path, text: str, durable: bool = True) -> None:
     """Write `text` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
     folder. `durable=False` skips both fsyncs: still whole for any reader and after a killed

@@ -41,7 +41,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.atomic import fsync_dir
+from framework.atomic import fsync_dir, new_file_mode
 from framework.checkpoint import io, migrate
 from framework.checkpoint.index import Index
 from framework.checkpoint.io import (
@@ -549,6 +549,7 @@ def write_safetensors(payload: dict, out: Path) -> None:
     tmp = folder / f".{out.name}.tmp-{os.getpid()}"
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, new_file_mode())  # safetensors creates it 0600; every other file follows the umask
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)

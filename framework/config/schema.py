@@ -27,7 +27,11 @@ import framework
 
 
 # ---- model -------------------------------------------------------------------------------
-# `input_shape` and `num_classes` left null are filled in from the data by build.build_model.
+# A model's keys that, declared and left null, are filled in from the data by build.build_model
+# (and so recorded in the run's config).
+FROM_DATA = ("input_shape", "num_classes")
+
+
 @dataclass
 class MLPConfig:
     _target_: str = MISSING

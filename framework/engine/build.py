@@ -130,15 +130,21 @@ def checked_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(cfg: DictConfig, splits: data_lib.Splits) -> torch.nn.Module:
+    """The model `cfg` (the model section) names, with the keys of schema.FROM_DATA that it leaves
+    null filled in from the data, in `cfg` too: the config a run records (checkpoint, TensorBoard,
+    export) then holds the values in force, and rebuilds the model on its own."""
     known = {"input_shape": splits.input_shape, "num_classes": splits.num_classes}
     if splits.num_classes is None and "num_classes" in cfg and cfg.num_classes is None:
         raise ConfigError(
             "model.num_classes: the dataset does not say how many classes it has (no num_classes, classes or "
             "targets attribute); set model.num_classes=N"
         )
-    model = _instantiate(cfg, "model", **_fill_nulls(cfg, known))
+    filled = _fill_nulls(cfg, known)
+    model = _instantiate(cfg, "model", **filled)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model._target_={cfg._target_} built a {type(model).__name__}, not a torch.nn.Module")
+    for key, value in filled.items():
+        cfg[key] = value
     return model
 
 

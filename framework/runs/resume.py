@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework.checkpoint import CheckpointError, Index, load_checked
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
+from framework.config.schema import FROM_DATA
 from framework.config.target_arguments import COMPONENTS
 
 log = logging.getLogger("framework")
@@ -37,6 +38,7 @@ SAFE_TO_CHANGE = (
 )
 # How this invocation resumes, not what the experiment is: never compared.
 NOT_COMPARED = ("resume", "allow_config_changes", "repeat", "existing_run")
+FILLED_FROM_DATA = tuple(f"model.{key}" for key in FROM_DATA)
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 
@@ -117,7 +119,11 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
         return given is None or any(g == "" or key == g or key.startswith(g + ".") for g in given)
 
     keys = sorted(k for k in old_flat.keys() | new_flat.keys() if k not in NOT_COMPARED)
-    changed = [k for k in keys if is_given(k) and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT)]
+    changed = [
+        k
+        for k in keys
+        if is_given(k) and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT) and not from_the_data(k, new_flat)
+    ]
     # Keys this version has and the checkpoint's config lacks: an older version wrote it. Not
     # inside a component, whose keys are those of the option the run chose, not of today's default.
     filled = [k for k in keys if k not in old_flat and not is_given(k) and not in_component(k)]
@@ -149,6 +155,12 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
             node = OmegaConf.select(merged, parent) if parent else merged
             node.pop(leaf, None)
     return merged, changed, follows
+
+
+def from_the_data(key: str, new_flat: dict) -> bool:
+    """A model key that the command line leaves null, "from the data": the checkpoint records the
+    value the data gave (build.build_model), which stands; a different one given is a change."""
+    return key in FILLED_FROM_DATA and new_flat.get(key, _ABSENT) is None
 
 
 def in_component(key: str) -> bool:
