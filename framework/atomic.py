@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from framework.runs import layout
+
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` survive a power cut."""
@@ -36,7 +38,7 @@ def replace_atomically(path: Path, text: str, durable: bool = True) -> None:
     """Write `text` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
     folder. `durable=False` skips both fsyncs: still whole for any reader and after a killed
     process, but a power cut may leave the previous version or none."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(layout.temporary(path.name))
     try:
         with open(tmp, "w") as f:
             f.write(text)

@@ -1,4 +1,5 @@
 """checkpoints/index.json: every checkpoint file with its epoch, step, metric, size and sha256.
+LocalFiles (framework/checkpoint/storage.py) keeps it; this module reads, checks and writes it.
 
 Everything read from disk is checked before it is used: an entry names a plain file inside the
 checkpoints folder (no path, no `..`, no link that leads out), with fields of the right types.
@@ -11,13 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from framework.atomic import json_text, replace_atomically
+from framework.runs import layout
 
 log = logging.getLogger("framework")
 
@@ -63,35 +61,10 @@ def entry_problem(entry: object) -> str | None:
     return None
 
 
-@dataclass
-class OnDisk:
-    name: str
-    role: str
-    kind: str
-    order: tuple[float, int]  # (when it was saved, its step): the larger, the more recent
-
-
-PERIODIC = re.compile(r"(epoch_\d+|step_\d+)\.pt")
-
-
-def described_by_itself(path: Path) -> OnDisk:
-    """What an unindexed file's own meta says (read memory-mapped: the tensors stay on disk). An
-    unreadable one sorts oldest: it is tried last and is the first a retention removes."""
-    role = {"last.pt": "last", "best.pt": "best"}.get(
-        path.name, "periodic" if PERIODIC.fullmatch(path.name) else "other"
-    )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        saved = datetime.fromisoformat(ckpt["meta"]["timestamp"]).timestamp()
-        return OnDisk(path.name, role, ckpt["meta"].get("kind", "full"), (saved, int(ckpt["global_step"])))
-    except Exception:  # tried anyway, so that the reason it is skipped is logged
-        return OnDisk(path.name, role, "full", (float("-inf"), -1))
-
-
 class Index:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.path = folder / "index.json"
+        self.path = folder / layout.INDEX
         self.entries: dict[str, dict] = {}
         if not self.path.is_file():
             return
@@ -125,34 +98,9 @@ class Index:
         self.folder.mkdir(parents=True, exist_ok=True)
         # Not fsynced: the files it lists are durable before it names them and check themselves
         # (their CRC32 records), and a lost or stale index is recovered from the files' own meta
-        # (files()). Two fsyncs fewer make a save cost what torch.save costs
+        # (LocalFiles.list). Two fsyncs fewer make a save cost what torch.save costs
         # (benchmarks/checkpoint_io.py).
         replace_atomically(self.path, json_text({"files": files}, indent=2), durable=False)
-
-    def files(self) -> list[OnDisk]:
-        """Every checkpoint file: those the index lists, and the `.pt` files it does not (a run
-        killed before it listed them, or a lost index), described by their own meta."""
-        found = [
-            OnDisk(e["file"], e["role"], e["kind"], (e.get("time", 0.0), e["step"])) for e in self.entries.values()
-        ]
-        for path in sorted(self.folder.glob("*.pt")):
-            if path.name not in self.entries and self.on_disk(path.name):
-                found.append(described_by_itself(path))
-        return found
-
-    def newest_first(self) -> list[Path]:
-        """The full checkpoints, the most recent save first: after a rewind (a resume from an
-        older file), the abandoned branch's later steps are older saves. last.pt first among the
-        names of one save."""
-        full = [f for f in self.files() if f.kind == "full"]
-        return [self.folder / f.name for f in sorted(full, key=lambda f: (f.order, f.role == "last"), reverse=True)]
-
-    def on_disk(self, name: str) -> bool:
-        """A regular file of this folder (a link that leads out is refused, with a warning)."""
-        if not stays_inside(self.folder, name):
-            log.warning("ignoring %s: it leads out of %s", self.folder / name, self.folder)
-            return False
-        return (self.folder / name).is_file()
 
     def entry(self, path: Path) -> dict | None:
         """What the index lists for a file of its folder (size, sha256, ...), or None."""

@@ -46,6 +46,7 @@ from framework.checkpoint.errors import (
     NewerCheckpoint,  # noqa: F401 (io is where callers find every checkpoint error)
     UnsafeCheckpoint,
 )
+from framework.runs import layout
 
 FULL_KEYS = (
     "epoch",
@@ -235,7 +236,7 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
     folder.mkdir(parents=True, exist_ok=True)
     check_room(folder, expected_size(payload), f"to write {path}")
     faults.boundary("room_checked")
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    tmp = folder / layout.temporary(path.name)
     replaced = None
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
@@ -285,8 +286,8 @@ def set_aside(path: Path) -> Path | None:
     nothing: freeing a large file's blocks takes milliseconds (on a disk mounted with `discard`,
     as long as the fsync), and the save need not wait for it: another thread deletes that name.
     None where there is no file, no hard links, or a name still set aside by the previous save.
-    One a killed run left is removed like its other temporary files (Checkpointer)."""
-    aside = path.with_name(f".{path.name}.tmp-{os.getpid()}-replaced")
+    One a killed run left is removed like its other temporary files (LocalFiles.prepare)."""
+    aside = path.with_name(layout.temporary(path.name, "-replaced"))
     try:
         os.link(path, aside)
     except OSError:
@@ -296,7 +297,7 @@ def set_aside(path: Path) -> Path | None:
 
 def link(source: Path, path: Path) -> None:
     """Make `path` another name for the verified file `source` (atomically, no second copy)."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.parent / layout.temporary(path.name)
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

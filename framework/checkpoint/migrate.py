@@ -33,9 +33,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import framework
-from framework.checkpoint import formats, io
+from framework.checkpoint import formats, io, storage
 from framework.checkpoint.errors import CheckpointError, ForeignCheckpoint, UnsafeCheckpoint
-from framework.checkpoint.index import Index
 from framework.config.checks import check
 from framework.config.errors import ConfigError
 from framework.engine.state import TrainState, load_model_weights, optimizer_mismatch
@@ -156,7 +155,7 @@ def numpy_global(src: Path, name: str) -> tuple[object, str]:
 
 # ---- an older file of ours ------------------------------------------------------------------
 def upgrade_ours(src: Path, dst: Path, version: object) -> str:
-    ckpt, _ = io.load_checked(src, Index(src.parent).entry(src))  # checked, then upgraded in memory in order
+    ckpt, _ = storage.for_folder(src.parent).read(src.name)  # checked, then upgraded in memory in order
     if version == formats.FORMAT_VERSION:
         return f"{src} is already in format {version}, the current one: nothing to migrate"
     io.write({k: v for k, v in ckpt.items() if k != "integrity"}, dst)

@@ -1,4 +1,5 @@
-"""What to write at each save point, and what retention may delete.
+"""What to write at each save point, and what retention may delete: the policy. Where and how the
+files are written, listed, read and deleted is the store's (framework/checkpoint/storage.py).
 
 Names follow Lightning's ModelCheckpoint where they overlap: `save_last`, `monitor`, `mode`,
 `every_n_epochs`, `every_n_steps`. Files:
@@ -32,8 +33,6 @@ silently missing.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,36 +44,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import faults
 from framework.checkpoint import io
-from framework.checkpoint.index import Index
+from framework.checkpoint.storage import CheckpointStore, LocalFiles
+from framework.runs import layout
 
 log = logging.getLogger("framework")
 
 
 class Checkpointer:
-    def __init__(self, cfg: DictConfig, folder: Path, resumed_from: Path | None = None, state_bytes: int = 0):
-        """`state_bytes`: about how large a checkpoint will be. The folder and the room for one
-        are checked now, before training, not at the first save an epoch later."""
+    def __init__(
+        self,
+        cfg: DictConfig,
+        store: CheckpointStore | Path,
+        resumed_from: Path | None = None,
+        state_bytes: int = 0,
+    ):
+        """`store`: where the checkpoints go (a folder: its LocalFiles). `state_bytes`: about how
+        large a checkpoint will be. The store and the room for one are checked now, before
+        training, not at the first save an epoch later."""
         # Plain values: step_due runs every step, and DictConfig lookups are slow.
         cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
-        self.folder = folder
+        self.store = store if isinstance(store, CheckpointStore) else LocalFiles(store)
         if cfg.enabled:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError) as e:
-                raise io.CheckpointError(f"{folder} is not a folder: checkpoints cannot be written there") from e
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise io.CheckpointError(f"{folder} is not writable: checkpoints cannot be written there")
-            io.check_room(folder, state_bytes, "for this run's checkpoints")
-        self.index = Index(folder) if cfg.enabled else None
-        # Half-written temporary files of a run that was killed mid-write: never valid, only in the way.
-        for leftover in folder.glob(".*.tmp-*") if cfg.enabled else ():
-            leftover.unlink(missing_ok=True)
+            self.store.prepare(state_bytes)
         # Retention never deletes the checkpoint this run stands on.
-        self.protected = {resumed_from.name} if resumed_from is not None and resumed_from.parent == folder else set()
+        protected = self.store.name_of(resumed_from) if resumed_from is not None else None
+        self.protected = {protected} if protected is not None else set()
         self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None
-        # Replaced files are deleted here, while training goes on (io.set_aside); close() waits.
-        self.discard = ThreadPoolExecutor(1, thread_name_prefix="discard")
         self.in_flight: Future | None = None
         self.copying: Future | None = None  # the in-flight save's copy of `copy_later`
         self.staging: dict = {}  # the last snapshot of each kind of payload, reused by the next
@@ -101,7 +97,8 @@ class Checkpointer:
         improved: bool,
         copy_later: Iterable[torch.Tensor] = (),
     ) -> list[str]:
-        """Write what the policy asks for at this save point; return the file names written.
+        """Write what the policy asks for at this save point; return the names written (on the
+        ranks that write: the store says which, and every rank returns once they are done).
 
         event: "epoch" (an epoch just ended), "step" (every_n_steps inside an epoch) or "stop"
         (max_steps ended the run). make_payload(kind) builds the checkpoint ("full" or "model").
@@ -109,19 +106,35 @@ class Checkpointer:
         still be being copied when this returns, and the caller must call wait_for_snapshot()
         before its next optimizer step.
         """
+        written = self.store.collectively(
+            lambda: self._save_point(make_payload, event, epoch, step, position, metric, improved, copy_later)
+        )
+        return written or []
+
+    def _save_point(
+        self,
+        make_payload: Callable[[str], dict],
+        event: str,
+        epoch: int,
+        step: int,
+        position: int,
+        metric: float | None,
+        improved: bool,
+        copy_later: Iterable[torch.Tensor],
+    ) -> list[str]:
         cfg = self.cfg
         if not cfg.enabled:
             return []
         periodic = None
         if event == "epoch" and cfg.every_n_epochs and epoch % cfg.every_n_epochs == 0:
-            periodic = f"epoch_{epoch:04d}.pt"
+            periodic = layout.epoch_file(epoch)
         elif self.step_due(step):
-            periodic = f"step_{step:08d}.pt"
+            periodic = layout.step_file(step)
         full_roles = []
         if cfg.save_last:
-            full_roles.append(("last", "last.pt"))
+            full_roles.append(("last", layout.LAST))
         if event == "epoch" and improved:
-            full_roles.append(("best", "best.pt"))
+            full_roles.append(("best", layout.BEST))
         if periodic and not cfg.model_only:
             full_roles.append(("periodic", periodic))
         facts = {"epoch": epoch, "step": step, "position": position, "metric": metric}
@@ -167,12 +180,10 @@ class Checkpointer:
         if full_roles:
             payload = payloads["full"]
             (role, name), rest = full_roles[0], full_roles[1:]
-            first = self._write(payload, name, role, facts)
+            self._write(payload, name, role, facts)
             written.append(name)
-            for role, other in rest:  # the same bytes under another name: a hard link, not a rewrite
-                io.link(self.folder / name, self.folder / other)
-                faults.boundary("linked")
-                self.index.record({**first, "file": other, "role": role})
+            for role, other in rest:  # the same bytes under another name, not a rewrite
+                self.store.alias(other, name, role)
                 written.append(other)
         if "model" in payloads:
             self._write(payloads["model"], periodic, "periodic", facts)
@@ -208,27 +219,18 @@ class Checkpointer:
             self.wait()
 
     def close(self) -> None:
-        """Wait for the save in flight and stop the background thread. A run that fails for another
-        reason still waits (a half-written temporary file is never left behind by choice)."""
+        """Wait for the save in flight and stop the background thread, then the store's. A run
+        that fails for another reason still waits (a half-written temporary file is never left
+        behind by choice)."""
         try:
             self.wait()
         finally:
             if self.background is not None:
                 self.background.shutdown()
-            self.discard.shutdown()
+            self.store.close()
 
     def _write(self, payload: dict, name: str, role: str, facts: dict) -> dict:
-        entry = {
-            "file": name,
-            "role": role,
-            "kind": payload["meta"]["kind"],
-            **facts,
-            **io.write(payload, self.folder / name, self.discard),
-            "time": time.time(),
-        }
-        self.index.record(entry)
-        faults.boundary("indexed")
-        return entry
+        return self.store.write(name, payload, {"role": role, "kind": payload["meta"]["kind"], **facts})
 
     def _apply_retention(self) -> None:
         n = self.cfg.keep_last_n
@@ -236,12 +238,10 @@ class Checkpointer:
             return
         # The most recent saves are kept, those the index lists and those a killed run wrote
         # without listing them (else they would pile up past keep_last_n).
-        periodic = [f for f in self.index.files() if f.role == "periodic"]
+        periodic = [f for f in self.store.list() if f.role == "periodic"]
         for old in sorted(periodic, key=lambda f: f.order, reverse=True)[n:]:
-            if old.name in self.protected:
-                continue
-            (self.folder / old.name).unlink(missing_ok=True)
-            self.index.remove(old.name)
+            if old.name not in self.protected:
+                self.store.delete(old.name)
 
 
 class PendingCopy(NamedTuple):

@@ -42,8 +42,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.atomic import fsync_dir, new_file_mode
-from framework.checkpoint import io, migrate
-from framework.checkpoint.index import Index
+from framework.checkpoint import io, migrate, storage
 from framework.checkpoint.io import (
     CheckpointError,
     DamagedCheckpoint,
@@ -54,6 +53,7 @@ from framework.checkpoint.io import (
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
 from framework.file_kind import not_a_regular_file
+from framework.runs import layout
 
 OK = 0
 DIFFERENT = 1
@@ -136,18 +136,19 @@ def one_line(error: Exception) -> str:
 # ---- reading a file --------------------------------------------------------------------------
 
 
-def load(path: Path, index: Index | None = None, sha256: bool = False) -> tuple[dict, str]:
-    """load_checked, against what index.json beside the file lists for it (if any); with
-    `sha256`, its sha256 too. Returns the checkpoint and the check it passed, in words."""
+def load(path: Path, store: storage.CheckpointStore | None = None, sha256: bool = False) -> tuple[dict, str]:
+    """The file read through the store of its folder: checked against what its index lists for
+    it (if any); with `sha256`, its sha256 too. Returns the checkpoint and the check it passed,
+    in words."""
     problem = not_a_regular_file(path)
     if problem:
         raise FileProblem(problem)
     # Unreadable (permissions) is said as such, not as a file that does not load.
     with open(path, "rb"):
         pass
-    index = Index(path.parent) if index is None else index
+    store = storage.for_folder(path.parent) if store is None else store
     try:
-        return io.load_checked(path, index.entry(path), sha256=sha256)
+        return store.read(path.name, sha256=sha256)
     except ForeignCheckpoint as e:
         raise ForeignCheckpoint(foreign_message(e, path)) from e
     except UnsafeCheckpoint as e:
@@ -303,11 +304,10 @@ def config_summary(cfg: dict) -> list[tuple[str, str]]:
 
 
 def verify_command(args) -> int:
-    folder, names = files_to_verify(Path(args.path))
-    index = Index(folder)
+    store, names = files_to_verify(Path(args.path))
     codes = []
     for name in names:
-        code, line = verify_one(folder / name, index)
+        code, line = verify_one(store.where(name), store)
         codes.append(code)
         print(line)
     bad = sum(code != OK for code in codes)
@@ -316,28 +316,29 @@ def verify_command(args) -> int:
     return next((code for code in codes if code != OK), OK)
 
 
-def files_to_verify(path: Path) -> tuple[Path, list[str]]:
-    """The folder and the file names to check, in name order: a file alone; or every `.pt` file
-    of a checkpoints folder (a run directory's checkpoints/) and every file its index lists."""
+def files_to_verify(path: Path) -> tuple[storage.CheckpointStore, list[str]]:
+    """The store and the names to check, in name order: a file alone; or every checkpoint of a
+    checkpoints folder (a run directory's checkpoints/) and every one its index lists."""
     if not os.path.lexists(path):
         raise FileProblem(f"no such file or directory: {path}")
     if not path.is_dir():
         problem = not_a_regular_file(path)
         if problem:
             raise FileProblem(problem)
-        return path.parent, [path.name]
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    names = sorted({p.name for p in folder.glob("*.pt")} | set(Index(folder).entries))
+        return storage.for_folder(path.parent), [path.name]
+    store = storage.for_folder(layout.checkpoints_in(path))
+    names = store.names()
     if not names:
-        raise FileProblem(f"no checkpoint files (*.pt) in {folder}, and no index.json listing any")
-    return folder, names
+        files = layout.CHECKPOINT_FILES
+        raise FileProblem(f"no checkpoint files ({files}) in {store}, and no {layout.INDEX} listing any")
+    return store, names
 
 
-def verify_one(path: Path, index: Index) -> tuple[int, str]:
-    if not path.exists() and index.entry(path) is not None:
-        return UNREADABLE, f"BAD   {path.name}  listed in index.json, but the file is missing"
+def verify_one(path: Path, store: storage.CheckpointStore) -> tuple[int, str]:
+    if not path.exists() and store.entry(path.name) is not None:
+        return UNREADABLE, f"BAD   {path.name}  listed in {layout.INDEX}, but the file is missing"
     try:
-        ckpt, passed = load(path, index, sha256=True)
+        ckpt, passed = load(path, store, sha256=True)
     except (CheckpointError, FileProblem, OSError) as e:
         return exit_code_for(e), f"BAD   {path.name}  {one_line(e)}"
     return OK, f"ok    {path.name}  epoch {ckpt['epoch']} step {ckpt['global_step']}  (checked: {passed})"
@@ -483,7 +484,7 @@ def tensor_kind(value: object) -> str:
 
 # ---- export ----------------------------------------------------------------------------------
 
-EXPORT_EXTENSIONS = (".pt", ".safetensors")
+EXPORT_EXTENSIONS = (layout.SUFFIX, ".safetensors")
 
 
 def export_command(args) -> int:
@@ -498,7 +499,7 @@ def export_command(args) -> int:
     ckpt, _ = load(source)
     payload = model_payload(ckpt)
     try:
-        if out.suffix == ".pt":
+        if out.suffix == layout.SUFFIX:
             io.write(payload, out)
         else:
             write_safetensors(payload, out)
@@ -546,7 +547,7 @@ def write_safetensors(payload: dict, out: Path) -> None:
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
     io.check_room(folder, io.expected_size(tensors), f"to write {out}")
-    tmp = folder / f".{out.name}.tmp-{os.getpid()}"
+    tmp = folder / layout.temporary(out.name)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, new_file_mode())  # safetensors creates it 0600; every other file follows the umask

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from framework.checkpoint.io import CheckpointError, safe_load
+from framework.runs.layout import CHECKPOINTS, HISTORY, LAST, RECORD, RunLayout
 from framework.runs.reproducibility import why_runs_differ
 
 HISTORY_EVENTS = ("step", "epoch", "stop")
@@ -28,7 +29,7 @@ class CannotCompare(Exception):
 
 def read_summary(run_dir: Path) -> dict:
     """metrics.json, which must hold a JSON object."""
-    path = run_dir / "metrics.json"
+    path = RunLayout(run_dir).record
     summary = parsed_json(text_of(path), path)
     if not isinstance(summary, dict):
         raise CannotCompare(f"{path} holds a {type(summary).__name__}, not a JSON object")
@@ -37,7 +38,7 @@ def read_summary(run_dir: Path) -> dict:
 
 def read_history(run_dir: Path) -> list[dict]:
     """The step, epoch and stop lines of metrics.jsonl: each must be a JSON object with an `event`."""
-    path = run_dir / "metrics.jsonl"
+    path = RunLayout(run_dir).history
     history = []
     for number, line in enumerate(text_of(path).splitlines(), start=1):
         record = parsed_json(line, f"{path} line {number}")
@@ -113,13 +114,13 @@ def compare(a: Path, b: Path) -> list[str]:
     CannotCompare when a file is malformed or neither a fingerprint nor a final state can be compared."""
     found = []
     sa, sb = read_summary(a), read_summary(b)
-    la, lb = a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt"
+    la, lb = RunLayout(a).last, RunLayout(b).last
     both_kept_state = la.is_file() and lb.is_file()
     # Equal histories alone prove nothing: they hold a few rounded numbers, not the state.
     if sa.get("fingerprint") is None and sb.get("fingerprint") is None and not both_kept_state:
         raise CannotCompare(
-            f"nothing to compare: neither {a} nor {b} has a fingerprint in metrics.json, "
-            "and they do not both have checkpoints/last.pt"
+            f"nothing to compare: neither {a} nor {b} has a fingerprint in {RECORD}, "
+            f"and they do not both have {CHECKPOINTS}/{LAST}"
         )
     if sa.get("fingerprint") != sb.get("fingerprint"):
         found.append(f"fingerprints differ: {sa.get('fingerprint')} vs {sb.get('fingerprint')}")
@@ -148,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b", type=Path)
     args = parser.parse_args(argv)
     for run in (args.run_a, args.run_b):
-        if not (run / "metrics.json").is_file() or not (run / "metrics.jsonl").is_file():
-            print(f"Error: {run} is not a finished run directory (no metrics.json / metrics.jsonl)", file=sys.stderr)
+        if not RunLayout(run).record.is_file() or not RunLayout(run).history.is_file():
+            print(f"Error: {run} is not a finished run directory (no {RECORD} / {HISTORY})", file=sys.stderr)
             return 2
     try:
         found = compare(args.run_a, args.run_b)

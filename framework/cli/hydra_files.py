@@ -22,9 +22,10 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+from framework.runs.layout import HYDRA, RunLayout
 from framework.runs.run_dir import MARKER, holds_a_run
 
-INCOMING = ".hydra/incoming-"
+INCOMING = f"{HYDRA}/incoming-"
 
 
 def incoming_subdir() -> str:
@@ -51,7 +52,7 @@ class HeldBack:
         self.run_dir = run_dir
         held = output_subdir is not None and str(output_subdir).startswith(INCOMING)
         self.incoming = run_dir / str(output_subdir) if held else None
-        self.hydra_dir = run_dir / ".hydra"
+        self.hydra_dir = RunLayout(run_dir).hydra
         # Whether a run was here before this invocation: then it may not leave anything behind.
         self.was_new = not holds_a_run(run_dir) and not (self.hydra_dir / "config.yaml").is_file()
         inside = os.path.abspath(run_dir) + os.sep  # as logging.FileHandler names its file

@@ -119,7 +119,7 @@ def resolve_config(
     Resuming, the checkpoint's config is the source of truth (see framework/runs/resume.py)."""
     resume_point = None
     if distributed.is_main():
-        resume_point = resume_lib.find(cfg.resume, run_dir)
+        resume_point = resume_lib.find(cfg.resume, run_dir, cfg)
         if resume_point is None and holds_a_run(run_dir):
             if cfg.resume is None:  # a run directory from a config file; the command line's is checked earlier
                 raise RunDirRefused(refusal(run_dir, "hydra.run.dir"))
@@ -128,7 +128,7 @@ def resolve_config(
     # Rank 0 picks the file; the others load that one, so no two ranks resume from different files.
     chosen = distributed.from_main(str(resume_point.path) if resume_point else None)
     if chosen is not None and resume_point is None:
-        resume_point = resume_lib.find(chosen, run_dir)
+        resume_point = resume_lib.find(chosen, run_dir, cfg)
     changes, follows_original = [], True
     if resume_point is not None:
         cfg, changes, follows_original = resume_lib.reconcile(cfg, resume_point.ckpt, given)

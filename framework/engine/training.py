@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from framework import data as data_lib
 from framework import distributed
-from framework.checkpoint import Checkpointer, CheckpointError
+from framework.checkpoint import Checkpointer, CheckpointError, storage
 from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
 from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler
@@ -100,7 +100,7 @@ class Training:
         self.state = TrainState(self.model, self.optimizer, self.scheduler, self.scaler)
         self.checkpointer = Checkpointer(
             cfg.checkpoint,
-            run_dir / "checkpoints",
+            storage.for_run(cfg, run_dir),
             resumed_from=resume_point.path if resume_point else None,
             state_bytes=expected_state_bytes(self.model),
         )
@@ -289,12 +289,10 @@ class Training:
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
-        """Every rank gives its own state (random streams, losses); rank 0 writes; all wait until
-        it is done."""
+        """Every rank gives its own state (random streams, losses); the ranks the checkpoint store
+        names write (rank 0, for local files); all wait until it is done."""
         every_rank = distributed.gather(self.state.own_state()) if self.world_size > 1 else None
-        if distributed.is_main():
-            self.save_here(event, val, improved, every_rank)
-        distributed.barrier()
+        self.save_here(event, val, improved, every_rank)
 
     def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> None:
         state = self.state

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.checkpoint import CheckpointError, Index, load_checked
+from framework.checkpoint import CheckpointError, storage
+from framework.checkpoint.storage import CheckpointStore
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
 from framework.config.schema import FROM_DATA
 from framework.config.target_arguments import COMPONENTS
+from framework.runs import layout
 
 log = logging.getLogger("framework")
 
@@ -49,47 +51,50 @@ class ResumePoint:
     ckpt: dict
 
 
-def find(resume: str | None, run_dir: Path) -> ResumePoint | None:
-    """The checkpoint that `resume` (null, auto, a run directory or a file) points at."""
+def find(resume: str | None, run_dir: Path, cfg: DictConfig | None = None) -> ResumePoint | None:
+    """The checkpoint that `resume` (null, auto, a run directory or a file) points at. `cfg`:
+    the run's config, which chooses its checkpoint store (framework/checkpoint/storage.py)."""
     if resume is None:
         return None
     if resume == "auto":
-        folder = run_dir / "checkpoints"
-        if not any(folder.glob("*.pt")):
-            log.info("resume=auto: no checkpoint in %s, starting fresh", folder)
+        store = storage.for_run(cfg, run_dir)
+        if store.empty():
+            log.info("resume=auto: no checkpoint in %s, starting fresh", store)
             return None
-        return newest_valid(folder)
+        return newest_valid(store)
     path = Path(resume).expanduser()
     if path.is_dir():
-        return newest_valid(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+        return newest_valid(storage.for_folder(layout.checkpoints_in(path), cfg))
     if not path.is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file or run directory")
     try:
-        ckpt, passed = load_checked(path, Index(path.parent).entry(path))
+        ckpt, passed = storage.for_folder(path.parent, cfg).read(path.name)
     except CheckpointError as e:
         raise ConfigError(f"resume={resume}: {e}") from e
     log.info("resuming from %s (epoch %d, step %d); checked: %s", path, ckpt["epoch"], ckpt["global_step"], passed)
     if ckpt["meta"]["kind"] != "full":
         raise ConfigError(
             f"resume={resume}: a model-only checkpoint (weights and config) cannot continue "
-            "training; resume from a full one such as last.pt"
+            f"training; resume from a full one such as {layout.LAST}"
         )
     return ResumePoint(path, ckpt)
 
 
-def newest_valid(folder: Path) -> ResumePoint:
-    """The most recent full checkpoint in `folder` that passes its check and loads safely."""
-    index = Index(folder)
+def newest_valid(store: CheckpointStore | Path) -> ResumePoint:
+    """The most recent full checkpoint in `store` (or a folder's) that passes its check and loads safely."""
+    if not isinstance(store, CheckpointStore):
+        store = storage.for_folder(store)
     rejected = []
-    for path in index.newest_first():
+    for name in store.newest_first():
         try:
-            ckpt, passed = load_checked(path, index.entry(path))
+            ckpt, passed = store.read(name)
         except CheckpointError as e:
-            log.warning("skipping %s: %s", path.name, e)
-            rejected.append(f"{path.name} ({e})")
+            log.warning("skipping %s: %s", name, e)
+            rejected.append(f"{name} ({e})")
             continue
         if ckpt["meta"]["kind"] != "full":
             continue
+        path = store.where(name)
         log.info(
             "resuming from %s (epoch %d, step %d): the most recent save that passes its check; checked: %s",
             path,
@@ -99,7 +104,7 @@ def newest_valid(folder: Path) -> ResumePoint:
         )
         return ResumePoint(path, ckpt)
     detail = "; ".join(rejected) if rejected else "none found"
-    raise ConfigError(f"no valid full checkpoint to resume from in {folder}: {detail}")
+    raise ConfigError(f"no valid full checkpoint to resume from in {store}: {detail}")
 
 
 def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tuple[DictConfig, list[str], bool]:
@@ -112,8 +117,8 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
     the user's wish: it may have changed since, or the first run may have overridden it.
     """
     old = config_from_text(ckpt["config"], "the checkpoint")
-    old_flat = flatten(OmegaConf.to_container(old, resolve=True))
-    new_flat = flatten(OmegaConf.to_container(new, resolve=True))
+    old_flat = sinks_whole(OmegaConf.to_container(old, resolve=True))
+    new_flat = sinks_whole(OmegaConf.to_container(new, resolve=True))
 
     def is_given(key: str) -> bool:
         return given is None or any(g == "" or key == g or key.startswith(g + ".") for g in given)
@@ -149,7 +154,7 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
     merged = old
     for key in changed + filled + [k for k in NOT_COMPARED if k in new_flat]:
         if key in new_flat:
-            OmegaConf.update(merged, key, new_flat[key], force_add=True)
+            OmegaConf.update(merged, key, new_flat[key], force_add=True, merge=not is_sink(key))
         else:
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(merged, parent) if parent else merged
@@ -164,7 +169,21 @@ def from_the_data(key: str, new_flat: dict) -> bool:
 
 
 def in_component(key: str) -> bool:
-    return any(key == c or key.startswith(c + ".") for c in COMPONENTS)
+    return is_sink(key) or any(key == c or key.startswith(c + ".") for c in COMPONENTS)
+
+
+def sinks_whole(tree: dict) -> dict:
+    """The config's flat keys, but a metric sink (`logger.NAME`) is one key whose value is its whole
+    section: the sinks a run has are the options it chose, each with its arguments, and a sink
+    given on the command line replaces the checkpoint's whole. An older version's layout
+    (`logger: {tensorboard: true}`) compares and resumes as it is (tracking/metrics_logger.py
+    reads it)."""
+    sinks = tree.pop("logger", None) or {}
+    return {**flatten(tree), **{f"logger.{name}": node for name, node in sinks.items()}}
+
+
+def is_sink(key: str) -> bool:
+    return key.startswith("logger.")
 
 
 def is_safe(key: str, old: DictConfig) -> bool:

@@ -28,12 +28,14 @@ from pathlib import Path
 
 import framework
 from framework.atomic import write_json_atomic
+from framework.checkpoint import storage
+from framework.runs import layout
 
 EXISTING_RUN = ("refuse", "archive", "overwrite")
-MARKER = ".framework-run"  # written when a run takes its directory: "a run of ours is here"
-LOCK = ".lock"
+MARKER = layout.MARKER  # written when a run takes its directory: "a run of ours is here"
+LOCK = layout.LOCK
 # What a run writes at the top of its directory; `*.log` is Hydra's job log (train.log).
-RUN_FILES = (MARKER, LOCK, ".hydra", "metrics.json", "metrics.jsonl", "checkpoints", "tensorboard")
+RUN_FILES = layout.RUN_FILES
 REFUSED = ".refused"  # at a sweep's root: a record per job of its last multirun that was refused
 STOPPED_BY = ".stopped"  # at a sweep's root: the name of the signal that stopped it
 # What a sweep writes at its root, beside its jobs' run directories.
@@ -58,11 +60,8 @@ class RunDirInUse(RunDirRefused):
 
 def holds_a_run(folder: Path) -> bool:
     """Checkpoints or metrics of a run: what a new run would destroy."""
-    return (
-        any((folder / "checkpoints").glob("*.pt"))
-        or (folder / "metrics.jsonl").is_file()
-        or (folder / "metrics.json").is_file()
-    )
+    run = layout.RunLayout(folder)
+    return not storage.for_run(None, folder).empty() or run.history.is_file() or run.record.is_file()
 
 
 def mark_as_run(folder: Path) -> None:
@@ -81,7 +80,7 @@ def mark_as_run(folder: Path) -> None:
 def describe(folder: Path) -> str:
     """A few words on the run a folder holds: its status and how far it got."""
     try:
-        summary = json.loads((folder / "metrics.json").read_text())
+        summary = json.loads(layout.RunLayout(folder).record.read_text())
         return f"status {summary.get('status')!r}, step {summary.get('global_step', '?')}"
     except (OSError, ValueError, AttributeError):
         return "checkpoints or metrics"
@@ -165,7 +164,7 @@ def refuse_unless_dead(folder: Path) -> None:
 
 
 def is_run_file(name: str) -> bool:
-    return name in RUN_FILES or name.endswith(".log") or name.startswith(".metrics.json")
+    return name in RUN_FILES or name.endswith(".log") or layout.is_temporary_of(name, layout.RECORD)
 
 
 def is_sweep_file(name: str) -> bool:
@@ -175,9 +174,10 @@ def is_sweep_file(name: str) -> bool:
 def clear_leftovers(folder: Path) -> None:
     """What an attempt that never saved a checkpoint left (its history, summary, TensorBoard
     events): a fresh start replaces them rather than adding a second history after them."""
-    for name in ("metrics.jsonl", "metrics.json"):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    run = layout.RunLayout(folder)
+    for path in (run.history, run.record):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(run.tensorboard, ignore_errors=True)
 
 
 class RunLock:

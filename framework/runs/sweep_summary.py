@@ -37,6 +37,7 @@ import yaml
 
 from framework.atomic import replace_atomically, write_json_atomic
 from framework.config.overrides import without
+from framework.runs import layout
 from framework.runs.reproducibility import why_runs_differ
 from framework.runs.run_dir import REFUSED, STOPPED_BY
 
@@ -87,7 +88,7 @@ def stop_requested(sweep_dir: Path) -> signal.Signals | None:
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Every job directory of the sweep: the ones Hydra made (with .hydra/), in job order."""
     # A resumed job keeps its later Hydra records in .hydra/resume-*/: those are not jobs.
-    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    found = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == layout.HYDRA}
     found.discard(sweep_dir)
     return sorted(found, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, str(d)))
 
@@ -109,15 +110,15 @@ def empty_record(job_dir: str) -> dict:
 
 def read_job(job: Path) -> dict:
     record = empty_record(str(job))
-    record["overrides"] = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-    config_file = job / ".hydra" / "config.yaml"
+    record["overrides"] = yaml.safe_load((layout.RunLayout(job).hydra / "overrides.yaml").read_text()) or []
+    config_file = layout.RunLayout(job).hydra / "config.yaml"
     if config_file.is_file():
         config = yaml.safe_load(config_file.read_text()) or {}
         record["seed"], record["repeat"] = config.get("seed"), config.get("repeat", 0)
     try:
-        summary = json.loads((job / "metrics.json").read_text())
+        summary = json.loads(layout.RunLayout(job).record.read_text())
     except (OSError, ValueError):
-        record["error"] = f"no metrics.json: the job failed before training started (see {job / 'train.log'})"
+        record["error"] = f"no {layout.RECORD}: the job failed before training started (see {job / 'train.log'})"
         return record
     record["settings"] = {k: summary.get(k) for k in ("determinism", "device", "meta")}
     record.update(
@@ -134,7 +135,7 @@ def read_job(job: Path) -> dict:
     if record["status"] in STOPPED:
         record["error"] = f"{record['status']} at step {summary.get('global_step')}: continue with resume=auto"
     try:
-        lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        lines = [json.loads(line) for line in layout.RunLayout(job).history.read_text().splitlines()]
         record["curve"] = [
             (r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"
         ]
@@ -340,7 +341,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     if axes[1].get_legend_handles_labels()[0]:  # not when no job got as far as an epoch
         axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    tmp = path.with_name(layout.temporary(path.name, ".png"))
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)

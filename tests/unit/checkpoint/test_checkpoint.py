@@ -140,7 +140,7 @@ def test_retention_past_ten_periodic_files_keeps_the_newest_by_step(tmp_path):
 def test_retention_orders_by_step_not_by_file_name(tmp_path):
     state = make_state()
     ck = checkpointer(tmp_path, every_n_epochs=1, keep_last_n=2, save_last=False)
-    ck.index.record(
+    ck.store.index.record(
         {
             "file": "epoch_2.pt",
             "role": "periodic",
