@@ -18,7 +18,7 @@ defaults list.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -211,11 +211,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class LoggerConfig:
-    tensorboard: bool = MISSING
-
-
-@dataclass
 class TrainerConfig:
     max_epochs: int = MISSING
     max_steps: Optional[int] = MISSING  # a stopping point, not part of the schedule
@@ -237,7 +232,9 @@ class Config:
     data: Any = MISSING
     determinism: DeterminismConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
-    logger: LoggerConfig = MISSING
+    # Where metrics go besides metrics.jsonl: sink name -> a section with its `_target_`
+    # (framework/tracking/sinks.py), one per option of the logger group; any name fits, a user's sink too.
+    logger: Dict[str, Any] = MISSING
     trainer: TrainerConfig = MISSING
     seed: int = MISSING
     resume: Optional[str] = MISSING
@@ -265,7 +262,6 @@ SCHEMAS = {
     },
     "determinism": {"base": DeterminismConfig},
     "checkpoint": {"base": CheckpointConfig},
-    "logger": {"base": LoggerConfig},
     "trainer": {"base": TrainerConfig},
 }
 

@@ -24,6 +24,7 @@ from framework.runs import resume as resume_lib
 from framework.runs.record import RunRecord
 from framework.runs.reproducibility import apply_determinism, gpu_note, pick_num_threads, seed_everything
 from framework.runs.run_dir import RunDirRefused, RunLock, clear_leftovers, holds_a_run, refusal
+from framework.tracking.metrics_logger import chosen_sinks
 
 log = logging.getLogger("framework")
 
@@ -79,7 +80,7 @@ def run_locked(
     determinism = determinism_in_force(cfg, resume_point, device)
     seed_everything(cfg.seed)  # before anything is built: the initial weights come from the torch RNG
     log.info("framework %s; seed %d, determinism %s", framework.__version__, cfg.seed, determinism)
-    record.start(cfg, determinism, device, follows_original, resumed=resume_point is not None)
+    record.start(cfg, determinism, device, follows_original, resumed=resume_point is not None, given=given)
 
     training = None
     try:
@@ -108,7 +109,7 @@ def run_locked(
         raise
     finally:
         if training is not None:
-            training.close()
+            training.close(record.summary.get("status", "failed"))
 
 
 def resolve_config(
@@ -141,6 +142,8 @@ def resolve_config(
         if noise_drawn_otherwise(resume_point.ckpt, cfg):
             follows_original = False
     check_arguments(cfg)  # before any data is loaded
+    if distributed.is_main():
+        chosen_sinks(cfg.get("logger"))  # a sink's wrong key or missing package, before anything is written
     return cfg, resume_point, changes, follows_original
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -25,8 +26,10 @@ from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_resto
 from framework.engine.step import evaluate, mixed_precision, stop_if_not_finite, train_step
 from framework.runs import resume as resume_lib
 from framework.runs.reproducibility import seed_everything
-from framework.tracking.metrics_logger import MetricsLogger
+from framework.tracking.hparams import run_name
+from framework.tracking.metrics_logger import MetricsLogger, chosen_sinks
 from framework.tracking.progress import Progress
+from framework.tracking.sinks import RunInfo
 
 log = logging.getLogger("framework")
 
@@ -61,6 +64,7 @@ class Training:
         }
         # A resumed run that has nothing left to train keeps the final metrics it had.
         self.metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("test/")}
+        self.hparams = summary.get("hparams", {})  # the keys the command line set (runs/record.py)
         self.logger: MetricsLogger | None = None
         self.progress = Progress(every=t.log_every_n_steps, enabled=distributed.is_main())
         self.restore_rng_from: dict | None = None
@@ -138,15 +142,17 @@ class Training:
         return resume
 
     def open_history(self, point: resume_lib.ResumePoint | None) -> None:
-        """metrics.jsonl and TensorBoard, cut back to where a resumed run's checkpoint was taken."""
+        """metrics.jsonl and the sinks the `logger` section chose, rewound to where a resumed run's
+        checkpoint was taken."""
         step = point.ckpt["global_step"] if point else None
+        main = distributed.is_main()  # one metrics.jsonl, one TensorBoard run, one MLflow run
         self.logger = MetricsLogger(
-            self.run_dir,
-            tensorboard=self.cfg.logger.tensorboard,
+            chosen_sinks(self.cfg.get("logger")) if main else {},
             keep_lines=point.ckpt.get("metrics_lines") if point else None,
-            resume_step=step,
-            enabled=distributed.is_main(),  # one metrics.jsonl, one TensorBoard run
+            enabled=main,
         )
+        name = run_name(self.run_dir, self.hparams)
+        self.logger.open(RunInfo(self.run_dir, name, yaml.safe_load(self.config_yaml), self.hparams, step))
         self.logger.log_config(self.config_yaml, step or 0)
 
     # ---- fit -----------------------------------------------------------------------------
@@ -334,7 +340,8 @@ class Training:
             "meta": meta,
         }
 
-    def close(self) -> None:
+    def close(self, status: str = "failed") -> None:
+        """`status`: the run's, as metrics.json records it (the sinks record it too)."""
         try:
             # A run ending by an error still lets the save in flight finish (or fail: said, not raised
             # over the error that ended the run; a finished run has waited already).
@@ -343,7 +350,7 @@ class Training:
             log.error("the checkpoint being written in the background failed too: %s", e)
         finally:
             if self.logger is not None:
-                self.logger.close()
+                self.logger.close(status)
 
 
 def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:

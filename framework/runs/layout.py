@@ -7,6 +7,7 @@
         metrics.json        RECORD: status, settings, resumes, final metrics
         metrics.jsonl       HISTORY: a line per logged step and per epoch
         tensorboard/        TENSORBOARD: event files
+        mlflow_run.json     MLFLOW_RUN: the MLflow run this run logs to (logger=mlflow), which a resume continues
         checkpoints/        CHECKPOINTS: the checkpoint store of the run
             index.json      INDEX: every checkpoint with its epoch, step, metric, size, checksums
             last.pt         the alias `last`: the newest state
@@ -31,9 +32,10 @@ HYDRA = ".hydra"
 RECORD = "metrics.json"
 HISTORY = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+MLFLOW_RUN = "mlflow_run.json"
 CHECKPOINTS = "checkpoints"
 # What a run writes at the top of its directory; `*.log` (Hydra's job log) besides.
-RUN_FILES = (MARKER, LOCK, HYDRA, RECORD, HISTORY, CHECKPOINTS, TENSORBOARD)
+RUN_FILES = (MARKER, LOCK, HYDRA, RECORD, HISTORY, CHECKPOINTS, TENSORBOARD, MLFLOW_RUN)
 
 INDEX = "index.json"
 SUFFIX = ".pt"  # of a checkpoint file

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from framework import distributed
 from framework.atomic import write_json_atomic
@@ -19,6 +19,7 @@ from framework.runs.environment import describe
 from framework.runs.layout import RunLayout
 from framework.runs.reproducibility import fingerprint
 from framework.runs.run_dir import mark_as_run
+from framework.tracking.hparams import command_line_hparams, hydra_choices
 
 log = logging.getLogger("framework")
 
@@ -37,7 +38,16 @@ class RunRecord:
         self.on_accept = on_accept
         self.accepted = False
 
-    def start(self, cfg: DictConfig, determinism: dict, device: torch.device, follows: bool, resumed: bool) -> None:
+    def start(
+        self,
+        cfg: DictConfig,
+        determinism: dict,
+        device: torch.device,
+        follows: bool,
+        resumed: bool,
+        given: list[str] | None = None,
+    ) -> None:
+        """`given`: the keys the command line set (framework/config/overrides.given_keys)."""
         self.resumed = resumed
         self.summary = dict(self.previous) if resumed else {}
         self.summary.update(
@@ -49,6 +59,10 @@ class RunRecord:
             follows_original_trajectory=follows,
             optimized_metric=cfg.get("optimized_metric"),
         )
+        if "hparams" not in self.summary:
+            # What tells this run from others (TensorBoard's HParams, MLflow's run name): the first
+            # command line's keys, which a resumed run keeps (its own says how to go on).
+            self.summary["hparams"] = command_line_hparams(cfg, given, hydra_choices())
 
     def add_resume(self, resume: dict) -> None:
         self.summary["resumes"] = self.summary.get("resumes", []) + [resume]
@@ -109,7 +123,7 @@ class RunRecord:
             metrics=metrics,
             fingerprint=fingerprint(training.model.state_dict(), training.optimizer.state_dict()),
         )
-        training.logger.log_hparams(OmegaConf.to_container(cfg, resolve=True), metrics, training.state.global_step)
+        training.logger.log_final(metrics, summary["hparams"], training.state.global_step)
         log.info("done in %.1fs: %s", summary["wall_time_s"], self.path)
         return summary
 

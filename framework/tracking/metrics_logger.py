@@ -1,96 +1,117 @@
-"""Where metrics go: metrics.jsonl (a line per logged step and per epoch), metrics.json (the
-final summary, written atomically), TensorBoard (scalars, the config as text, hparams with the
-final metrics), and the console: a progress bar on a terminal, plain log lines otherwise."""
+"""The loop's one handle on where metrics go: metrics.jsonl always, then each sink that the `logger`
+section chooses (sinks.py says what a sink is). The loop never asks which sinks there are."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import logging
 
-from framework.atomic import json_text, replace_atomically
-from framework.config.resolved import flatten
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from framework.config.errors import ConfigError
+from framework.config.target_arguments import accepted
+from framework.tracking.jsonl_sink import JsonlSink
+from framework.tracking.sinks import MetricSink, RunInfo
+from framework.tracking.tensorboard_sink import TensorBoardSink
+
+log = logging.getLogger("framework")
 
 
 class MetricsLogger:
-    """Appends to metrics.jsonl and TensorBoard.
+    """Hands every call to metrics.jsonl and to each chosen sink, in the `logger` section's order.
 
-    A resumed run goes on where its checkpoint was taken: metrics.jsonl is cut back to the lines
-    it had then (`keep_lines`, recorded in the checkpoint), and TensorBoard purges the events
-    that a killed run wrote after `resume_step`.
-    """
+    `keep_lines`: the number of metrics.jsonl lines a resumed run's checkpoint recorded (`lines`
+    when it was saved). `enabled=False` (a rank other than 0 under torchrun) logs nothing: rank 0
+    keeps the history."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        tensorboard: bool,
-        keep_lines: int | None = None,
-        resume_step: int | None = None,
-        enabled: bool = True,
-    ):
-        self.lines, self.jsonl, self.tb = 0, None, None
-        if not enabled:
-            return  # a rank other than 0 under torchrun: rank 0 keeps the history
-        path = run_dir / "metrics.jsonl"
-        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-        if keep_lines is not None and len(lines) > keep_lines:
-            lines = lines[:keep_lines]
-            replace_atomically(path, "".join(lines))
-        self.lines = len(lines)
-        self.jsonl = open(path, "a", buffering=1)  # line-buffered
-        if tensorboard:
-            # Imported here: TensorBoard is slow to import and not needed with logger=none.
-            from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, chosen: dict[str, MetricSink], keep_lines: int | None = None, enabled: bool = True):
+        self.jsonl = JsonlSink(keep_lines)
+        self.sinks = {"metrics.jsonl": self.jsonl, **{f"logger.{k}": v for k, v in chosen.items()}} if enabled else {}
+        self.opened: list[MetricSink] = []
 
-            purge = resume_step + 1 if resume_step is not None else None
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+    @property
+    def lines(self) -> int:
+        return self.jsonl.lines
+
+    def open(self, run: RunInfo) -> None:
+        for sink in self.sinks.values():
+            sink.open(run)
+            self.opened.append(sink)
+        if run.resume_step is None:
+            return
+        for name, sink in self.sinks.items():
+            if not sink.rewind(run.resume_step):
+                log.warning(
+                    "%s cannot rewind to step %d: what it received after that step stays", name, run.resume_step
+                )
 
     def log(self, event: str, epoch: int, step: int, metrics: dict) -> None:
-        if self.jsonl is None:
-            return
-        self.jsonl.write(json_text({"event": event, "epoch": epoch, "step": step, **metrics}) + "\n")
-        self.lines += 1
-        if self.tb is not None:
-            for name, value in metrics.items():
-                if event in ("epoch", "stop") and name == "lr":
-                    continue  # logged with the steps already
-                self.tb.add_scalar(scalar_tag(event, name), value, step)
+        for sink in self.opened:
+            sink.log(event, epoch, step, metrics)
 
     def log_config(self, config_yaml: str, step: int) -> None:
-        """The resolved config as text (TensorBoard's Text tab), at the step the run starts from."""
-        if self.tb is not None:
-            # Indented four spaces: a code block in TensorBoard's markdown, so the YAML keeps its shape.
-            self.tb.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), step)
+        for sink in self.opened:
+            sink.log_config(config_yaml, step)
 
-    def log_hparams(self, config: dict, metrics: dict, step: int) -> None:
-        """Every config value as an hparam, with the final metrics, in this run's own event files:
-        the runs of a sweep then line up in TensorBoard's HParams tab, one row each."""
-        if self.tb is None:
-            return
-        from torch.utils.tensorboard.summary import hparams
+    def log_final(self, metrics: dict, hparams: dict, step: int) -> None:
+        for sink in self.opened:
+            sink.log_final(metrics, hparams, step)
 
-        values = {k: hparam_value(v) for k, v in flatten(config).items()}
-        # The metric columns name scalar tags of this run; their last points are the final values.
-        final = {scalar_tag("epoch", k): v for k, v in metrics.items() if k != "lr"}
-        for summary in hparams(values, final):  # the experiment, the session's start, its end
-            self.tb.file_writer.add_summary(summary, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        # Each job of a sweep opens its own writer; one left open would leak into the next job.
-        if self.jsonl is not None:
-            self.jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+    def close(self, status: str) -> None:
+        """Every sink closes, whatever another's close raises: its error is logged, not raised over
+        the run's outcome."""
+        for sink in self.opened:
+            try:
+                sink.close(status)
+            except Exception as e:
+                log.error("%s failed to close: %s: %s", type(sink).__name__, type(e).__name__, e)
+        self.opened = []
 
 
-def scalar_tag(event: str, name: str) -> str:
-    """The TensorBoard tag of a metric: an epoch's mean train/loss is a curve of its own."""
-    return "train/loss_epoch" if name == "train/loss" and event in ("epoch", "stop") else name
+def chosen_sinks(logger: DictConfig | None) -> dict[str, MetricSink]:
+    """The sinks the `logger` section names, built (not yet opened): {"tensorboard": TensorBoardSink()}.
+
+    A section with a `_target_` is built with its other keys as arguments. A section set to false
+    or null is off (`logger.tensorboard=false`); `tensorboard: true` is the layout before sinks had
+    targets (checkpoints written then hold it). Anything else, a key the target does not take, a
+    target that cannot be imported or a sink that cannot be built (its package missing) is refused
+    in one line naming the key."""
+    sinks = {}
+    for name, node in (logger or {}).items():
+        if node is None or node is False:
+            continue
+        if node is True and name == "tensorboard":
+            sinks[name] = TensorBoardSink()
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(
+                f"logger.{name}={node!r}: a sink is a section with a _target_ (a class with MetricSink's methods, "
+                "framework/tracking/sinks.py), or false for none"
+            )
+        check_arguments(f"logger.{name}", node)
+        try:
+            sinks[name] = instantiate(node)
+        except InstantiationException as e:
+            if isinstance(e.__cause__, ConfigError):
+                raise e.__cause__ from None
+            why = one_line(e.__cause__ or e)
+            raise ConfigError(f"logger.{name}._target_={node._target_}: cannot build it ({why})") from e
+    return sinks
 
 
-def hparam_value(value):
-    """What TensorBoard's hparams take: numbers, strings and booleans; null and lists as YAML spells them."""
-    if value is None:
-        return "null"
-    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+def check_arguments(key: str, node: DictConfig) -> None:
+    """Refuse a key the sink's target does not take, naming the ones it does."""
+    try:
+        names = accepted(node._target_, partial=False)
+    except Exception as e:  # not importable, or not a callable with a signature
+        raise ConfigError(f"{key}._target_={node._target_}: cannot import it ({one_line(e)})") from e
+    unknown = [k for k in node if not str(k).startswith("_") and names is not None and k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]}: {node._target_} takes no argument {unknown[0]!r}. It takes: {', '.join(names)}"
+        )
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
