@@ -8,6 +8,11 @@ Writes at the sweep root: summary.json, summary.md (per metric n, mean, std, min
 confidence interval; a row per run with its seed, final metrics and fingerprint) and
 val_curves.png (the validation curves of every seed, with their mean and spread).
 
+A sweep over other keys too (`-m optimizer.lr=0.02,0.1 seed=0,1`) is summarized per
+configuration: the runs that share every swept value but `seed` and `repeat`. Each configuration
+gets its own statistics and band of curves, and the keys that differ between configurations are
+columns of both tables; nothing is pooled across configurations.
+
 Every job leaves its own record (metrics.json with its status), so a sweep whose jobs failed,
 were killed, or ran under any launcher is summarized the same way. A job refused because its
 directory holds another run (or a live process) cannot write there: it leaves its record at the
@@ -36,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from framework.atomic import replace_atomically, write_json_atomic
-from framework.config.overrides import without
+from framework.config.overrides import OverridesParser, without
 from framework.runs import layout
 from framework.runs.reproducibility import why_runs_differ
 from framework.runs.run_dir import REFUSED, STOPPED_BY
@@ -169,26 +174,91 @@ def statistics_of(values: list[float]) -> dict:
 
 
 def group_key(record: dict) -> tuple:
-    """Runs with the same overrides but for `repeat` are repeats of one configuration."""
+    """Runs with the same overrides but for `repeat` are repeats of one seed of a configuration."""
     return tuple(sorted(without(record["overrides"], "repeat")))
 
 
+# What varies within a configuration: its seeds and their repeats.
+WITHIN_A_CONFIGURATION = ("seed", "repeat")
+
+
+def configuration_key(record: dict) -> tuple:
+    """Runs with the same overrides but for `seed` and `repeat` train one configuration."""
+    lines = record["overrides"]
+    for key in WITHIN_A_CONFIGURATION:
+        lines = without(lines, key)
+    return tuple(sorted(lines))
+
+
+def settings_of(lines: tuple | list) -> dict[str, str]:
+    """Override lines as key -> value text (`optimizer.lr=0.02` -> {"optimizer.lr": "0.02"})."""
+    return {
+        o.key_or_group: o.input_line.split("=", 1)[1] if "=" in o.input_line else "(deleted)"
+        for o in OverridesParser.create().parse_overrides(list(lines))
+    }
+
+
+def swept_keys(keys: list[tuple]) -> list[str]:
+    """The keys whose values differ between the configurations (`keys`: configuration_key's)."""
+    settings = [settings_of(k) for k in keys]
+    names = list(dict.fromkeys(name for s in settings for name in s))
+    return [n for n in names if len({s.get(n) for s in settings}) > 1]
+
+
+def configurations_of(runs: list[dict]) -> list[dict]:
+    """The sweep's configurations in job order: their swept values, runs and statistics over seeds
+    (one run a seed: identical repeats must not shrink the interval). Marks each run with its
+    configuration's label."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_key.setdefault(configuration_key(r), []).append(r)
+    swept = swept_keys(list(by_key))
+    found = []
+    for key, members in by_key.items():
+        values = {k: settings_of(key).get(k, "(default)") for k in swept}
+        label = " ".join(f"{k}={v}" for k, v in values.items()) or "every run"
+        seeds: dict[tuple, dict] = {}
+        for r in members:
+            r["configuration"] = label
+            if r["status"] == "completed":
+                seeds.setdefault(group_key(r), r)
+        firsts = list(seeds.values())
+        found.append(
+            {
+                "label": label,
+                "swept": values,
+                "overrides": list(key),
+                "jobs": len(members),
+                "completed": sum(r["status"] == "completed" for r in members),
+                "seeds": sorted({r["seed"] for r in firsts if r["seed"] is not None}),
+                "metrics": statistics_by_metric(firsts),
+            }
+        )
+    return found
+
+
+def statistics_by_metric(runs: list[dict]) -> dict:
+    return {
+        m: statistics_of([r["metrics"][m] for r in runs if m in r["metrics"]])
+        for m in METRICS
+        if any(m in r["metrics"] for r in runs)
+    }
+
+
 # ---- the summary -------------------------------------------------------------------------
+# What summary.json says of each run.
+RUN_FIELDS = ("dir", "configuration", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")
+
+
 def summarize(sweep_dir: Path) -> dict:
     sweep_dir = Path(sweep_dir)
     runs = [read_job(d) for d in job_dirs(sweep_dir)] + refused_jobs(sweep_dir)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(group_key(r), []).append(r)
-
-    # Statistics over configurations, one run each: identical repeats must not shrink the interval.
-    firsts = [next((r for r in g if r["status"] == "completed"), None) for g in groups.values()]
-    firsts = [r for r in firsts if r is not None]
-    stats = {
-        m: statistics_of([r["metrics"][m] for r in firsts if m in r["metrics"]])
-        for m in METRICS
-        if any(m in r["metrics"] for r in firsts)
-    }
+    configurations = configurations_of(runs)
+    # Statistics of the whole sweep only where it is one configuration: never pooled across several.
+    stats = configurations[0]["metrics"] if len(configurations) == 1 else {}
 
     repeated = {k: g for k, g in groups.items() if len(g) > 1}
     reproducibility = []
@@ -198,6 +268,7 @@ def summarize(sweep_dir: Path) -> dict:
         reproducibility.append(
             {
                 "seed": g[0]["seed"],
+                "configuration": g[0]["configuration"],
                 "overrides": list(key),
                 "runs": len(g),
                 "fingerprints": prints,
@@ -219,14 +290,13 @@ def summarize(sweep_dir: Path) -> dict:
         "stopped": len(stopped),
         "stopped_by": stopped_by.name if stopped_by else None,
         "metrics": stats,
+        "configurations": configurations,
+        "swept": list(configurations[0]["swept"]) if configurations else [],
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
         "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
         "best": best_result(sweep_dir, runs),
-        "runs": [
-            {k: r[k] for k in ("dir", "seed", "repeat", "status", "metrics", "fingerprint", "error", "overrides")}
-            for r in runs
-        ],
+        "runs": [{k: r[k] for k in RUN_FIELDS} for r in runs],
     }
     # Whole files or none, like every file the framework writes: a reader never sees half a summary.
     write_json_atomic(sweep_dir / "summary.json", summary)
@@ -256,22 +326,33 @@ def markdown(s: dict) -> str:
         f"{s['stopped']} stopped by a signal.",
         "",
     ]
-    if s["metrics"]:
-        out += ["| metric | n | mean | std | min | max | 95% CI |", "|---|---:|---:|---:|---:|---:|---|"]
-        for name, d in s["metrics"].items():
-            ci = "n/a" if d["n"] < 2 else f"[{d['ci95_low']:.4f}, {d['ci95_high']:.4f}]"
-            out.append(
-                f"| {name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} | {ci} |"
-            )
+    # A block of rows per configuration, led by its swept values (none: one configuration).
+    swept, configurations = s["swept"], s["configurations"]
+    values_of = {c["label"]: c["swept"] for c in configurations}
+    if any(c["metrics"] for c in configurations):
+        out += [
+            "| " + "".join(f"{k} | " for k in swept) + "metric | n | mean | std | min | max | 95% CI |",
+            "|" + "---|" * len(swept) + "---|---:|---:|---:|---:|---:|---|",
+        ]
+        for c in configurations:
+            keys = "".join(f"{c['swept'][k]} | " for k in swept)
+            for name, d in c["metrics"].items():
+                ci = "n/a" if d["n"] < 2 else f"[{d['ci95_low']:.4f}, {d['ci95_high']:.4f}]"
+                out.append(
+                    f"| {keys}{name} | {d['n']} | {d['mean']:.4f} | {d['std']:.4f} | {d['min']:.4f} | {d['max']:.4f} "
+                    f"| {ci} |"
+                )
         out.append("")
+    columns = "".join(f"{k} | " for k in swept)
     out += [
-        "| run | seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
-        "|---|---:|---:|---|" + "---:|" * len(METRICS) + "---|",
+        f"| run | {columns}seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
+        "|---|" + "---|" * len(swept) + "---:|---:|---|" + "---:|" * len(METRICS) + "---|",
     ]
     for r in s["runs"]:
+        keys = "".join(f"{values_of[r['configuration']][k]} | " for k in swept)
         values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
         fp = (r["fingerprint"] or "")[:16]
-        out.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
+        out.append(f"| {Path(r['dir']).name} | {keys}{r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
     for title, statuses in (("Failed jobs:", ("failed",)), ("Refused jobs:", ("refused",)), ("Stopped jobs:", STOPPED)):
         listed = [r for r in s["runs"] if r["status"] in statuses]
         if listed:
@@ -298,53 +379,76 @@ def markdown(s: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_curves(runs: list[dict], path: Path) -> None:
+def plot_curves(runs: list[dict], path: Path) -> list[str]:
+    """val/loss and val/acc by epoch: of one configuration, every seed with their mean and spread;
+    of several, a mean and band per configuration, labelled by it (its seeds faint, in its colour).
+    Returns the legend's labels."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    by_configuration: dict[str, list[dict]] = {}
+    for r in runs:
+        by_configuration.setdefault(r["configuration"], []).append(r)
+    several = len(by_configuration) > 1
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for column, (ax, name) in enumerate(zip(axes, ("val/loss", "val/acc")), start=1):
-        by_epoch: dict[int, list[float]] = {}
-        for r in runs:
-            points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
-            if not points:
-                continue
-            ax.plot(
-                [e for e, _ in points],
-                [v for _, v in points],
-                alpha=0.35,
-                linewidth=1,
-                label=f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else ""),
-            )
-            for e, v in points:
-                by_epoch.setdefault(e, []).append(v)
-        if by_epoch:
-            epochs = sorted(by_epoch)
-            mean = [statistics.fmean(by_epoch[e]) for e in epochs]
-            std = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-            ax.plot(epochs, mean, color="black", linewidth=2, label="mean")
-            ax.fill_between(
-                epochs,
-                [m - s for m, s in zip(mean, std)],
-                [m + s for m, s in zip(mean, std)],
-                color="black",
-                alpha=0.15,
-                label="mean ± std",
-            )
+        for number, (label, members) in enumerate(by_configuration.items()):
+            if several:
+                plot_band(ax, members, column, colours[number % len(colours)], label, seeds_labelled=False)
+            else:
+                plot_band(ax, members, column, "black", "mean", seeds_labelled=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    if axes[1].get_legend_handles_labels()[0]:  # not when no job got as far as an epoch
+    labels = axes[1].get_legend_handles_labels()[1]
+    if labels:  # not when no job got as far as an epoch
         axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = path.with_name(layout.temporary(path.name, ".png"))
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+    return labels
+
+
+def plot_band(ax, runs: list[dict], column: int, colour: str, label: str, seeds_labelled: bool) -> None:
+    """The runs' curves (faint; each labelled by its seed, or not), their mean labelled `label`
+    in `colour`, and the mean ± std around it."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
+        if not points:
+            continue
+        seed = f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else "")
+        ax.plot(
+            [e for e, _ in points],
+            [v for _, v in points],
+            alpha=0.35,
+            linewidth=1,
+            color=None if seeds_labelled else colour,
+            label=seed if seeds_labelled else "_nolegend_",
+        )
+        for e, v in points:
+            by_epoch.setdefault(e, []).append(v)
+    if not by_epoch:
+        return
+    epochs = sorted(by_epoch)
+    mean = [statistics.fmean(by_epoch[e]) for e in epochs]
+    std = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    ax.plot(epochs, mean, color=colour, linewidth=2, label=label)
+    ax.fill_between(
+        epochs,
+        [m - s for m, s in zip(mean, std)],
+        [m + s for m, s in zip(mean, std)],
+        color=colour,
+        alpha=0.15,
+        label="mean ± std" if seeds_labelled else "_nolegend_",
+    )
 
 
 def verdict(summary: dict) -> tuple[int, str]:
@@ -373,5 +477,8 @@ def verdict(summary: dict) -> tuple[int, str]:
         best_line = f"best {best['metric'] or 'value'} {best['value']} with {params}"
     if problems:
         return 1, "; ".join(problems + ([best_line] if best else []))
-    extra = ", every seed reproduces" if summary["all_reproduce"] else ""
+    several = len(summary["configurations"])
+    extra = (f" ({several} configurations)" if several > 1 else "") + (
+        ", every seed reproduces" if summary["all_reproduce"] else ""
+    )
     return 0, f"{summary['jobs']} jobs completed{extra}" + (f"; {best_line}" if best else "")

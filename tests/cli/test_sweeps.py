@@ -184,7 +184,8 @@ def test_a_sweep_with_a_failing_job_still_summarizes_the_others(tmp_path):
     assert (summary["completed"], summary["failed"]) == (2, 1)
     failed = next(r for r in summary["runs"] if r["status"] == "failed")
     assert "Invalid learning rate" in failed["error"]
-    assert summary["metrics"]["test/acc"]["n"] == 2
+    # A configuration per learning rate: the two that completed are not pooled.
+    assert [c["metrics"].get("test/acc", {}).get("n") for c in summary["configurations"]] == [1, None, 1]
     assert "Failed jobs:" in (sweep / "summary.md").read_text()
 
 
