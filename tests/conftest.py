@@ -78,6 +78,26 @@ def compose():
         yield lambda overrides=(): hydra_compose("config", overrides=list(overrides))
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """trained_run(*overrides, test_conf=False) -> the folder of a finished run trained in process
+    with those overrides, trained once per test session: every test asking for the same overrides
+    gets the same folder. Never change it: a test that does copies it (shutil.copytree) first."""
+    from helpers import train_in_process
+
+    cache = {}
+
+    def get(*overrides: str, test_conf: bool = False) -> Path:
+        key = (overrides, test_conf)
+        if key not in cache:
+            run = tmp_path_factory.mktemp("trained") / "run"
+            train_in_process(run, *overrides, test_conf=test_conf)
+            cache[key] = run
+        return cache[key]
+
+    return get
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real, small file system (tmpfs): mount(size, inodes) -> its folder."""

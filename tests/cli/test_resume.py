@@ -1,0 +1,168 @@
+"""Exact resume in new processes: the real command line resumes"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli
+
+from framework.cli.compare import compare as differences
+
+EXACT = [
+    "model=noisy",
+    "optimizer=sgd",
+    "scheduler=cosine",
+    "data.num_workers=2",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "logger=none",
+]  # 20 steps an epoch: 60 in all
+
+
+# A resumed run keeps its config's trainer.max_steps, the stopping point the first command set:
+# to train past it, the resuming command says so.
+GO_ON = "trainer.max_steps=null"
+
+
+def train(run_dir: Path, *overrides: str, **kwargs):
+    return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, **kwargs)
+
+
+@pytest.fixture
+def straight(trained_run):
+    """The run straight through (in process, shared by the whole test session: copy it to change it)."""
+    return trained_run(*EXACT, test_conf=True)
+
+
+@pytest.fixture
+def stopped_mid(trained_run):
+    """The run stopped mid-epoch (step 29: epoch 1, batch 9), shared the same way."""
+    return trained_run(*EXACT, "trainer.max_steps=29", test_conf=True)
+
+
+def test_resume_in_the_middle_of_an_epoch_is_exact(straight, stopped_mid, tmp_path):
+    run = tmp_path / "mid"
+    shutil.copytree(stopped_mid, run)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["loader_state"] == {"epoch": 1, "position": 9} and ckpt["global_step"] == 29
+    proc = train(run, f"resume={run / 'checkpoints' / 'last.pt'}", GO_ON)
+    assert differences(straight, run) == []
+    summary = read_summary(run)
+    assert summary["fingerprint"] == read_summary(straight)["fingerprint"]
+    assert summary["resumes"][-1]["val_check"]["identical"] is True
+    assert "resume check: val/loss" in proc.stdout and "identical" in proc.stdout
+
+
+def test_resume_after_sigkill_with_resume_auto_is_exact(straight, tmp_path):
+    run = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "framework",
+        *TEST_CONF,
+        f"hydra.run.dir={run}",
+        *EXACT,
+        "resume=auto",
+        "checkpoint.every_n_steps=7",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = run / "checkpoints" / "index.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if index.exists() and "step_00000021.pt" in index.read_text():  # epoch 1, batch 1
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert read_summary(run)["status"] == "running"  # killed: it never wrote an end
+
+    out = run_cli(run, *EXACT, "resume=auto", "checkpoint.every_n_steps=7", extra_args=TEST_CONF)
+    resumed = read_summary(run)["resumes"][-1]
+    assert resumed["position"] != 0, "the kill did not land inside an epoch"
+    checked = "the most recent save that passes its check; checked: its size and xxh3 in index.json"
+    assert checked in out.stdout
+    assert differences(straight, run) == []
+
+
+def test_a_trajectory_changing_override_is_refused_and_nothing_is_lost(stopped_mid, tmp_path):
+    run = tmp_path / "mid"
+    shutil.copytree(stopped_mid, run)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    proc = run_cli(
+        run, *EXACT, f"resume={run}", "optimizer.lr=0.5", "trainer.max_epochs=4", extra_args=TEST_CONF, check=False
+    )
+    assert proc.returncode != 0
+    assert "optimizer.lr: 0.1 -> 0.5" in proc.stderr
+    assert "trainer.max_epochs: 3 -> 4" in proc.stderr  # the cosine schedule's length comes from it
+    assert "allow_config_changes=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
+
+
+def test_sigterm_stops_with_a_checkpoint_at_that_step_and_resume_is_exact(straight, tmp_path):
+    run = tmp_path / "preempted"
+    cmd = [sys.executable, "-m", "framework", *TEST_CONF, f"hydra.run.dir={run}", *EXACT, "resume=auto"]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and '"step": 25,' in history.read_text():
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    summary = read_summary(run)
+    assert summary["status"] == "preempted" and summary["stopped_by"] == "signal"
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["global_step"] == summary["global_step"] and ckpt["loader_state"]["position"] != 0
+    run_cli(run, *EXACT, "resume=auto", extra_args=TEST_CONF)
+    assert read_summary(run)["resumes"][-1]["global_step"] == ckpt["global_step"]
+    assert differences(straight, run) == []
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(straight, stopped_mid, tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: the resuming process is given one, as on a smaller machine")
+
+    def one_cpu():
+        os.sched_setaffinity(0, {cpus[0]})
+
+    threads = read_summary(straight)["determinism"]["num_threads"]
+    assert threads == len(cpus)  # determinism.num_threads=null: every CPU the process may use
+    run = tmp_path / "mid"
+    shutil.copytree(stopped_mid, run)
+    proc = train(run, f"resume={run}", GO_ON, preexec_fn=one_cpu)
+    assert f"{threads} intra-op threads (as the checkpoint ran)" in proc.stdout
+    assert read_summary(run)["determinism"]["num_threads"] == threads
+    assert differences(straight, run) == []
+
+    # Teeth: this machine's own count would have given other bits.
+    other = tmp_path / "other"
+    shutil.copytree(stopped_mid, other)
+    train(other, f"resume={other}", GO_ON, "determinism.num_threads=1", "allow_config_changes=true", preexec_fn=one_cpu)
+    assert differences(straight, other) != []
+
+
+def test_a_resume_needs_none_of_the_original_overrides(straight, stopped_mid, tmp_path):
+    """`python -m framework resume=RUN_DIR`: no --config-dir, no model, no data, no max_epochs.
+    Only `trainer.max_steps=null`, to go past the stopping point the first command set."""
+    run = tmp_path / "mid"
+    shutil.copytree(stopped_mid, run)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}  # where the user's model class lives
+    cmd = [sys.executable, "-m", "framework", f"resume={run}", GO_ON]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "outputs").exists()  # continued in its own directory
+    assert read_summary(run)["resumes"][-1]["changed_keys"] == ["trainer.max_steps"]
+    assert differences(straight, run) == []
