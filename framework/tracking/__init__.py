@@ -1,1 +1,2 @@
-"""Where metrics go: metrics.jsonl, TensorBoard, the console's progress."""
+"""Where metrics go: metrics.jsonl always, and the sinks the `logger` group chooses (TensorBoard,
+MLflow, your own: sinks.py); the console's progress."""

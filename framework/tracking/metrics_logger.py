@@ -109,7 +109,8 @@ def check_arguments(key: str, node: DictConfig) -> None:
     unknown = [k for k in node if not str(k).startswith("_") and names is not None and k not in names]
     if unknown:
         raise ConfigError(
-            f"{key}.{unknown[0]}: {node._target_} takes no argument {unknown[0]!r}. It takes: {', '.join(names)}"
+            f"{key}.{unknown[0]}: {node._target_} takes no argument {unknown[0]!r}. "
+            + (f"It takes: {', '.join(names)}" if names else "It takes none.")
         )
 
 

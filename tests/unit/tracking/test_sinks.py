@@ -137,7 +137,8 @@ def test_a_users_sink_is_built_with_its_arguments_beside_the_chosen_ones(compose
         ({"mine": {"_target_": "no_such_module.Sink"}}, "logger.mine._target_=no_such_module.Sink: cannot import it"),
         (
             {"tensorboard": {"_target_": "framework.tracking.tensorboard_sink.TensorBoardSink", "flush_secs": 3}},
-            "logger.tensorboard.flush_secs: framework.tracking.tensorboard_sink.TensorBoardSink takes no argument",
+            "logger.tensorboard.flush_secs: framework.tracking.tensorboard_sink.TensorBoardSink takes no argument "
+            "'flush_secs'. It takes none.",
         ),
     ],
 )
