@@ -19,6 +19,7 @@ from framework import distributed
 from framework.cli import hydra_files
 from framework.config import overrides
 from framework.config import recipes as recipe
+from framework.runs.layout import CHECKPOINTS, RunLayout
 from framework.runs.run_dir import EXISTING_RUN, RunDirRefused, holds_a_run, refusal, refuse_unless_dead
 
 
@@ -150,7 +151,7 @@ def resumes_a_strict_run(argv: list[str]) -> bool:
     if run_dir is None:
         return False
     try:
-        return json.loads((run_dir / "metrics.json").read_text())["determinism"]["level"] == "strict"
+        return json.loads(RunLayout(run_dir).record.read_text())["determinism"]["level"] == "strict"
     except (OSError, ValueError, KeyError, TypeError):  # no summary, or not ours: the run says what is wrong
         return False
 
@@ -259,7 +260,7 @@ def resumed_run_dir(argv: list[str]) -> Path | None:
     resume = overrides.value_of(argv, "resume")
     path = Path(resume).expanduser()
     if resume != "auto" and path.is_file():  # RUN_DIR/checkpoints/NAME.pt
-        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
     if resume != "auto" and path.is_dir():  # RUN_DIR or RUN_DIR/checkpoints
-        return path.parent if path.name == "checkpoints" else path
+        return path.parent if path.name == CHECKPOINTS else path
     return None
