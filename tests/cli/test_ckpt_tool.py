@@ -7,20 +7,21 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, train_in_process
+from helpers import ROOT
 
 # Two epochs of the small MLP, a numbered file each epoch: best.pt, epoch_0001.pt,
 # epoch_0002.pt, last.pt and index.json.
 QUICK = ("model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_epochs=1")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two runs that differ only by seed; never changed by a test (last.pt, best.pt and
-    epoch_0002.pt are hard links of one file): a test that damages a file copies it first."""
+@pytest.fixture
+def runs(trained_run, tmp_path_factory):
+    """Two runs that differ only by seed (shared by the whole test session), as runs/seed0 and
+    runs/seed1; never changed by a test (last.pt, best.pt and epoch_0002.pt are hard links of one
+    file): a test that damages a file copies it first."""
     root = tmp_path_factory.mktemp("ckpt_tool")
     for seed in (0, 1):
-        train_in_process(root / f"seed{seed}", *QUICK, f"seed={seed}")
+        (root / f"seed{seed}").symlink_to(trained_run(*QUICK, f"seed={seed}"))
     return root
 
 

@@ -12,17 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TESTS, read_summary, train_in_process
+from helpers import ROOT, TESTS, read_summary
 
 # 22 steps an epoch (synthetic data, 1400 training samples, batches of 64).
 RUN = ["model=mlp", "model.hidden=[32]", "data=synthetic", "trainer.max_epochs=2", "logger=none"]
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("preemption") / "straight"
-    train_in_process(run, *RUN)
-    return run
+@pytest.fixture
+def straight(trained_run):
+    """The run never stopped (shared by the whole test session)."""
+    return trained_run(*RUN)
 
 
 @pytest.mark.slow

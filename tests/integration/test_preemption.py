@@ -21,11 +21,10 @@ RUN = ["model=mlp", "model.hidden=[32]", "data=synthetic", "trainer.max_epochs=2
 STOP_AT = 7
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("preemption") / "straight"
-    train_in_process(run, *RUN)
-    return run
+@pytest.fixture
+def straight(trained_run):
+    """The run never stopped (shared by the whole test session)."""
+    return trained_run(*RUN)
 
 
 def signal_at_step(monkeypatch, sig: signal.Signals, step: int) -> None:
