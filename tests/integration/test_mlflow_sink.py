@@ -4,6 +4,8 @@ step, final metrics, artifacts; a stopped and resumed run is one MLflow run with
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import yaml
 from helpers import read_jsonl, read_summary, read_tensorboard, train_in_process
 
+import framework.engine.training
 from framework.config.resolved import flatten
 from framework.runs.run_dir import not_ours
 from framework.tracking.sinks import final_tags, plain_value
@@ -97,3 +100,30 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_every_step_once(store,
     assert history(client, run.info.run_id, "train/loss") == jsonl
     assert sorted(history(client, run.info.run_id, "test/acc")) == [6, 8]
     assert not_ours(run_dir) is None  # mlflow_run.json is a run's file: existing_run=archive may move the run
+
+
+def test_a_preempted_run_is_killed_in_mlflow_and_its_resume_finishes_it(store, tmp_path, monkeypatch):
+    uri, client = store
+    run_dir = tmp_path / "preempted"
+    common = [*SHORT, "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "trainer.max_steps=5"]
+    real_step, steps = framework.engine.training.train_step, []
+
+    def step_then_signal(*args, **kwargs):  # SIGUSR1 during step 3, as a cluster would send it
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_step(*args, **kwargs)
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # what the stop hands over to
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(framework.engine.training, "train_step", step_then_signal)
+            assert train_in_process(run_dir, *common)["status"] == "preempted"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    stopped = mlflow_run(client, run_dir)
+    assert stopped.info.status == "KILLED" and sorted(history(client, stopped.info.run_id, "train/loss")) == [1, 2, 3]
+    train_in_process(run_dir, *common, "resume=auto")
+    resumed = mlflow_run(client, run_dir)
+    assert resumed.info.run_id == stopped.info.run_id and resumed.info.status == "FINISHED"
+    assert sorted(history(client, resumed.info.run_id, "train/loss")) == [1, 2, 3, 4, 5]
