@@ -65,7 +65,7 @@ class MlflowSink(MetricSink):
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run.run_dir)
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = self.client_class(tracking_uri=uri)
+        self.client = self.store(uri)
         self.run_id = self.recorded_run(uri) if run.resume_step is not None else None
         if self.run_id is not None:
             self.client.update_run(self.run_id, status="RUNNING")
@@ -78,6 +78,21 @@ class MlflowSink(MetricSink):
             log.info("mlflow: run %s (%s) in %s, experiment %s", self.run_id, name, uri, self.experiment_name)
         record = {"tracking_uri": uri, "run_id": self.run_id}
         replace_atomically(run.run_dir / layout.MLFLOW_RUN, json.dumps(record, indent=2) + "\n", durable=False)
+
+    def store(self, uri: str):
+        """A client of the store at `uri`; a store MLflow refuses (its plain file store, since 3.17)
+        is named in one line with where the URI came from."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client_class(tracking_uri=uri)
+        except MlflowException as e:
+            source = "logger.mlflow.tracking_uri" if self.tracking_uri else "MLFLOW_TRACKING_URI"
+            first = " ".join(str(e).split()).split(". ")[0]
+            raise ConfigError(
+                f"{source}={uri}: MLflow refuses this store ({first}). Give a SQLite store, sqlite:///PATH/mlflow.db, "
+                "or a tracking server's URL"
+            ) from e
 
     def recorded_run(self, uri: str) -> str | None:
         """The MLflow run this run directory logged to before, if this store has it."""
