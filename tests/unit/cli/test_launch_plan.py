@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from framework.cli import hydra_files
-from framework.cli.launch_plan import MakeRoom, Relaunch, plan, with_run_dir
+from framework.cli.launch_plan import MakeRoom, Relaunch, held_by_a_live_process, plan, with_run_dir
 from framework.config.overrides import quoted
 from framework.config.recipes import Recipe
 from framework.runs.run_dir import refusal
@@ -220,6 +220,13 @@ def test_a_live_run_is_named_by_its_process(tmp_path):
 
     p = plan_of(f"hydra.run.dir={run}", in_use=live)
     assert p.error == f"{run} is in use by process 4242 on host since today" and asked == [run]
+
+
+def test_the_commands_own_probe_finds_no_live_process_in_a_finished_run_and_leaves_no_trace(tmp_path):
+    run = a_run(tmp_path / "run")
+    before = sorted(p.name for p in run.rglob("*"))
+    assert held_by_a_live_process(run) is None
+    assert sorted(p.name for p in run.rglob("*")) == before  # its lock taken and let go, its file removed
 
 
 @pytest.mark.parametrize("policy", ["archive", "overwrite"])
