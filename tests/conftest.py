@@ -98,6 +98,24 @@ def trained_run(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def cli_trained_run(tmp_path_factory):
+    """cli_trained_run(*overrides) -> the folder of a finished run trained by `python -m framework`
+    (Hydra's .hydra/ record and train.log too), once per test session, shared as trained_run's are."""
+    from helpers import run_cli
+
+    cache = {}
+
+    def get(*overrides: str) -> Path:
+        if overrides not in cache:
+            run = tmp_path_factory.mktemp("cli_trained") / "run"
+            run_cli(run, *overrides)
+            cache[overrides] = run
+        return cache[overrides]
+
+    return get
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real, small file system (tmpfs): mount(size, inodes) -> its folder."""

@@ -44,6 +44,73 @@ def start_cli(run_dir: Path, *overrides: str, extra_args=(), **popen) -> subproc
     return subprocess.Popen(cmd, cwd=ROOT, env=env, **popen)
 
 
+def run_in(cwd: Path, *args: str, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    """`python -m framework ARGS` started in `cwd` (no hydra.run.dir added)."""
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    cmd = [sys.executable, "-m", "framework", *args]
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300, **popen)
+
+
+def start_in(cwd: Path, *args: str) -> subprocess.Popen:
+    """`python -m framework ARGS` started in `cwd`, in the background."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    cmd = [sys.executable, "-m", "framework", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def refused_in_one_line(proc: subprocess.CompletedProcess, says: str) -> None:
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert says in proc.stderr, proc.stderr
+
+
+TOGETHER_TIMEOUT = 60  # seconds; each command run_together starts needs a few
+
+
+def run_together(*commands, cwd=ROOT, env=None) -> list[subprocess.CompletedProcess]:
+    """Each `python -m ARGS...`, all started at once (each pays for its own interpreter), with the
+    framework of this checkout whatever the folder they run in, and no recipes folder of the caller's.
+    A command that hangs (a named pipe opened, say) fails the test after TOGETHER_TIMEOUT s."""
+    full_env = {k: v for k, v in os.environ.items() if k != "FRAMEWORK_RECIPES"}
+    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
+    started = [
+        (args, subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=cwd, env=full_env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        for args in commands
+    ]  # fmt: skip
+    deadline = time.monotonic() + TOGETHER_TIMEOUT
+    done = []
+    try:
+        for args, proc in started:
+            out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"python -m {' '.join(map(str, args))} still runs after {TOGETHER_TIMEOUT} s: it hangs")
+    finally:
+        for _, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *named: str) -> None:
+    said = f"python -m {' '.join(map(str, proc.args))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == code, said
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, said
+    assert proc.stderr.startswith("Error: ") and all(word in proc.stderr for word in named), said
+
+
+def tree(folder: Path) -> dict:
+    """Every file below `folder` (links as links), with its bytes: what must not change."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            found[path.relative_to(folder)] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[path.relative_to(folder)] = path.read_bytes()
+    return found
+
+
 def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
     """Until metrics.jsonl has a line for `step` (fails if the run ends first)."""
     history = run_dir / "metrics.jsonl"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_one_line_error, run_together
 
 # Two epochs of the small MLP, a numbered file each epoch: best.pt, epoch_0001.pt,
 # epoch_0002.pt, last.pt and index.json.
@@ -69,3 +70,16 @@ def test_the_command_line(runs, tmp_path):
     assert "global step     40" in results["inspect"][1]
     assert "seed: 0 -> 1" in results["diff"][1]
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_ckpt_on_a_named_pipe_says_so_without_opening_it(tmp_path):
+    pipe = tmp_path / "last.pt"
+    os.mkfifo(pipe)
+    verified, migrated, inspected = run_together(
+        ("framework.ckpt", "verify", pipe),
+        ("framework.ckpt", "migrate", pipe, tmp_path / "new.pt", "model=mlp"),
+        ("framework.ckpt", "inspect", pipe),
+    )
+    for proc in (verified, migrated, inspected):
+        assert_one_line_error(proc, 3, f"{pipe} is a named pipe (FIFO), not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

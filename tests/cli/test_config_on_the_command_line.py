@@ -6,7 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from helpers import CONF, run_cli
+from helpers import (
+    CONF,
+    refused_in_one_line,
+    run_cli,
+    run_in,
+)
 
 import framework
 
@@ -68,3 +73,15 @@ def test_help_lists_the_real_groups_and_the_version():
     assert {"digits_cnn", "template", "seed_study", "lr_search"} <= set(listed["recipe"].split(", "))
     version = subprocess.run([sys.executable, "-m", "framework", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith(f"framework {framework.__version__} (Hydra ")
+
+
+TINY = ["model=mlp", "trainer.max_steps=2", "logger=none"]
+
+
+def test_an_unreadable_override_and_hydra_full_error_0_get_one_line(tmp_path):
+    huge = run_in(tmp_path, f"seed={'9' * 5000}")
+    refused_in_one_line(huge, "cannot read the override seed=99999")
+    assert len(huge.stderr.strip().splitlines()) == 1  # not the 5000 digits' traceback
+    for value in ("0", ""):
+        proc = run_in(tmp_path, "optimizer.lrr=1", *TINY, env={"HYDRA_FULL_ERROR": value})
+        refused_in_one_line(proc, "optimizer.lrr: torch.optim.SGD takes no argument 'lrr'")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS, compose_config, read_summary, train_in_process
+from helpers import ROOT, TESTS, read_summary, train_in_process
 
 from framework.cli.compare import compare as differences
 from framework.config.errors import ConfigError
@@ -147,9 +147,3 @@ def test_a_sweep_of_two_task_jobs_through_submitit_trains_each_job_on_two_ranks(
     assert torch.load(job / "checkpoints" / "last.pt", weights_only=True)["meta"]["world_size"] == 2
     assert (job / "train.log").read_text().count("done in") == 1
     assert read_summary(job)["fingerprint"] == read_summary(straight)["fingerprint"]
-
-
-def test_the_slurm_launcher_for_multi_process_jobs_composes():
-    cfg = compose_config("hydra/launcher=slurm_ddp", hydra_node=True)
-    launcher = cfg.hydra.launcher
-    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.max_num_timeout == 3

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, read_summary
+from helpers import ROOT, assert_one_line_error, read_summary, run_together
 
 from framework.checkpoint.migrate import build_state, experiment_config
 
@@ -56,3 +56,20 @@ def test_import_and_resume_through_the_command_line(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "not bit for bit" in resumed.stdout + resumed.stderr
     assert read_summary(run)["status"] == "completed"
+
+
+def test_migrate_names_a_numpy_class_that_numpy_does_not_have(tmp_path, monkeypatch):
+    class FakeDType:
+        """Pickled under a name of NumPy's form, which the opt-in lets through to the look-up."""
+
+        def __reduce__(self):
+            return FakeDType, ()
+
+    FakeDType.__module__, FakeDType.__qualname__ = "numpy.dtypes", "FakeDType"
+    monkeypatch.setattr(np.dtypes, "FakeDType", FakeDType, raising=False)  # so that pickle finds it here
+    src = tmp_path / "checkpoint_epoch_1.pt"
+    torch.save({"epoch": 1, "model_state_dict": {"w": torch.zeros(1)}, "dtype": FakeDType()}, src)
+    dst = tmp_path / "imported.pt"
+    proc = run_together(("framework.ckpt", "migrate", src, dst, "model=mlp", "--unpickle-numpy", src))[0]
+    assert_one_line_error(proc, 5, f"{src} pickles numpy.dtypes.FakeDType, which NumPy", "nothing of it was unpickled")
+    assert not dst.exists()

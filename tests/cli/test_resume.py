@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli
+from helpers import (
+    ROOT,
+    TEST_CONF,
+    TESTS,
+    read_jsonl,
+    read_summary,
+    run_cli,
+    start_cli,
+    wait_for_step,
+)
 
 from framework.cli.compare import compare as differences
 
@@ -166,3 +175,133 @@ def test_a_resume_needs_none_of_the_original_overrides(straight, stopped_mid, tm
     assert not (tmp_path / "outputs").exists()  # continued in its own directory
     assert read_summary(run)["resumes"][-1]["changed_keys"] == ["trainer.max_steps"]
     assert differences(straight, run) == []
+
+
+# 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
+BASE = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture
+def stopped(cli_trained_run):
+    """A run stopped at step 25 of 40, with last.pt, best.pt and step_00000020.pt (shared by the
+    whole test session: copy_of it to change it)."""
+    return cli_trained_run(*BASE, "trainer.max_steps=25")
+
+
+def copy_of(stopped, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    return run
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp_path):
+    run = tmp_path / "run"
+    unsaved = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint=off", "resume=auto"]
+    proc = start_cli(run, *unsaved)
+    wait_for_step(proc, run, 20)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert "nothing was saved" in out + err and "continue with resume=auto" not in out + err
+
+    run_cli(run, *unsaved)  # the requeue: same command, nothing to resume from, a fresh start
+    history = read_jsonl(run)  # one history, not the killed one and another after it
+    assert [r["step"] for r in history if r["event"] == "step"] == [10, 20, 30, 40]  # logged every 10 steps
+    assert [r["event"] for r in history if r["event"] != "step"] == ["epoch", "epoch", "test"]
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        (["optimizer.lr=0.5"], "optimizer.lr: 0.1 -> 0.5"),  # refused by the config check
+        (["model.hidden=[32,32]", "allow_config_changes=true", GO_ON], "do not fit the model"),  # by the restore
+    ],
+)
+def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, change, says):
+    run = copy_of(stopped, tmp_path)
+    (run / "train.log").write_text("the first run's log\n")
+    before = files_of(run)
+    proc = run_cli(run, *BASE, f"resume={run}", *change, check=False)
+    assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr
+    assert files_of(run) == before  # status, history, checkpoints, .hydra/ and train.log untouched
+
+
+# Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
+ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
+             "checkpoint.monitor=null"]  # fmt: skip
+
+
+# last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
+PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture
+def periodic_straight(trained_run):
+    """The run never stopped (checkpoints never change a trajectory: test_resume.py)."""
+    return trained_run(*PERIODIC)
+
+
+def flip_a_bit_inside_a_tensor(path):
+    """Flip one bit in the middle of the largest tensor's bytes: torch.load still reads the file."""
+    weights = torch.load(path, weights_only=True)["model_state_dict"]
+    tensor = max(weights.values(), key=lambda t: t.numel())
+    data = path.read_bytes()
+    at = data.index(tensor.numpy().tobytes()[:64]) + tensor.numel() * tensor.element_size() // 2
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+
+
+def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(periodic_straight, tmp_path):
+    config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
+    run = tmp_path / "run"
+    run_cli(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
+    (run / "checkpoints" / "index.json").unlink()
+    flip_a_bit_inside_a_tensor(run / "checkpoints" / "last.pt")
+
+    proc = run_cli(run, *config, "resume=auto", GO_ON)
+    assert "skipping last.pt" in proc.stdout and "record(s) of its archive fail their CRC32" in proc.stdout
+    assert "step_00000020.pt (epoch 1, step 20)" in proc.stdout
+    assert "checked: its CRC32 records (index.json does not list it" in proc.stdout
+    assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
+    assert differences(periodic_straight, run) == []
+
+
+def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
+    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
+    run = tmp_path / "run"
+    run_cli(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
+    # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
+    rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
+    run_cli(run, *config, *rewind, "trainer.max_steps=30")
+    proc = run_cli(
+        run, *config, "resume=auto", "trainer.max_steps=31", "optimizer.lr=0.05", "allow_config_changes=true"
+    )
+    resumed = read_summary(run)["resumes"][-1]
+    assert resumed["global_step"] == 30 and resumed["from"].endswith("last.pt"), proc.stdout
+
+
+def test_a_different_eval_batch_size_on_resume_is_no_false_alarm(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    proc = run_cli(run, *BASE, f"resume={run}", GO_ON, "trainer.eval_batch_size=7")
+    assert "RESUME CHECK FAILED" not in proc.stdout
+    assert "resume check: val/loss" in proc.stdout
+    assert read_summary(run)["resumes"][-1]["val_check"]["identical"] is True
+
+
+def test_a_resumed_epoch_with_no_batches_left_ends_cleanly(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)  # stopped at batch 5 of epoch 2; 512 a batch leaves 3 batches an epoch
+    proc = run_cli(run, *BASE, f"resume={run}", GO_ON, "data.batch_size=512", "allow_config_changes=true", check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+
+
+def test_resume_auto_without_a_fixed_directory_is_warned_about(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}
+    cmd = [sys.executable, "-m", "framework", "resume=auto", "model=mlp", "trainer.max_steps=2", "logger=none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0
+    assert "Warning: resume=auto without hydra.run.dir" in proc.stderr

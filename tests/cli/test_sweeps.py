@@ -1,6 +1,5 @@
-"""Reproducibility measured: fingerprints across processes, determinism levels, seed sweeps
-with real Hydra multiruns (basic, joblib and submitit-local launchers), the summary and the
-reproducibility check."""
+"""Seed sweeps with real Hydra multiruns (basic, joblib and submitit-local launchers): the summary,
+the reproducibility check, jobs that fail or are refused, the sweep command."""
 
 from __future__ import annotations
 
@@ -11,7 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TEST_CONF, TESTS, read_summary, run_cli, train_in_process
+import torch
+import yaml
+from helpers import (
+    ROOT,
+    TEST_CONF,
+    TESTS,
+    read_summary,
+    run_cli,
+    run_in,
+)
 
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
@@ -37,94 +45,7 @@ def assert_summary_files(sweep: Path) -> dict:
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     return summary
 
-
-@pytest.mark.slow
-def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path):
-    seed0 = fingerprint_of(tmp_path / "a", "seed=0")
-    # In this process, another one (after whatever other tests left behind), same bits.
-    assert train_in_process(tmp_path / "in", *QUICK, "seed=0")["fingerprint"] == seed0
-    assert train_in_process(tmp_path / "c", *QUICK, "seed=1")["fingerprint"] != seed0
-    # The batches do not depend on which worker process loads them.
-    for workers in (1, 2, 4):
-        assert train_in_process(tmp_path / f"w{workers}", *QUICK, f"data.num_workers={workers}")["fingerprint"] == seed0
     # strict across processes: test_jobs_in_one_process_do_not_leak_state_into_each_other.
-
-
-def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
-    run_cli(tmp_path / "run", *QUICK[:3], "determinism=strict")  # with checkpoints
-    settings = read_summary(tmp_path / "run")["determinism"]
-    assert settings == {
-        "level": "strict",
-        "num_threads": 1,
-        "deterministic_algorithms": True,
-        "cudnn_benchmark": False,
-        "cudnn_deterministic": True,
-        "cublas_workspace_config": ":4096:8",
-        "pythonhashseed": "0",
-    }
-    import torch
-
-    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["meta"]
-    assert meta["determinism"] == "strict" and meta["determinism_settings"] == settings
-
-
-def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "framework",
-            *TEST_CONF,
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "determinism=paranoid",
-            *QUICK,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert "PYTHONHASHSEED" in proc.stderr and "PYTHONHASHSEED=0 python -m framework" in proc.stderr
-    with_seed = run_cli(
-        tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF, env={"PYTHONHASHSEED": "7"}
-    )
-    assert with_seed.returncode == 0 and read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
-
-
-def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypatch):
-    """The level comes from the checkpoint's config, too late to fix the hash seed: the resume
-    re-launches itself as the first run did (its metrics.json says strict)."""
-    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    run = tmp_path / "run"
-    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "determinism=strict", "trainer.max_steps=25")
-    resumed = run_cli(run, "resume=auto", "trainer.max_steps=null", check=False)
-    assert resumed.returncode == 0, resumed.stderr
-    summary = read_summary(run)
-    assert summary["status"] == "completed" and summary["resumes"][-1]["global_step"] == 25
-    assert summary["determinism"]["level"] == "strict" and summary["determinism"]["pythonhashseed"] == "0"
-
-
-def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
-    code = (
-        "import os; os.environ['PYTHONHASHSEED'] = '0'\n"
-        "from framework.reproducibility import hash_seed_in_force; print(hash_seed_in_force())"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.strip() == "False"
-
-
-def test_an_op_without_a_deterministic_implementation_is_named_under_strict(tmp_path):
-    proc = run_cli(
-        tmp_path / "strict", "model=unpool", "determinism=strict", *QUICK[1:], extra_args=TEST_CONF, check=False
-    )
-    assert proc.returncode == 1
-    assert "max_unpooling2d_forward_out has no deterministic implementation" in proc.stderr
-    assert "determinism=seeded" in proc.stderr and "Traceback" not in proc.stderr
-    run_cli(tmp_path / "seeded", "model=unpool", "determinism=seeded", *QUICK[1:], extra_args=TEST_CONF)
 
 
 @pytest.mark.slow
@@ -252,51 +173,66 @@ def test_sweep_command_says_when_a_folder_is_not_a_sweep(tmp_path):
     assert proc.returncode == 2 and "holds no sweep jobs" in proc.stderr
 
 
-def test_ci_interval_uses_students_t():
-    from framework.runs.sweep_summary import statistics_of
-
-    d = statistics_of([1.0, 2.0, 3.0])
-    assert d["mean"] == 2.0 and d["std"] == 1.0
-    assert d["ci95_high"] - d["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+TINY = ["model=mlp", "trainer.max_steps=2", "logger=none"]
 
 
-def test_the_reproducibility_check_names_what_the_runs_records_say_differs(tmp_path):
-    """Repeats that disagree: the summary names a thread-count difference, and a GPU under seeded."""
-    import yaml
+def sweep_in(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_in(cwd, "-m", *args, env=env)
 
-    from framework.runs.sweep_summary import summarize, verdict
 
-    def job(sweep: Path, number: int, repeat: int, fingerprint: str, num_threads: int, level: str, device: str):
-        folder = sweep / str(number)
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=0", f"repeat={repeat}"]))
-        record = {"status": "completed", "seed": 0, "metrics": {"test/acc": 0.9}, "fingerprint": fingerprint,
-                  "determinism": {"level": level, "num_threads": num_threads}, "device": device,
-                  "meta": {"torch_version": "2.13.0"}}  # fmt: skip
-        (folder / "metrics.json").write_text(json.dumps(record))
+def assert_record_is_the_checkpoints(run: Path) -> dict:
+    """The run's `.hydra/config.yaml` says what its checkpoint was trained with."""
+    recorded = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    trained = yaml.safe_load(torch.load(run / "checkpoints" / "last.pt", weights_only=True)["config"])
+    for key in ("seed", "optimizer"):
+        assert recorded[key] == trained[key], key
+    assert not list((run / ".hydra").glob("incoming-*"))
+    return trained
 
-    threads = tmp_path / "threads"
-    job(threads, 0, 0, "aa", 1, "seeded", "cpu")
-    job(threads, 1, 1, "bb", 2, "seeded", "cpu")
-    summary = summarize(threads)
-    (group,) = summary["reproducibility"]
-    assert not group["reproduces"]
-    assert group["possible_causes"] == [
-        "num_threads differs (1, 2): float results depend on the number of intra-op threads"
-    ]
-    assert "num_threads differs (1, 2)" in (threads / "summary.md").read_text()
-    assert "num_threads differs" in verdict(summary)[1]
 
-    gpu = tmp_path / "gpu"
-    job(gpu, 0, 0, "aa", 1, "seeded", "cuda:0")
-    job(gpu, 1, 1, "bb", 1, "seeded", "cuda:0")
-    (group,) = summarize(gpu)["reproducibility"]
-    assert len(group["possible_causes"]) == 1
-    assert "determinism=seeded on a GPU is not bitwise" in group["possible_causes"][0]
-    assert "determinism=strict is bitwise on a GPU" in group["possible_causes"][0]
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel"]], ids=["basic", "parallel"])
+def test_jobs_sharing_a_directory_the_refused_one_fails_the_sweep(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    proc = sweep_in(ROOT, "seed=0,1", "hydra.sweep.subdir=same", f"hydra.sweep.dir={sweep}", *TINY, *launcher)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 2 jobs refused" in proc.stderr
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert (summary["jobs"], summary["completed"], summary["refused"]) == (2, 1, 1)
+    trained = assert_record_is_the_checkpoints(sweep / "same")
+    assert read_summary(sweep / "same")["seed"] == trained["seed"]
+    refused = next(r for r in summary["runs"] if r["status"] == "refused")
+    assert refused["seed"] == 1 - trained["seed"] and "same" in refused["dir"]
 
-    identical = tmp_path / "identical"
-    job(identical, 0, 0, "aa", 1, "seeded", "cuda:0")
-    job(identical, 1, 1, "aa", 1, "seeded", "cuda:0")
-    (group,) = summarize(identical)["reproducibility"]
-    assert group["reproduces"] and group["possible_causes"] == []
+
+TINY_SWEEP = """# @package _global_
+# A sweep in one command.
+#   python -m framework recipe=tiny_sweep
+defaults:
+  - override /model: mlp
+trainer:
+  max_steps: 2
+logger:
+  tensorboard: false
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      seed: 0
+"""
+
+
+def test_a_recipe_sweep_rerun_with_another_value_is_refused_and_keeps_every_record(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny_sweep.yaml").write_text(TINY_SWEEP)
+    sweep = tmp_path / "sweep"
+    first = run_in(tmp_path, "recipe=tiny_sweep", f"hydra.sweep.dir={sweep}", "resume=auto")
+    assert first.returncode == 0, first.stderr
+    assert "Warning: resume=auto" not in first.stderr  # point 11: the sweep's directory is fixed
+
+    for rerun in (["optimizer.lr=0.05"], ["optimizer.lr=0.05", "resume=auto"]):
+        proc = run_in(tmp_path, "recipe=tiny_sweep", f"hydra.sweep.dir={sweep}", *rerun)
+        assert proc.returncode == 1, proc.stderr
+        assert "1 of 2 jobs refused" in proc.stderr
+        for job in [sweep / "0"]:
+            assert assert_record_is_the_checkpoints(job)["optimizer"]["lr"] == 0.1
+            assert read_summary(job)["status"] == "completed" and "resumes" not in read_summary(job)

@@ -1,7 +1,7 @@
-"""Saving in the background (checkpoint.async_save=true, issue 12): the state is copied at the
+"""Saving in the background (checkpoint.async_save=true): the state is copied at the
 save point and written by one background thread while training goes on; exact resume holds, a
 failed background write stops the run, and a stop waits for the save in flight.
-(Killed mid-write: tests/test_hardening.py kills a background save at each of its boundaries.)"""
+(Killed mid-write: tests/cli/test_killed_saves.py kills a background save at each of its boundaries.)"""
 
 from __future__ import annotations
 

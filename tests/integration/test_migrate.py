@@ -1,4 +1,4 @@
-"""Format versions and migration (issue 11): a real format-1 file upgraded and resumed from, a
+"""Format versions and migration: a real format-1 file upgraded and resumed from, a
 newer file refused, and other programs' tutorial-layout checkpoints imported and resumed from."""
 
 from __future__ import annotations

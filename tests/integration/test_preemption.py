@@ -1,4 +1,4 @@
-"""Preemption that cooperates with the cluster (issue 11): SIGUSR1 and SIGUSR2 stop a run at a
+"""Preemption that cooperates with the cluster: SIGUSR1 and SIGUSR2 stop a run at a
 step boundary with a checkpoint, then the handler they replaced is called (submitit's requeues
 the job); the requeued job resumes exactly."""
 
@@ -14,7 +14,6 @@ from helpers import train_in_process
 import framework.engine.training
 from framework.cli.compare import compare as differences
 from framework.config.errors import ConfigError
-from framework.engine.preemption import StopOnSignal
 
 # 22 steps an epoch (synthetic data, 1400 training samples, batches of 64).
 RUN = ["model=mlp", "model.hidden=[32]", "data=synthetic", "trainer.max_epochs=2", "logger=none"]
@@ -79,14 +78,3 @@ def test_a_signal_left_out_of_stop_signals_is_not_taken(tmp_path, monkeypatch):
 def test_stop_signals_must_be_signals_a_process_can_catch(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.stop_signals: 'SIGKILL' is not a signal name a process can catch"):
         train_in_process(tmp_path / "run", *RUN, "trainer.stop_signals=[SIGUSR1,SIGKILL]")
-
-
-def test_ctrl_c_is_not_handed_to_pythons_own_handler():
-    """Python's SIGINT handler raises KeyboardInterrupt: the run has already stopped cleanly."""
-    stop = StopOnSignal(["SIGINT"])
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.stop_requested()
-    finally:
-        stop.close()
-    stop.hand_over()  # no KeyboardInterrupt

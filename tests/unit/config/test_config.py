@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 import yaml
-from helpers import CONF
+from helpers import CONF, compose_config
 from omegaconf import MISSING, OmegaConf
 
 from framework import data
@@ -152,3 +152,9 @@ def test_an_option_that_extends_another_repeats_none_of_its_values():
             _, inherited = values_of(base_path)
             repeated = {k: v for k, v in own.items() if k in inherited and inherited[k] == v}
             assert repeated == {}, f"{path.relative_to(CONF)} repeats {base}: {repeated}"
+
+
+def test_the_slurm_launcher_for_multi_process_jobs_composes():
+    cfg = compose_config("hydra/launcher=slurm_ddp", hydra_node=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.max_num_timeout == 3

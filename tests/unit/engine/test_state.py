@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.engine.state import PIECES, TrainState, load_model_weights, strip_prefixes
+from framework.engine.state import PIECES, TrainState, as_rank_restores_it, load_model_weights, strip_prefixes
 
 
 def make_state(precision_scaler: bool = False) -> TrainState:
@@ -132,3 +132,25 @@ def test_strict_load_names_every_difference_and_non_strict_loads_what_fits():
     notes = load_model_weights(model, other.state_dict(), strict=False)
     assert torch.equal(model[0].weight, other[0].weight)  # what fits is loaded
     assert any("shape differences" in n for n in notes) and any("unexpected" in n for n in notes)
+
+
+def state_with_losses(loss_sum: float) -> TrainState:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    state = TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    state.epoch_loss_sum, state.last_loss = loss_sum, loss_sum / 4
+    return state
+
+
+def test_each_rank_restores_its_own_losses_and_a_file_without_them_its_plain_ones():
+    ranks = [state_with_losses(1.5), state_with_losses(2.25)]
+    ckpt = ranks[0].capture([state.own_state() for state in ranks])
+    assert (ckpt["epoch_loss_sum"], ckpt["loss"]) == (1.875, 1.875 / 4)  # the mean over the ranks
+    resumed = state_with_losses(0.0)
+    for rank, state in enumerate(ranks):
+        resumed.restore(as_rank_restores_it(ckpt, rank), ["counters"])
+        assert (resumed.epoch_loss_sum, resumed.last_loss) == (state.epoch_loss_sum, state.last_loss)
+    older = {k: v for k, v in ckpt.items() if k != "counters_per_rank"}
+    resumed.restore(as_rank_restores_it(older, 0), ["counters"])
+    assert resumed.epoch_loss_sum == 1.875

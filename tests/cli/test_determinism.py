@@ -1,0 +1,114 @@
+"""Determinism levels through the real command line: the same seed gives the same bits in any
+process, strict puts its settings in force (the hash seed needs a re-launch) and names an op
+that has no deterministic implementation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    ROOT,
+    TEST_CONF,
+    read_summary,
+    run_cli,
+    train_in_process,
+)
+
+QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
+
+
+def fingerprint_of(run_dir: Path, *overrides: str, **kwargs) -> str:
+    run_cli(run_dir, *QUICK, *overrides, **kwargs)
+    return read_summary(run_dir)["fingerprint"]
+
+
+@pytest.mark.slow
+def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path):
+    seed0 = fingerprint_of(tmp_path / "a", "seed=0")
+    # In this process, another one (after whatever other tests left behind), same bits.
+    assert train_in_process(tmp_path / "in", *QUICK, "seed=0")["fingerprint"] == seed0
+    assert train_in_process(tmp_path / "c", *QUICK, "seed=1")["fingerprint"] != seed0
+    # The batches do not depend on which worker process loads them.
+    for workers in (1, 2, 4):
+        assert train_in_process(tmp_path / f"w{workers}", *QUICK, f"data.num_workers={workers}")["fingerprint"] == seed0
+
+
+def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
+    run_cli(tmp_path / "run", *QUICK[:3], "determinism=strict")  # with checkpoints
+    settings = read_summary(tmp_path / "run")["determinism"]
+    assert settings == {
+        "level": "strict",
+        "num_threads": 1,
+        "deterministic_algorithms": True,
+        "cudnn_benchmark": False,
+        "cudnn_deterministic": True,
+        "cublas_workspace_config": ":4096:8",
+        "pythonhashseed": "0",
+    }
+
+    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["meta"]
+    assert meta["determinism"] == "strict" and meta["determinism_settings"] == settings
+
+
+def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "framework",
+            *TEST_CONF,
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "determinism=paranoid",
+            *QUICK,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "PYTHONHASHSEED" in proc.stderr and "PYTHONHASHSEED=0 python -m framework" in proc.stderr
+    with_seed = run_cli(
+        tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF, env={"PYTHONHASHSEED": "7"}
+    )
+    assert with_seed.returncode == 0 and read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
+
+
+def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypatch):
+    """The level comes from the checkpoint's config, too late to fix the hash seed: the resume
+    re-launches itself as the first run did (its metrics.json says strict)."""
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    run = tmp_path / "run"
+    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "determinism=strict", "trainer.max_steps=25")
+    resumed = run_cli(run, "resume=auto", "trainer.max_steps=null", check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["resumes"][-1]["global_step"] == 25
+    assert summary["determinism"]["level"] == "strict" and summary["determinism"]["pythonhashseed"] == "0"
+
+
+def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
+    code = (
+        "import os; os.environ['PYTHONHASHSEED'] = '0'\n"
+        "from framework.reproducibility import hash_seed_in_force; print(hash_seed_in_force())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_an_op_without_a_deterministic_implementation_is_named_under_strict(tmp_path):
+    proc = run_cli(
+        tmp_path / "strict", "model=unpool", "determinism=strict", *QUICK[1:], extra_args=TEST_CONF, check=False
+    )
+    assert proc.returncode == 1
+    assert "max_unpooling2d_forward_out has no deterministic implementation" in proc.stderr
+    assert "determinism=seeded" in proc.stderr and "Traceback" not in proc.stderr
+    run_cli(tmp_path / "seeded", "model=unpool", "determinism=seeded", *QUICK[1:], extra_args=TEST_CONF)

@@ -1,0 +1,191 @@
+"""Run directories through the real command line: an existing run is refused, archived or
+overwritten only as asked and only if it is a run of ours; a live run is never touched; a
+finished run run again changes nothing; a checkpoints path that is a file is found before training."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import (
+    read_jsonl,
+    read_summary,
+    refused_in_one_line,
+    run_cli,
+    run_in,
+    start_cli,
+    tree,
+    wait_for_step,
+)
+
+# 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
+BASE = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture
+def stopped(cli_trained_run):
+    """A run stopped at step 25 of 40, with last.pt, best.pt and step_00000020.pt (shared by the
+    whole test session: copy_of it to change it)."""
+    return cli_trained_run(*BASE, "trainer.max_steps=25")
+
+
+def copy_of(stopped, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    return run
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)
+    before = files_of(run)
+    proc = run_cli(run, *BASE, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "already holds a run (status 'completed', step 25)" in proc.stderr
+    assert "resume=auto" in proc.stderr and "existing_run=archive" in proc.stderr
+    assert files_of(run) == before  # not even Hydra's .hydra/ or train.log
+
+    archived = run_cli(run, *BASE, "existing_run=archive", "trainer.max_steps=5")
+    (aside,) = tmp_path.glob("run.archived-*")
+    assert files_of(aside) == before and "is now in" in archived.stderr
+    fresh = read_summary(run)
+    assert fresh["status"] == "completed" and fresh["global_step"] == 5 and "resumes" not in fresh
+
+    first_fresh = files_of(run)
+    overwritten = run_cli(run, *BASE, "existing_run=overwrite", "seed=1", "trainer.max_steps=5")
+    assert "was deleted" in overwritten.stderr and files_of(run) != first_fresh
+    assert read_summary(run)["seed"] == 1 and len(list(tmp_path.glob("run.archived-*"))) == 1
+
+
+def test_a_second_process_in_a_run_directory_is_refused_and_the_first_goes_on(tmp_path):
+    run = tmp_path / "run"
+    long = ["model=mlp", "trainer.max_epochs=20", "trainer.log_every_n_steps=1", "logger=none", "resume=auto"]
+    first = start_cli(run, *long)
+    wait_for_step(first, run, 5)
+    second = run_cli(run, *long, check=False)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"is in use by process {first.pid} on " in second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    steps = [r["step"] for r in read_jsonl(run) if r["event"] == "step"]
+    assert steps == list(range(1, 401))  # one history, not two interleaved
+    assert not (run / ".lock").exists()  # released with the run
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    config = ["model=mlp", "trainer.max_epochs=3", "logger=none", "trainer.max_steps=30", "resume=auto"]
+    first = run_cli(run, *config)
+    assert "no checkpoint" in first.stdout  # resume=auto with nothing to resume: a fresh start
+    before = {name: (run / name).read_bytes() for name in ("metrics.json", "metrics.jsonl")}
+    proc = run_cli(run, *config)  # the same command again, as a requeue would
+    assert "nothing left to train" in proc.stdout
+    assert (run / ".hydra" / "config.yaml").exists() and list((run / ".hydra").glob("resume-*"))
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert read_summary(run)["global_step"] == 30
+
+
+def test_a_checkpoints_path_that_is_a_file_is_found_before_training(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("not a folder")
+    proc = run_cli(run, "model=mlp", "trainer.max_epochs=1", "logger=none", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "checkpoints is not a folder" in proc.stderr
+    assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # before the first step
+
+
+TINY = ["model=mlp", "trainer.max_steps=2", "logger=none"]
+
+
+# Long enough to act on while it trains: an epoch (20 steps, a checkpoint) every fraction of a second.
+LONG = ["model=mlp", "trainer.max_epochs=500", "trainer.log_every_n_steps=1", "logger=none"]
+
+
+@pytest.fixture
+def finished_run(cli_trained_run) -> Path:
+    """A finished run (shared by the whole test session: copy_of_run it to change it)."""
+    return cli_trained_run(*TINY)
+
+
+def copy_of_run(finished_run: Path, folder: Path) -> Path:
+    shutil.copytree(finished_run, folder, dirs_exist_ok=True)
+    return folder
+
+
+def test_existing_run_never_acts_on_the_current_directory_or_one_above_it(finished_run, tmp_path):
+    """A project folder with sources and a run in it (as `hydra.run.dir=.` leaves one), then every
+    existing_run value from it and from a folder below it: all refused, nothing moved or deleted."""
+    project = copy_of_run(finished_run, tmp_path / "project")
+    (project / "src").mkdir()
+    (project / "src" / "model.py").write_text("precious")
+    (project / "sub").mkdir()
+    (tmp_path / "sibling").mkdir()
+    (tmp_path / "sibling" / "sentinel").write_text("precious")
+    before = tree(tmp_path)
+
+    for run_dir, policy in [(".", "refuse"), (".", "archive"), (".", "overwrite"), ("", "overwrite")]:
+        proc = run_in(project, f"hydra.run.dir={run_dir}", f"existing_run={policy}", *TINY)
+        says = "already holds a run" if policy == "refuse" else "it is the current directory or one above it"
+        refused_in_one_line(proc, says)
+    refused_in_one_line(
+        run_in(project / "sub", "hydra.run.dir=..", "existing_run=archive", *TINY),
+        "it is the current directory or one above it",
+    )
+    assert tree(tmp_path) == before
+
+
+def link_to_a_run(finished_run, tmp_path, small_disk):
+    link = tmp_path / "link"
+    link.symlink_to(copy_of_run(finished_run, tmp_path / "run"))
+    return link, "it is a symbolic link"
+
+
+def test_existing_run_through_a_link_is_refused_in_one_line(finished_run, tmp_path):
+    link, says = link_to_a_run(finished_run, tmp_path, None)
+    before = tree(tmp_path)
+    proc = run_in(tmp_path, f"hydra.run.dir={link}", "existing_run=overwrite", *TINY)
+    refused_in_one_line(proc, f"existing_run=overwrite leaves hydra.run.dir={link} as it is: {says}")
+    assert tree(tmp_path) == before
+
+
+def test_a_live_run_is_never_touched_by_another_start(tmp_path):
+    """Archive and overwrite of a live run are refused naming its process (point 2), and so is a
+    resume, which changes nothing of it: not its `.hydra/` record, not a line of its train.log
+    (point 10)."""
+    run = tmp_path / "run"
+    (tmp_path / "sentinel").write_text("precious")
+    live = start_cli(run, *LONG)
+    wait_for_step(live, run, 45)  # two epochs done: checkpoints a resume would take
+    hydra_record = tree(run / ".hydra")
+    for attempt in ("existing_run=archive", "existing_run=overwrite", "resume=auto"):
+        refused_in_one_line(run_cli(run, *TINY, attempt, check=False), f"in use by process {live.pid} on ")
+    assert live.poll() is None, "the live run ended"
+    live.send_signal(signal.SIGTERM)
+    live.communicate(timeout=120)
+    assert live.returncode == 143  # it went on, and stopped with a checkpoint when told
+    assert read_summary(run)["status"] == "preempted" and not list(tmp_path.glob("run.archived-*"))
+    assert (tmp_path / "sentinel").read_text() == "precious" and tree(run / ".hydra") == hydra_record
+    steps = [r["step"] for r in read_jsonl(run) if r["event"] == "step"]
+    assert steps == list(range(1, len(steps) + 1))  # its one history, whole
+    # Every step's line in train.log, in order: none cut away by a refused process.
+    log = (run / "train.log").read_text()
+    logged = [int(n) for n in re.findall(r"\] - epoch \d+/500 step (\d+) train/loss \S+ lr \S+$", log, re.M)]
+    assert logged == list(range(1, steps[-1] + 1))
+
+
+def test_a_run_refused_by_a_recipes_directory_keeps_the_runs_hydra_record(finished_run, tmp_path):
+    run = copy_of_run(finished_run, tmp_path / "run")
+    (tmp_path / "recipes").mkdir()
+    header = "# @package _global_\n# Always the same directory.\n#   python -m framework recipe=into_run\n"
+    (tmp_path / "recipes" / "into_run.yaml").write_text(f"{header}hydra:\n  run:\n    dir: {run}\n")
+    before = tree(run)
+    refused_in_one_line(run_in(tmp_path, "recipe=into_run", "seed=1", *TINY), "already holds a run")
+    assert tree(run) == before
