@@ -98,7 +98,7 @@ def one_save(loop: Loop, checkpointer: Checkpointer, step: int) -> tuple[float, 
         steps += 1
     checkpointer.wait()
     lost = time.perf_counter() - start - steps * normal
-    checkpointer.discard.submit(int).result()  # the replaced file is deleted before the next save
+    checkpointer.store.discard.submit(int).result()  # the replaced file is deleted before the next save
     return normal, called + loop.waited, lost
 
 
