@@ -50,7 +50,8 @@ class CheckpointStore(ABC):
     """Where checkpoints go and how: written atomically, verified and durably; listed in the
     store's own index; read back verified; deleted; and which ranks write.
 
-    How to add a store (a new class here, chosen in `for_folder`; nothing else changes):
+    How to add a store: a new class, chosen in `for_folder` from the run's config (the key that
+    asks for it, such as trainer.strategy or checkpoint.remote); nothing else changes.
     - A checkpoint is named, not located: every method takes and returns names ("last.pt",
       "step_00001200.pt"), never paths. What a name stands for is the store's business: one
       file (LocalFiles), a directory of shards that every rank wrote with
@@ -59,8 +60,9 @@ class CheckpointStore(ABC):
       gives the local path, for messages and the run record.
     - The store owns its index: `write` lists a checkpoint only once it is complete and durable
       (with what it measured: size and checksums; a sharded store, every file's), `alias`
-      lists the other name, `delete` unlists it, `list` reads it back. A remote store writes
-      its remote index last, as its commit, and trusts that index, never a listing.
+      lists the other name, `delete` unlists it, `list` reads it back. A remote store wraps a
+      LocalFiles (local first, durable, then uploaded in the background), writes its remote
+      index last, as its commit, and trusts that index, never a listing.
     - The payload is the checkpoint dict (framework/engine/state.py's plain-PyTorch keys); a
       store may keep it as one torch.save file or split it, but `read` returns the same dict,
       checked before anything is unpickled beyond torch.load(weights_only=True).
