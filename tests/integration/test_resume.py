@@ -21,8 +21,6 @@ from framework.checkpoint import CheckpointError
 from framework.cli.compare import compare as differences
 from framework.cli.compare import read_history
 
-pytestmark = pytest.mark.slow  # the full matrix; the fast tier resumes exactly in test_async_save, test_batch_data
-
 EXACT = [
     "model=noisy",
     "optimizer=sgd",
