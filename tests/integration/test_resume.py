@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_jsonl, read_summary, train_in_process
+from helpers import (
+    read_jsonl,
+    read_summary,
+    train_in_process,
+)
 
 from framework.checkpoint import CheckpointError
 from framework.cli.compare import compare as differences
@@ -131,3 +135,89 @@ def test_tensorboard_goes_on_where_the_checkpoint_was_taken(tmp_path):
     logged = {r["step"]: r["train/loss"] for r in read_jsonl(run) if r["event"] == "step"}
     assert sorted(logged) == steps
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([logged[s] for s in steps])
+
+
+# 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
+BASE = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture
+def stopped(trained_run):
+    """A run stopped at step 25 of 40, with last.pt, best.pt and step_00000020.pt (shared by the
+    whole test session: copy_of it to change it)."""
+    return trained_run(*BASE, "trainer.max_steps=25")
+
+
+def copy_of(stopped, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    return run
+
+
+# Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
+ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
+             "checkpoint.monitor=null"]  # fmt: skip
+
+
+# last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
+PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
+
+
+@pytest.fixture
+def periodic_straight(trained_run):
+    """The run never stopped (checkpoints never change a trajectory: test_resume.py)."""
+    return trained_run(*PERIODIC)
+
+
+def flip_a_bit_inside_a_tensor(path):
+    """Flip one bit in the middle of the largest tensor's bytes: torch.load still reads the file."""
+    weights = torch.load(path, weights_only=True)["model_state_dict"]
+    tensor = max(weights.values(), key=lambda t: t.numel())
+    data = path.read_bytes()
+    at = data.index(tensor.numpy().tobytes()[:64]) + tensor.numel() * tensor.element_size() // 2
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+
+
+def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(periodic_straight, tmp_path, caplog):
+    config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
+    run = tmp_path / "run"
+    train_in_process(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
+    (run / "checkpoints" / "index.json").unlink()
+    flip_a_bit_inside_a_tensor(run / "checkpoints" / "last.pt")
+
+    with caplog.at_level("INFO", logger="framework"):
+        train_in_process(run, *config, "resume=auto", GO_ON)
+    assert "skipping last.pt" in caplog.text and "record(s) of its archive fail their CRC32" in caplog.text
+    assert "step_00000020.pt (epoch 1, step 20)" in caplog.text
+    assert "checked: its CRC32 records (index.json does not list it" in caplog.text
+    assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
+    assert differences(periodic_straight, run) == []
+
+
+def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
+    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
+    run = tmp_path / "run"
+    train_in_process(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
+    # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
+    rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
+    train_in_process(run, *config, *rewind, "trainer.max_steps=30")
+    train_in_process(
+        run, *config, "resume=auto", "trainer.max_steps=31", "optimizer.lr=0.05", "allow_config_changes=true"
+    )
+    resumed = read_summary(run)["resumes"][-1]
+    assert resumed["global_step"] == 30 and resumed["from"].endswith("last.pt"), resumed
+
+
+def test_a_different_eval_batch_size_on_resume_is_no_false_alarm(stopped, tmp_path, caplog):
+    run = copy_of(stopped, tmp_path)
+    with caplog.at_level("INFO", logger="framework"):
+        train_in_process(run, *BASE, f"resume={run}", GO_ON, "trainer.eval_batch_size=7")
+    assert "RESUME CHECK FAILED" not in caplog.text
+    assert "resume check: val/loss" in caplog.text
+    assert read_summary(run)["resumes"][-1]["val_check"]["identical"] is True
+
+
+def test_a_resumed_epoch_with_no_batches_left_ends_cleanly(stopped, tmp_path):
+    run = copy_of(stopped, tmp_path)  # stopped at batch 5 of epoch 2; 512 a batch leaves 3 batches an epoch
+    summary = train_in_process(run, *BASE, f"resume={run}", GO_ON, "data.batch_size=512", "allow_config_changes=true")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
