@@ -22,6 +22,7 @@ import pytest
 from framework.config.folders import CONF_DIR
 
 SLOW_TIER = Path(__file__).resolve().parent / "cli"
+_LEFT_OUT = pytest.StashKey[int]()  # how many slow tests a run left out, for its summary line
 
 
 def pytest_addoption(parser):
@@ -53,9 +54,6 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=left_out)
         items[:] = kept
         config.stash[_LEFT_OUT] = len(left_out)
-
-
-_LEFT_OUT = pytest.StashKey[int]()
 
 
 def pytest_terminal_summary(terminalreporter, config):

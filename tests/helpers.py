@@ -181,6 +181,40 @@ def read_tensorboard(run_dir: Path) -> dict:
     return found
 
 
+# What a tutorial's loop trains: the framework's MLP on synthetic data, SGD as the config has it.
+THEIRS = ["model=mlp", "model.hidden=[32]", "data=synthetic", "data.source.n_samples=400", "trainer.max_epochs=4",
+          "logger=none"]  # fmt: skip
+
+
+def tutorial_checkpoint(path, epoch: int, with_streams: bool, prefix: str = "") -> dict:
+    """What the PyTorch tutorial's loop saves after training THEIRS a little: weights (maybe
+    DDP/compile-prefixed), optimizer state, epoch and loss, and maybe the random streams as torch,
+    NumPy and Python return them."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from framework.checkpoint.migrate import build_state, experiment_config
+
+    state, _ = build_state(experiment_config(THEIRS))
+    model, optimizer = state.model, state.optimizer
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(8, 1, 8, 8)).logsumexp(1).mean().backward()
+        optimizer.step()
+    saved = {
+        "epoch": epoch,
+        "model_state_dict": {prefix + k: v for k, v in model.state_dict().items()},
+        "optimizer_state_dict": optimizer.state_dict(),
+        "loss": 0.25,
+    }
+    if with_streams:
+        saved.update(rng=torch.get_rng_state(), np_rng=np.random.get_state(), py_rng=random.getstate())
+    torch.save(saved, path)
+    return saved
+
+
 def flip_middle_byte(path):
     """One byte changed in the tensor data: the zip still opens, the contents no longer match."""
     data = bytearray(path.read_bytes())
