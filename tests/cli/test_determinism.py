@@ -97,11 +97,11 @@ def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypat
 def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
     code = (
         "import os; os.environ['PYTHONHASHSEED'] = '0'\n"
-        "from framework.reproducibility import hash_seed_in_force; print(hash_seed_in_force())"
+        "from framework.runs.reproducibility import hash_seed_in_force; print(hash_seed_in_force())"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.strip() == "False"
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 def test_an_op_without_a_deterministic_implementation_is_named_under_strict(tmp_path):
