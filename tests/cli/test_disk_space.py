@@ -64,10 +64,15 @@ def test_a_disk_that_fills_during_a_save_gets_one_line_and_the_resume_is_exact(
     run = small_disk("80m", 10000) / "run"
     monkeypatch.setenv(STOP_ENV, "room_checked:2")
     proc = start_cli(run, *ONE_PROCESS, saving)
-    wait_until_stopped(proc.pid)
-    filler = fill(run.parent, leave=64 * 1024)
-    os.kill(proc.pid, signal.SIGCONT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        wait_until_stopped(proc.pid)
+        filler = fill(run.parent, leave=64 * 1024)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:  # a run stopped again, or never stopped, is not left behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     says = f"no space left on device while writing checkpoint {run / 'checkpoints' / 'last.pt'}"
     assert proc.returncode == 1 and "Traceback" not in stderr and says in stderr, stderr
     summary = read_summary(run)
