@@ -36,11 +36,22 @@ def one_process_straight(trained_run):
     return trained_run(*ONE_PROCESS)
 
 
+def thread_states(pid: int) -> set[str]:
+    states = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.add(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            pass  # a thread that ended meanwhile
+    return states
+
+
 def wait_until_stopped(pid: int, timeout: float = 120) -> None:
-    """Until the process has stopped itself (SIGSTOP): state T in /proc/PID/stat."""
+    """Until the process has stopped itself (SIGSTOP): every thread in state T. The main thread
+    shows T first; a background writer still running then would take the room being filled."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+        if thread_states(pid) == {"T"}:
             return
         time.sleep(0.01)
     pytest.fail(f"process {pid} never reached the boundary")
