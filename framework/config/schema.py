@@ -25,7 +25,6 @@ from omegaconf import MISSING, OmegaConf
 
 import framework
 
-
 # ---- model -------------------------------------------------------------------------------
 # A model's keys that, declared and left null, are filled in from the data by build.build_model
 # (and so recorded in the run's config).
