@@ -10,8 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from framework.checkpoint import Checkpointer, formats
 from framework.config.folders import CONF_DIR
+from framework.config.schema import CheckpointConfig
+from framework.engine.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -220,3 +225,36 @@ def flip_middle_byte(path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# ---- a checkpoint policy over a tiny model, without training ----
+def make_state() -> TrainState:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+
+
+def payload_maker(state: TrainState):
+    def make(kind: str) -> dict:
+        meta = {"format_version": formats.FORMAT_VERSION, "kind": kind}
+        if kind == "model":
+            return {
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "model_state_dict": state.model_weights(),
+                "config": "seed: 0\n",
+                "meta": meta,
+            }
+        return {**state.capture(), "config": "seed: 0\n", "meta": meta}
+
+    return make
+
+
+def checkpointer(tmp_path, resumed_from=None, **policy) -> Checkpointer:
+    """The `checkpoint=default` policy (its YAML: the values are written there only), with changes."""
+    default = OmegaConf.load(CONF / "checkpoint" / "default.yaml")
+    default.pop("defaults")
+    cfg = OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, policy)
+    return Checkpointer(cfg, tmp_path / "checkpoints", resumed_from=resumed_from)

@@ -9,46 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import CONF, flip_middle_byte
-from omegaconf import OmegaConf
+from helpers import checkpointer, flip_middle_byte, make_state, payload_maker
 
-from framework.checkpoint import Checkpointer, CheckpointError, Index, formats, io
+from framework.checkpoint import CheckpointError, Index, io
 from framework.config.errors import ConfigError
-from framework.config.schema import CheckpointConfig
-from framework.engine.state import TrainState
 from framework.runs import resume
-
-
-def make_state() -> TrainState:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
-
-
-def payload_maker(state: TrainState):
-    def make(kind: str) -> dict:
-        meta = {"format_version": formats.FORMAT_VERSION, "kind": kind}
-        if kind == "model":
-            return {
-                "epoch": state.epoch,
-                "global_step": state.global_step,
-                "model_state_dict": state.model_weights(),
-                "config": "seed: 0\n",
-                "meta": meta,
-            }
-        return {**state.capture(), "config": "seed: 0\n", "meta": meta}
-
-    return make
-
-
-def checkpointer(tmp_path, resumed_from=None, **policy) -> Checkpointer:
-    """The `checkpoint=default` policy (its YAML: the values are written there only), with changes."""
-    default = OmegaConf.load(CONF / "checkpoint" / "default.yaml")
-    default.pop("defaults")
-    cfg = OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, policy)
-    return Checkpointer(cfg, tmp_path / "checkpoints", resumed_from=resumed_from)
 
 
 def test_written_file_loads_with_weights_only_and_is_indexed(tmp_path):
