@@ -50,8 +50,8 @@ def a_run(folder: Path, level: str = "seeded") -> Path:
     return folder
 
 
-def assert_goes_on_to_hydra(p) -> None:
-    assert p.error is None and p.relaunch is None and not p.print_version and p.hydra_argv
+def goes_on_to_hydra(p) -> bool:
+    return p.error is None and p.relaunch is None and not p.print_version and bool(p.hydra_argv)
 
 
 # ---- --version, overrides that cannot be read, recipes ----------------------------------------------
@@ -72,7 +72,7 @@ def test_a_recipe_that_cannot_be_used_is_named_with_why():
     why = "recipe=piped: recipes/piped.yaml is a named pipe (FIFO), not a regular file"
     p = plan_of("recipe=piped", problems={"piped": why})
     assert (p.error, p.exit_code) == (why, 1)
-    assert_goes_on_to_hydra(plan_of("recipe=template", problems={"piped": why}))  # only when asked for
+    assert goes_on_to_hydra(plan_of("recipe=template", problems={"piped": why}))  # only when asked for
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_an_unknown_recipe_names_the_folders_searched_and_the_recipes_there_are(
 @pytest.mark.parametrize("argv", [["recipe="], ["recipe=digits_cnn"], ["recipe=not/a/name"]])
 def test_a_known_recipe_or_no_name_is_no_error(argv):
     """A value that is no recipe's name is Hydra's to refuse."""
-    assert_goes_on_to_hydra(plan_of(*argv))
+    assert goes_on_to_hydra(plan_of(*argv))
 
 
 # ---- determinism=strict: PYTHONHASHSEED before the interpreter starts --------------------------------
@@ -112,12 +112,12 @@ def test_strict_on_the_command_line_relaunches_with_a_fixed_hash_seed(argv):
 @pytest.mark.parametrize("argv", [["determinism=seeded"], ["determinism=paranoid"], ["-m", "determinism=glob(se*)"]])
 def test_no_relaunch_without_strict_on_the_command_line(argv):
     """A strict level from a config file (paranoid in the tests' conf) is checked when the run starts."""
-    assert_goes_on_to_hydra(plan_of(*argv))
+    assert goes_on_to_hydra(plan_of(*argv))
 
 
 def test_the_relaunched_process_goes_on_with_the_hash_seed_it_was_given():
     for seed in ("0", "7"):
-        assert_goes_on_to_hydra(plan_of("determinism=strict", environ={"PYTHONHASHSEED": seed}))
+        assert goes_on_to_hydra(plan_of("determinism=strict", environ={"PYTHONHASHSEED": seed}))
 
 
 def test_a_resume_of_a_strict_run_that_names_no_level_relaunches(tmp_path):
@@ -131,11 +131,11 @@ def test_a_resume_of_a_strict_run_that_names_no_level_relaunches(tmp_path):
         p = plan_of(*argv)
         assert p.relaunch == Relaunch((PYTHON, "-m", "framework", *argv), {"PYTHONHASHSEED": "0"}), argv
     # A level given on the command line is the one that counts; a seeded run is not re-launched.
-    assert_goes_on_to_hydra(plan_of(f"resume={run}", "determinism=seeded"))
-    assert_goes_on_to_hydra(plan_of(f"resume={a_run(tmp_path / 'seeded')}"))
-    assert_goes_on_to_hydra(plan_of("resume=auto"))  # a timestamped directory: nothing to read
+    assert goes_on_to_hydra(plan_of(f"resume={run}", "determinism=seeded"))
+    assert goes_on_to_hydra(plan_of(f"resume={a_run(tmp_path / 'seeded')}"))
+    assert goes_on_to_hydra(plan_of("resume=auto"))  # a timestamped directory: nothing to read
     (run / "metrics.json").write_text("{not json")
-    assert_goes_on_to_hydra(plan_of(f"resume={run}"))  # the run itself says what is wrong
+    assert goes_on_to_hydra(plan_of(f"resume={run}"))  # the run itself says what is wrong
 
 
 # ---- trainer.processes: torchrun ----------------------------------------------------------------------
@@ -158,12 +158,12 @@ def test_strict_is_fixed_before_torchrun_starts_the_ranks():
 
 @pytest.mark.parametrize("value", ["1", "0", "two", "${oc.env:N}"])
 def test_processes_that_are_not_several_start_no_torchrun(value):
-    assert_goes_on_to_hydra(plan_of(f"trainer.processes={value}"))
+    assert goes_on_to_hydra(plan_of(f"trainer.processes={value}"))
 
 
 def test_a_rank_under_torchrun_starts_no_torchrun_of_its_own():
     p = plan_of("trainer.processes=2", environ={**RANK_1, "PYTHONHASHSEED": "0"})
-    assert_goes_on_to_hydra(p)
+    assert goes_on_to_hydra(p)
     assert p.join_process_group
 
 
@@ -234,7 +234,7 @@ def test_archive_and_overwrite_make_room_before_hydra(tmp_path, policy):
     run = a_run(tmp_path / "run")
     p = plan_of(f"hydra.run.dir={run}", f"existing_run={policy}", in_use=lambda folder: pytest.fail("asked"))
     assert p.make_room == MakeRoom(run, policy, "hydra.run.dir")  # it checks for a live run itself
-    assert_goes_on_to_hydra(p)
+    assert goes_on_to_hydra(p)
     assert run.is_dir() and (run / "metrics.json").is_file()  # the plan itself touches nothing
 
 
@@ -244,7 +244,7 @@ def test_a_directory_without_a_run_needs_no_room(tmp_path):
     for folder in (tmp_path / "empty", tmp_path / "logs_only", tmp_path / "new"):
         for policy in ("refuse", "archive"):
             p = plan_of(f"hydra.run.dir={folder}", f"existing_run={policy}", in_use=lambda f: "live")
-            assert_goes_on_to_hydra(p)
+            assert goes_on_to_hydra(p)
             assert p.make_room is None
 
 
@@ -252,7 +252,7 @@ def test_a_resume_or_a_wrong_policy_is_not_refused_here(tmp_path):
     run = a_run(tmp_path / "run")
     for argv in (["resume=auto"], [f"resume={run}"], ["existing_run=keep"]):
         p = plan_of(f"hydra.run.dir={run}", *argv, in_use=lambda f: "live")
-        assert_goes_on_to_hydra(p)  # a resume takes the lock when it starts; a wrong value is Hydra's
+        assert goes_on_to_hydra(p)  # a resume takes the lock when it starts; a wrong value is Hydra's
         assert p.make_room is None
 
 
@@ -260,7 +260,7 @@ def test_only_rank_0_decides_about_an_existing_run(tmp_path):
     run = a_run(tmp_path / "run")
     refused = plan_of(f"hydra.run.dir={run}", environ=RANK_0)
     assert refused.error == refusal(run, "hydra.run.dir") and refused.join_process_group  # torchrun stops the rest
-    assert_goes_on_to_hydra(plan_of(f"hydra.run.dir={run}", environ=RANK_1))
+    assert goes_on_to_hydra(plan_of(f"hydra.run.dir={run}", environ=RANK_1))
     archived = plan_of(f"hydra.run.dir={run}", "existing_run=archive", environ=RANK_1)
     assert archived.make_room is None
 
@@ -273,10 +273,10 @@ def test_a_sweep_is_checked_by_its_sweep_directory(tmp_path):
     p = plan_of("-m", f"hydra.sweep.dir={sweep}", "seed=0,1", "existing_run=overwrite")
     assert p.make_room == MakeRoom(sweep, "overwrite", "hydra.sweep.dir")
     # A sweep's runs are in its sweep directory: a run directory given to it is not looked at.
-    assert_goes_on_to_hydra(plan_of("-m", f"hydra.run.dir={sweep / '0'}", "seed=0,1"))
-    assert_goes_on_to_hydra(plan_of("-m", f"hydra.sweep.dir={tmp_path / 'new'}", "seed=0,1"))
+    assert goes_on_to_hydra(plan_of("-m", f"hydra.run.dir={sweep / '0'}", "seed=0,1"))
+    assert goes_on_to_hydra(plan_of("-m", f"hydra.sweep.dir={tmp_path / 'new'}", "seed=0,1"))
     # And a single run is checked by its run directory, not a sweep directory it was given.
-    assert_goes_on_to_hydra(plan_of(f"hydra.sweep.dir={sweep}"))
+    assert goes_on_to_hydra(plan_of(f"hydra.sweep.dir={sweep}"))
 
 
 # ---- a resumed run continues in its own directory ------------------------------------------------------
