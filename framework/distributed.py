@@ -4,7 +4,7 @@ a no-op, so the single-process path stays what it was, bit for bit.
 
 torchrun tells each process its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT). The group is made once, before Hydra, because the ranks must agree on
-one run directory before Hydra creates anything (framework/cli/train.py). Its backend is gloo
+one run directory before Hydra creates anything (framework/cli/launch_plan.py). Its backend is gloo
 for CPU tensors and NCCL for CUDA ones ("cpu:gloo,cuda:nccl" when CUDA is there).
 
 Collectives time out after TIMEOUT seconds rather than torch's default 30 minutes: a rank that

@@ -219,7 +219,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = MISSING
     log_every_n_steps: int = MISSING
     eval_batch_size: int = MISSING
-    processes: int = MISSING  # from the command line: start this many through torchrun (framework/cli/train.py)
+    processes: int = MISSING  # from the command line: start this many through torchrun (framework/cli/launch_plan.py)
     stop_signals: Optional[List[str]] = MISSING  # null: framework/engine/preemption.py's STOP_SIGNALS
 
 
