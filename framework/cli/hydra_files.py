@@ -22,8 +22,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from framework.runs.layout import HYDRA, RunLayout
-from framework.runs.run_dir import MARKER, holds_a_run
+from framework.runs.layout import HYDRA, MARKER, RunLayout
+from framework.runs.run_dir import holds_a_run
 
 INCOMING = f"{HYDRA}/incoming-"
 

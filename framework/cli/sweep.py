@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from framework.engine.preemption import STOP_SIGNALS, exit_code, is_python_handler
-from framework.runs.run_dir import REFUSED, STOPPED_BY
+from framework.runs.layout import REFUSED, STOPPED_BY
 from framework.runs.sweep_summary import job_dirs, request_stop, stop_requested, summarize, verdict
 
 log = logging.getLogger("framework")

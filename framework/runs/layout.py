@@ -37,6 +37,19 @@ CHECKPOINTS = "checkpoints"
 # What a run writes at the top of its directory; `*.log` (Hydra's job log) besides.
 RUN_FILES = (MARKER, LOCK, HYDRA, RECORD, HISTORY, CHECKPOINTS, TENSORBOARD, MLFLOW_RUN)
 
+# At a sweep's root, beside its jobs' run directories.
+REFUSED = ".refused"  # a record per job of its last multirun that was refused
+STOPPED_BY = ".stopped"  # the name of the signal that stopped the sweep
+SWEEP_FILES = (
+    "multirun.yaml",
+    "summary.json",
+    "summary.md",
+    "val_curves.png",
+    "optimization_results.yaml",
+    REFUSED,
+    STOPPED_BY,
+)
+
 INDEX = "index.json"
 SUFFIX = ".pt"  # of a checkpoint file
 CHECKPOINT_FILES = f"*{SUFFIX}"  # a glob: every checkpoint file of a folder

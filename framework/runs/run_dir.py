@@ -8,10 +8,10 @@ hijack a `resume=auto`. It is refused, unless `existing_run` says to archive the
 own files into the directory, when the directory is on the command line.
 
 Archiving and deleting act only on a directory that is unmistakably a run of ours: it carries
-the MARKER a run writes when it takes the directory, and nothing in it but what runs and sweeps
-write (RUN_FILES, SWEEP_FILES). Never on the current directory, a parent of it, the home folder
-or a file system's root, never through a symbolic link, and never while a live process holds
-the run's lock.
+the marker a run writes when it takes the directory, and nothing in it but what runs and sweeps
+write (RUN_FILES, SWEEP_FILES in framework/runs/layout.py). Never on the current directory, a
+parent of it, the home folder or a file system's root, never through a symbolic link, and never
+while a live process holds the run's lock.
 """
 
 from __future__ import annotations
@@ -32,22 +32,6 @@ from framework.checkpoint import storage
 from framework.runs import layout
 
 EXISTING_RUN = ("refuse", "archive", "overwrite")
-MARKER = layout.MARKER  # written when a run takes its directory: "a run of ours is here"
-LOCK = layout.LOCK
-# What a run writes at the top of its directory; `*.log` is Hydra's job log (train.log).
-RUN_FILES = layout.RUN_FILES
-REFUSED = ".refused"  # at a sweep's root: a record per job of its last multirun that was refused
-STOPPED_BY = ".stopped"  # at a sweep's root: the name of the signal that stopped it
-# What a sweep writes at its root, beside its jobs' run directories.
-SWEEP_FILES = (
-    "multirun.yaml",
-    "summary.json",
-    "summary.md",
-    "val_curves.png",
-    "optimization_results.yaml",
-    REFUSED,
-    STOPPED_BY,
-)
 
 
 class RunDirRefused(Exception):
@@ -66,11 +50,11 @@ def holds_a_run(folder: Path) -> bool:
 
 def mark_as_run(folder: Path) -> None:
     """Say that a run of ours has taken `folder` (once: the first run there wrote it)."""
-    if (folder / MARKER).is_file():
+    if (folder / layout.MARKER).is_file():
         return
     try:
         write_json_atomic(
-            folder / MARKER,
+            folder / layout.MARKER,
             {"framework": framework.__version__, "since": f"{datetime.now():%Y-%m-%d %H:%M:%S}"},
         )
     except OSError:
@@ -105,7 +89,7 @@ def make_room(folder: Path, policy: str, key: str = "hydra.run.dir") -> str:
         if policy == "archive":
             aside = folder.with_name(f"{folder.name}.archived-{datetime.now():%Y%m%d-%H%M%S-%f}")
             folder.rename(aside)
-            for lock in [aside / LOCK, *aside.glob(f"*/{LOCK}")]:
+            for lock in [aside / layout.LOCK, *aside.glob(f"*/{layout.LOCK}")]:
                 lock.unlink(missing_ok=True)  # the archive is nobody's: the lock held here is not its file
             return f"the run that was in {folder} is now in {aside}"
         shutil.rmtree(folder)
@@ -126,13 +110,13 @@ def untouchable(folder: Path) -> str | None:
 
 def not_ours(folder: Path) -> str | None:
     """Why `folder` is not unmistakably a run (or a sweep of runs) of ours, or None."""
-    if (folder / MARKER).is_file():
+    if (folder / layout.MARKER).is_file():
         others = [p.name for p in folder.iterdir() if not is_run_file(p.name)]
     else:
-        runs = [p for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file()]
+        runs = [p for p in folder.iterdir() if p.is_dir() and (p / layout.MARKER).is_file()]
         if not runs:
             return (
-                f"it has no {MARKER} file, which every run of this framework writes (a run made by an older "
+                f"it has no {layout.MARKER} file, which every run of this framework writes (a run made by an older "
                 "version has none, and a folder of your own never has one); move or delete it yourself"
             )
         others = [p.name for p in folder.iterdir() if p not in runs and not is_sweep_file(p.name)]
@@ -148,7 +132,7 @@ def hold_every_run(folder: Path) -> Iterator[None]:
     the process, when a live one holds any of them."""
 
     def is_run(path: Path) -> bool:
-        return (path / MARKER).is_file() or holds_a_run(path)
+        return (path / layout.MARKER).is_file() or holds_a_run(path)
 
     runs = [folder] if is_run(folder) else [p for p in folder.iterdir() if p.is_dir() and is_run(p)]
     with contextlib.ExitStack() as held:
@@ -164,11 +148,11 @@ def refuse_unless_dead(folder: Path) -> None:
 
 
 def is_run_file(name: str) -> bool:
-    return name in RUN_FILES or name.endswith(".log") or layout.is_temporary_of(name, layout.RECORD)
+    return name in layout.RUN_FILES or name.endswith(".log") or layout.is_temporary_of(name, layout.RECORD)
 
 
 def is_sweep_file(name: str) -> bool:
-    return name in SWEEP_FILES or name.startswith((".summary.", ".val_curves."))
+    return name in layout.SWEEP_FILES or name.startswith((".summary.", ".val_curves."))
 
 
 def clear_leftovers(folder: Path) -> None:
@@ -189,7 +173,7 @@ class RunLock:
     flock and hold the directory until they noticed their parent was gone."""
 
     def __init__(self, folder: Path):
-        self.path = folder / LOCK
+        self.path = folder / layout.LOCK
         while True:
             self.file = open(self.path, "a+")
             try:

@@ -43,8 +43,8 @@ import yaml
 from framework.atomic import replace_atomically, write_json_atomic
 from framework.config.overrides import OverridesParser, without
 from framework.runs import layout
+from framework.runs.layout import REFUSED, STOPPED_BY
 from framework.runs.reproducibility import why_runs_differ
-from framework.runs.run_dir import REFUSED, STOPPED_BY
 
 METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
 

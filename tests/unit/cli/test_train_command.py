@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from framework.cli import train
-from framework.runs.run_dir import MARKER
+from framework.runs.layout import MARKER
 
 
 @pytest.fixture
