@@ -80,10 +80,8 @@ def find(resume: str | None, run_dir: Path, cfg: DictConfig | None = None) -> Re
     return ResumePoint(path, ckpt)
 
 
-def newest_valid(store: CheckpointStore | Path) -> ResumePoint:
-    """The most recent full checkpoint in `store` (or a folder's) that passes its check and loads safely."""
-    if not isinstance(store, CheckpointStore):
-        store = storage.for_folder(store)
+def newest_valid(store: CheckpointStore) -> ResumePoint:
+    """The most recent full checkpoint in `store` that passes its check and loads safely."""
     rejected = []
     for name in store.newest_first():
         try:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import checkpointer, flip_middle_byte, make_state, payload_maker
 
-from framework.checkpoint import CheckpointError, Index, io
+from framework.checkpoint import CheckpointError, Index, io, storage
 from framework.config.errors import ConfigError
 from framework.runs import resume
 
@@ -55,7 +55,7 @@ def test_an_error_in_the_middle_of_a_write_leaves_the_previous_file_intact(tmp_p
     assert io.sha256_of(last) == before  # untouched
     assert not list(last.parent.glob(".*tmp*"))  # no torn temporary file left
     assert Index(last.parent).entries["last.pt"]["step"] == 20
-    assert resume.newest_valid(last.parent).ckpt["global_step"] == 20
+    assert resume.newest_valid(storage.for_folder(last.parent)).ckpt["global_step"] == 20
 
 
 def test_a_write_that_does_not_verify_never_replaces_the_good_file(tmp_path, monkeypatch):
@@ -157,10 +157,10 @@ def test_a_torn_or_corrupt_file_is_never_resumed_from(tmp_path):
     corrupt = bytearray((folder / "step_00000010.pt").read_bytes())
     corrupt[len(corrupt) // 2] ^= 0xFF  # one flipped byte: still a zip, wrong checksum
     (folder / "step_00000010.pt").write_bytes(bytes(corrupt))
-    assert resume.newest_valid(folder).path.name == "step_00000005.pt"
+    assert resume.newest_valid(storage.for_folder(folder)).path.name == "step_00000005.pt"
     (folder / "step_00000005.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="no valid full checkpoint"):
-        resume.newest_valid(folder)
+        resume.newest_valid(storage.for_folder(folder))
 
 
 def test_temporary_files_left_by_a_killed_write_are_cleared(tmp_path):
@@ -249,7 +249,7 @@ def test_index_entries_without_a_size_or_with_a_malformed_xxh3_are_ignored(tmp_p
             entry["xxh3_128"] = 12
     (folder / "index.json").write_text(json.dumps(index))
     caplog.set_level("INFO")
-    found = resume.newest_valid(folder)
+    found = resume.newest_valid(storage.for_folder(folder))
     assert found.path.name == "last.pt" and found.ckpt["global_step"] == 10
     assert "checked: its CRC32 records (index.json does not list it" in caplog.text
     assert "size None is not a count" in caplog.text and "xxh3_128 12 is not a hex digest" in caplog.text
