@@ -28,7 +28,7 @@ import framework
 # ---- model -------------------------------------------------------------------------------
 # A model's keys that, declared and left null, are filled in from the data by build.build_model
 # (and so recorded in the run's config).
-FROM_DATA = ("input_shape", "num_classes")
+FROM_DATA = ("input_shape", "num_classes", "vocab_size", "block_size")
 
 
 @dataclass
@@ -47,6 +47,18 @@ class CNNConfig:
     dropout: float = MISSING
     input_shape: Optional[List[int]] = MISSING
     num_classes: Optional[int] = MISSING
+
+
+@dataclass
+class TransformerConfig:
+    _target_: str = MISSING
+    vocab_size: Optional[int] = MISSING
+    block_size: Optional[int] = MISSING  # the longest sequence: the position embedding's size
+    n_layer: int = MISSING
+    n_head: int = MISSING
+    n_embd: int = MISSING
+    dropout: float = MISSING
+    tie_weights: bool = MISSING  # the output head shares the token embedding's matrix
 
 
 # ---- optimizer (partial: the parameters come at build time) ------------------------------
@@ -156,6 +168,21 @@ class NpzSource:
 
 
 @dataclass
+class TextSource:
+    _target_: str = MISSING
+    path: Optional[str] = MISSING  # a UTF-8 text file; null: Python's help topics (pydoc_data)
+    block_size: int = MISSING  # tokens (characters) per window
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+
+
+@dataclass
+class DiabetesSource:
+    _target_: str = MISSING
+    standardize: bool = MISSING  # z-score inputs and target (the whole set's mean and standard deviation)
+
+
+@dataclass
 class DigitsDataConfig(DataConfig):
     source: DigitsSource = field(default_factory=DigitsSource)
 
@@ -168,6 +195,16 @@ class SyntheticDataConfig(DataConfig):
 @dataclass
 class NpzDataConfig(DataConfig):
     source: NpzSource = field(default_factory=NpzSource)
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    source: TextSource = field(default_factory=TextSource)
+
+
+@dataclass
+class DiabetesDataConfig(DataConfig):
+    source: DiabetesSource = field(default_factory=DiabetesSource)
 
 
 # ---- the rest ----------------------------------------------------------------------------
@@ -245,7 +282,7 @@ class Config:
 
 # group -> option -> schema. Stored as `<group>_<option>_schema`, outside any group.
 SCHEMAS = {
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "transformer": TransformerConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
     "scheduler": {
         "none": ConstantConfig,
@@ -257,6 +294,8 @@ SCHEMAS = {
         "digits": DigitsDataConfig,
         "synthetic": SyntheticDataConfig,
         "npz": NpzDataConfig,
+        "text": TextDataConfig,
+        "diabetes": DiabetesDataConfig,
         "custom": DataConfig,  # any source: its keys are the user's target's arguments
     },
     "determinism": {"base": DeterminismConfig},

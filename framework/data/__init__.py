@@ -53,6 +53,7 @@ from framework.data.loaders import (  # noqa: F401
 )
 from framework.data.sources import (  # noqa: F401
     Splits,
+    load_diabetes,
     load_digits,
     load_npz,
     make_synthetic,
@@ -61,3 +62,4 @@ from framework.data.sources import (  # noqa: F401
     split_dataset,
     split_indices,
 )
+from framework.data.text import load_text  # noqa: F401

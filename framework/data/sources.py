@@ -1,4 +1,4 @@
-"""Where data comes from: the built-in sources (digits, synthetic, .npz) and the seeded split."""
+"""Where data comes from: the built-in sources (digits, synthetic, .npz, diabetes) and the seeded split."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from framework.data.keyed import SPLIT, keyed_generator
 
 
-# ---- sources: each returns (x float32 [N, ...], y int64 [N]) -------------------------------
+# ---- sources: each returns (x float32 [N, ...], y: class indices int64 [N] or float targets [N, ...]) ----
 def load_digits():
     """The 1,797 8x8 digit images that scikit-learn ships, scaled to [0, 1], shape [N, 1, 8, 8].
 
@@ -51,6 +51,28 @@ def load_npz(path: str, x_key: str = "x", y_key: str = "y"):
     if len(x) != len(y):
         raise ValueError(f"{file}: {x_key} has {len(x)} rows but {y_key} has {len(y)}")
     return torch.as_tensor(x), torch.as_tensor(y)  # their types are checked (and converted) by build_data
+
+
+def load_diabetes(standardize: bool):
+    """scikit-learn's diabetes regression set: 442 patients, 10 baseline measurements (age, sex,
+    body mass index, blood pressure, six blood serum values) -> a measure of disease
+    progression one year later. Returns (x float32 [442, 10], y float32 [442, 1]).
+
+    The raw values, read from the files inside the installed scikit-learn (as load_digits, without
+    importing it). With `standardize`, inputs and target are z-scored with the mean and standard
+    deviation of all 442 samples (the split's val and test ones too): the metrics (mse, mae) are
+    then in standard units of the target, and r2 is unchanged.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    folder = Path(spec.submodule_search_locations[0]) / "datasets" / "data" if spec else None
+    files = [folder / name for name in ("diabetes_data_raw.csv.gz", "diabetes_target.csv.gz")] if folder else []
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError("data=diabetes needs scikit-learn's diabetes_*.csv.gz: pip install scikit-learn")
+    x = torch.from_numpy(np.loadtxt(files[0], dtype=np.float64))
+    y = torch.from_numpy(np.loadtxt(files[1], dtype=np.float64)).reshape(-1, 1)
+    if standardize:
+        x, y = ((t - t.mean(0)) / t.std(0) for t in (x, y))
+    return x.to(torch.float32), y.to(torch.float32)
 
 
 # ---- split -------------------------------------------------------------------------------

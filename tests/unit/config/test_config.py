@@ -25,10 +25,10 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_options_the_design_names():
-    assert options("model") == ["cnn", "mlp"]
+    assert options("model") == ["cnn", "mlp", "transformer"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step", "warmup_cosine"]
-    assert options("data") == ["custom", "digits", "npz", "synthetic"]
+    assert options("data") == ["custom", "diabetes", "digits", "npz", "synthetic", "text"]
     assert options("determinism") == ["off", "seeded", "strict"]
     assert {"tensorboard", "none"} <= set(options("logger"))
     assert "off" in options("checkpoint")
