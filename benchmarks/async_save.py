@@ -39,6 +39,7 @@ from framework.checkpoint.policy import Checkpointer
 from framework.engine.state import stepped_tensors
 from framework.engine.step import train_step
 from framework.models import MLP
+from framework.tasks.classification import Classification
 
 MB = 10**6
 LAYERS = 3  # hidden layers of the MLP, each `width` wide
@@ -55,6 +56,7 @@ class Loop:
         width = round(math.sqrt(size_mb * MB / 4 / 3 / LAYERS))
         self.model = MLP((width,), 10, hidden=[width] * LAYERS, dropout=0.0).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters())
+        self.task = Classification()
         self.x = torch.randn(batch, width, device=device)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
@@ -63,7 +65,7 @@ class Loop:
 
     def step(self, checkpointer: Checkpointer) -> float:
         start = time.perf_counter()
-        train_step(self.model, self.x, self.y, self.optimizer, self.scaler, contextlib.nullcontext, None,
+        train_step(self.model, self.task, (self.x, self.y), self.optimizer, self.scaler, contextlib.nullcontext, None,
                    lambda: self.wait_for_snapshot(checkpointer))  # fmt: skip
         if self.on_gpu:
             torch.cuda.synchronize()  # the step's time on the GPU, not the time to queue it

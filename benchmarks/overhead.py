@@ -91,9 +91,10 @@ def time_framework(cfg) -> list[float]:
 def built_by_hand(cfg):
     """The data, model and optimizer a user builds by hand from the same config values."""
     torch.manual_seed(cfg.seed)
-    splits = build.build_data(cfg.data, cfg.seed)
+    task = build.build_task(cfg.task)
+    splits = build.build_data(cfg.data, cfg.seed, task)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.update(input_shape=splits.input_shape, num_classes=splits.num_classes)
+    model_cfg.update(task.model_facts(splits))
     model = instantiate(model_cfg)
     optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(model.parameters())
     return splits, model, optimizer
@@ -161,7 +162,8 @@ def median_fetch_us(loader_of_epoch, epochs: int = 5) -> float:
 def print_data_path(cfg, device: torch.device | None) -> None:
     """The training loaders alone: the hand-written one and the framework's, with the default
     experiment's shift and with noise too (`device`: where the framework keeps the arrays)."""
-    train_set, size, seed = build.build_data(cfg.data, cfg.seed).train, cfg.data.batch_size, cfg.seed
+    train_set = build.build_data(cfg.data, cfg.seed, build.build_task(cfg.task)).train
+    size, seed = cfg.data.batch_size, cfg.seed
     rows = {"hand-written DataLoader": lambda epoch: torch.utils.data.DataLoader(train_set, size, shuffle=True)}
     for shift, noise in ((0, 0.0), (1, 0.0), (1, 0.1)):
         augmented = data_lib.Augmented(train_set, seed, shift, noise, device)

@@ -254,7 +254,12 @@ def payload_maker(state: TrainState):
 
 def checkpointer(tmp_path, resumed_from=None, **policy) -> Checkpointer:
     """The `checkpoint=default` policy (its YAML: the values are written there only), with changes."""
+    return Checkpointer(default_policy(**policy), tmp_path / "checkpoints", resumed_from=resumed_from)
+
+
+def default_policy(**changes):
+    """conf/checkpoint/default.yaml, with the monitor and mode a classification run puts in force."""
     default = OmegaConf.load(CONF / "checkpoint" / "default.yaml")
     default.pop("defaults")
-    cfg = OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, policy)
-    return Checkpointer(cfg, tmp_path / "checkpoints", resumed_from=resumed_from)
+    default.update(monitor="val/loss", mode="min")
+    return OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, changes)

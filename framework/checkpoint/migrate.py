@@ -205,7 +205,7 @@ def import_theirs(src: Path, raw: dict, dst: Path, overrides: list[str], epochs_
     }
     payload = {
         **state.capture(),
-        "val_loss": None,
+        "val_metrics": {},
         "metrics_lines": 0,
         "config": OmegaConf.to_yaml(cfg, resolve=True),
         "meta": imported_meta(cfg, imported),
@@ -239,13 +239,14 @@ def experiment_config(overrides: list[str]) -> DictConfig:
 def build_state(cfg: DictConfig) -> tuple[TrainState, int]:
     """The experiment's components, built as a fresh run builds them (same seed, same order), and
     its number of steps per epoch on one process."""
-    from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler
+    from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
     from framework.engine.step import mixed_precision
     from framework.engine.training import steps_per_epoch
 
     seed_everything(cfg.seed)
-    splits = build_data(cfg.data, cfg.seed)
-    model = build_model(cfg.model, splits)
+    task = build_task(cfg.task)
+    splits = build_data(cfg.data, cfg.seed, task)
+    model = build_model(cfg.model, task.model_facts(splits))
     optimizer = build_optimizer(cfg.optimizer, model)
     steps = steps_per_epoch(len(splits.train), 1, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=cfg.trainer.max_epochs * steps)

@@ -18,15 +18,17 @@ from framework import distributed
 from framework.checkpoint import CheckpointError
 from framework.cli import hydra_files
 from framework.cli import sweep as sweep_callbacks
-from framework.config import overrides, schema
+from framework.config import overrides
 from framework.config import recipes as recipe
 from framework.config.errors import ConfigError
 from framework.config.folders import CONF_DIR
+from framework.engine.build import build_task
 from framework.engine.preemption import exit_code
 from framework.engine.run import run
 from framework.engine.step import RunStopped
 from framework.runs import sweep_summary
 from framework.runs.run_dir import RunDirRefused
+from framework.tasks.task import metric_names
 
 log = logging.getLogger("framework")
 # A run stopped gracefully by a signal exits as a process killed by it would: not done.
@@ -169,5 +171,5 @@ def check_objective(cfg: DictConfig, hydra_cfg) -> None:
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.get("optimized_metric") is None and "BasicSweeper" not in sweeper:
         raise ConfigError(
             f"optimized_metric=null, but the sweeper ({sweeper}) optimizes the value each job returns: "
-            f"set optimized_metric to one of {schema.FINAL_METRICS}"
+            f"set optimized_metric to one of {', '.join(metric_names(build_task(cfg.task)))}"
         )

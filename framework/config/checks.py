@@ -12,8 +12,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from framework.config.errors import ConfigError
 from framework.config.schema import (
     DETERMINISM_LEVELS,
-    FINAL_METRICS,
-    MONITORS,
     PRECISIONS,
     Config,
     DataConfig,
@@ -56,9 +54,6 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
         problems.append(f"trainer.max_steps={t.max_steps} must be at least 1 (or null for no limit)")
     if t.log_every_n_steps < 1:
         problems.append(f"trainer.log_every_n_steps={t.log_every_n_steps} must be at least 1")
-    metric = cfg.get("optimized_metric")
-    if metric is not None and metric not in FINAL_METRICS:
-        problems.append(f"optimized_metric={metric!r} is not one of {FINAL_METRICS} (or null)")
     if cfg.existing_run not in EXISTING_RUN:
         problems.append(f"existing_run={cfg.existing_run!r} is not one of {EXISTING_RUN}")
     if not 0 <= cfg.seed < 2**63:
@@ -79,10 +74,8 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
         if isinstance(value, int) and value < least:
             problems.append(f"scheduler.{key}={value} must be at least {least}")
     c = cfg.checkpoint
-    if c.monitor is not None and c.monitor not in MONITORS:
-        problems.append(f"checkpoint.monitor={c.monitor!r} is not one of {MONITORS} (or null)")
-    if c.mode not in ("min", "max"):
-        problems.append(f"checkpoint.mode={c.mode!r} is not min or max")
+    if c.mode not in ("min", "max", None):
+        problems.append(f"checkpoint.mode={c.mode!r} is not min or max (or null: the monitored metric's direction)")
     for key in ("every_n_epochs", "every_n_steps", "keep_last_n"):
         if c[key] is not None and c[key] < 1:
             problems.append(f"checkpoint.{key}={c[key]} must be at least 1 (or null)")

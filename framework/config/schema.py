@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 import framework
+from framework.tasks.task import main_metric
 
 # ---- model -------------------------------------------------------------------------------
 # A model's keys that, declared and left null, are filled in from the data by build.build_model
@@ -222,21 +223,14 @@ class DeterminismConfig:
     num_threads: Optional[int] = MISSING
 
 
-MONITORS = ("val/loss", "val/acc", "train/loss")
-
-
-# What a run reports at its end (metrics.json "metrics"), and so what a sweep can optimize.
-FINAL_METRICS = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc")
-
-
 @dataclass
 class CheckpointConfig:
     """What to write and when (see framework/checkpoint/policy.py), and how to load on resume."""
 
     enabled: bool = MISSING
     save_last: bool = MISSING
-    monitor: Optional[str] = MISSING  # best.pt by this metric; null: no best.pt
-    mode: str = MISSING  # min or max
+    monitor: Optional[str] = MISSING  # best.pt by this metric of the task; null: no best.pt
+    mode: Optional[str] = MISSING  # min or max; null: the metric's direction, as the task declares it
     every_n_epochs: Optional[int] = MISSING
     every_n_steps: Optional[int] = MISSING  # may fall inside an epoch
     keep_last_n: Optional[int] = MISSING  # periodic files kept (newest by step); null keeps all
@@ -262,6 +256,7 @@ class TrainerConfig:
 
 @dataclass
 class Config:
+    task: Any = MISSING  # framework/tasks/: what a batch means, the loss, the metrics
     model: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
@@ -277,7 +272,7 @@ class Config:
     existing_run: str = MISSING  # refuse, archive or overwrite (framework/runs/run_dir.py)
     allow_config_changes: bool = MISSING
     repeat: int = MISSING
-    optimized_metric: Optional[str] = MISSING  # what the task returns, for sweepers that optimize it
+    optimized_metric: Optional[str] = MISSING  # the final metric a job returns, for sweepers that optimize it
 
 
 # group -> option -> schema. Stored as `<group>_<option>_schema`, outside any group.
@@ -312,3 +307,5 @@ def register() -> None:
             cs.store(name=f"{group}_{name}_schema", node=node)
     # `${framework_version:}` in the help text (conf/config.yaml): the version is written once.
     OmegaConf.register_new_resolver("framework_version", lambda: framework.__version__, replace=True)
+    # `${main_metric:${task._target_}}`: checkpoint.monitor's default follows the task (conf/checkpoint/default.yaml).
+    OmegaConf.register_new_resolver("main_metric", main_metric, replace=True)

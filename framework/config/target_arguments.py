@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from framework.config.errors import ConfigError
 
 # The parts of the config that are built by calling their `_target_`.
-COMPONENTS = ("model", "optimizer", "scheduler", "data.source")
+COMPONENTS = ("task", "model", "optimizer", "scheduler", "data.source")
 
 
 def accepted(target: str, partial: bool) -> list[str] | None:

@@ -49,7 +49,10 @@ class Augmented(Dataset):
         loader's fetcher calls with each key EpochBatches yields."""
         epoch, index = key
         if self.x is None:
-            x, y = self.loaded(epoch, index)
+            batch = self.loaded(epoch, index)
+            if not (self.max_shift or self.noise_std):
+                return batch  # as the dataset gives it: a pair or a dict
+            x, y = batch
             if self.max_shift and shifts(x):
                 s = self.max_shift
                 padded = F.pad(x, (s, s, s, s))

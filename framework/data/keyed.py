@@ -107,11 +107,15 @@ def sample_generator() -> torch.Generator:
 
 
 def load_sample(dataset: Dataset, index: int, key: tuple[int, ...]):
-    """dataset[index], with `key` in force for sample_seed(); the input as a tensor."""
+    """dataset[index], with `key` in force for sample_seed(); a pair's input as a tensor (a dict
+    sample as it is)."""
     global _sample_key
     _sample_key = key
     try:
-        x, y = dataset[index]
+        sample = dataset[index]
     finally:
         _sample_key = None
-    return (torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x), y
+    if isinstance(sample, (tuple, list)) and len(sample) == 2:
+        x, y = sample
+        return (torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x), y
+    return sample

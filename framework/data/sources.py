@@ -78,11 +78,14 @@ def load_diabetes(standardize: bool):
 # ---- split -------------------------------------------------------------------------------
 @dataclass
 class Splits:
+    """The three parts a run uses, the first training sample (keyed, as it loads for evaluation)
+    and the whole data set the task reads facts from (its classes, its vocabulary)."""
+
     train: Dataset
     val: Dataset
     test: Dataset
-    input_shape: list[int]
-    num_classes: int
+    first: tuple
+    whole: Dataset
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, split_seed: int):
@@ -98,8 +101,8 @@ def split(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: 
         train=TensorDataset(x[train], y[train]),
         val=TensorDataset(x[val], y[val]),
         test=TensorDataset(x[test], y[test]),
-        input_shape=list(x.shape[1:]),
-        num_classes=int(y.max()) + 1,
+        first=(x[train[0]], y[train[0]]) if len(train) else (),
+        whole=TensorDataset(x, y),
     )
 
 

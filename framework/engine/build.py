@@ -1,9 +1,10 @@
 """Build the components from config with `hydra.utils.instantiate`.
 
-Anything importable works through `_target_`: a user's own nn.Module, any torch.optim
-optimizer or scheduler. Values the config cannot know (the data's input shape, the number of
-classes, the schedule's length) are filled in here, and only for keys the config declares and
-leaves null, so a user's class that does not take them never receives them.
+Anything importable works through `_target_`: a user's own task, nn.Module, any torch.optim
+optimizer or scheduler. Values the config cannot know (what the task reads from the data: the
+input shape, the number of classes, the vocabulary; the schedule's length) are filled in here,
+and only for keys the config declares and leaves null, so a user's class that does not take
+them never receives them.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from torch.utils.data import Dataset
 
 from framework import data as data_lib
 from framework.config.errors import ConfigError
+from framework.tasks.task import check_declared
 
 
-def build_data(cfg: DictConfig, seed: int) -> data_lib.Splits:
+def build_task(cfg: DictConfig):
+    """The task `task._target_` names (framework/tasks/task.py), checked for what the loop calls."""
+    task = _instantiate(cfg, "task")
+    check_declared(task, cfg._target_)
+    return task
+
+
+def build_data(cfg: DictConfig, seed: int, task) -> data_lib.Splits:
     """What `data.source._target_` returns, split into train, val and test: arrays (inputs,
-    labels), one map-style Dataset (split by data.split_seed like arrays), or a dict of
-    `train`, `val` and optionally `test` datasets (used as they are)."""
+    targets), one map-style Dataset (split by data.split_seed like arrays), or a dict of
+    `train`, `val` and optionally `test` datasets (used as they are). The task checks them."""
     made = _instantiate(cfg.source, "data.source")
     if isinstance(made, Mapping):
         splits = given_datasets(made, seed)
@@ -31,17 +40,18 @@ def build_data(cfg: DictConfig, seed: int) -> data_lib.Splits:
         parts = data_lib.split_dataset(
             checked_dataset(made, "data.source"), cfg.val_fraction, cfg.test_fraction, cfg.split_seed
         )
-        splits = datasets_split(*parts, seed=seed, classes_from=made)
+        splits = datasets_split(*parts, seed=seed, whole=made)
     else:
         if not isinstance(made, (tuple, list)) or len(made) != 2:
             raise ConfigError(
-                "data.source must return (inputs, labels) arrays, a map-style torch Dataset, or a dict of "
+                "data.source must return (inputs, targets) arrays, a map-style torch Dataset, or a dict of "
                 f"'train', 'val' and optionally 'test' datasets; got {type(made).__name__}"
             )
-        x, y = checked_arrays(*made)
-        splits = data_lib.split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        splits = data_lib.split(*task.check_arrays(*made), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     if len(splits.train) == 0:
         raise ConfigError("data: no training samples left after the val/test split")
+    if not isinstance(splits.train, torch.utils.data.TensorDataset):
+        task.check_sample(splits.first, "data.source: the first training sample")
     return splits
 
 
@@ -53,9 +63,7 @@ def given_datasets(made: Mapping, seed: int) -> data_lib.Splits:
         )
     parts = {name: checked_dataset(made[name], f"data.source['{name}']") for name in made}
     empty = torch.utils.data.TensorDataset(torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-    return datasets_split(
-        parts["train"], parts["val"], parts.get("test", empty), seed=seed, classes_from=parts["train"]
-    )
+    return datasets_split(parts["train"], parts["val"], parts.get("test", empty), seed=seed, whole=parts["train"])
 
 
 def checked_dataset(dataset, where: str) -> Dataset:
@@ -70,76 +78,32 @@ def checked_dataset(dataset, where: str) -> Dataset:
     return dataset
 
 
-def datasets_split(train: Dataset, val: Dataset, test: Dataset, seed: int, classes_from: Dataset) -> data_lib.Splits:
+def datasets_split(train: Dataset, val: Dataset, test: Dataset, seed: int, whole: Dataset) -> data_lib.Splits:
     """Datasets as the loop uses them: validation and test samples keyed by their index (the
-    training samples get their (epoch, index) key from data.Augmented). The input shape comes
-    from the first training sample, the number of classes from what the dataset says."""
+    training samples get their (epoch, index) key from data.Augmented). The first training
+    sample is loaded as evaluation loads one, keyed by its index."""
     if len(train) == 0:
         raise ConfigError("data: no training samples left after the val/test split")
-    x, y = data_lib.load_sample(train, 0, (seed, data_lib.EVAL, 0))
-    label = torch.as_tensor(y)
-    if not x.is_floating_point() or x.dim() < 1 or label.is_floating_point() or label.dim():
-        raise ConfigError(
-            "data.source: a sample must be (input: a float tensor, label: an integer class index); the first "
-            f"training sample is ({type(x).__name__} {x.dtype} {list(x.shape)}, {type(y).__name__} {y!r})"
-        )
     return data_lib.Splits(
         train=train,
         val=data_lib.EvalView(val, seed),
         test=data_lib.EvalView(test, seed),
-        input_shape=list(x.shape),
-        num_classes=data_lib.num_classes_of(classes_from),
+        first=data_lib.load_sample(train, 0, (seed, data_lib.EVAL, 0)),
+        whole=whole,
     )
 
 
-def checked_arrays(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs [N, ...] of finite floats and labels [N] of class indices, or a one-line error
-    that says what is wrong, before any training: a NaN input, a fractional or negative label,
-    one-hot labels or flat inputs would otherwise train nonsense or crash mid-epoch."""
-    try:
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"data.source must return two arrays (inputs, labels): {e}") from e
-    where = "data.source"
-    if len(y) == 0:
-        raise ConfigError(f"{where}: the data set is empty")
-    if x.dim() < 2:
-        raise ConfigError(f"{where}: inputs must have shape [N, features...], got {list(x.shape)}")
-    if y.dim() != 1:
-        raise ConfigError(
-            f"{where}: labels must have shape [N] (class indices), got {list(y.shape)}"
-            + (": one-hot labels? give y.argmax(1)" if y.dim() == 2 else "")
-        )
-    if len(x) != len(y):
-        raise ConfigError(f"{where}: {len(x)} inputs but {len(y)} labels")
-    if y.is_floating_point():
-        if not torch.equal(y, y.round()):
-            bad = y[y != y.round()][0].item()
-            raise ConfigError(f"{where}: labels must be whole class indices, got {bad} (a regression target?)")
-    elif y.dtype == torch.bool or not (y.dtype.is_signed or y.dtype == torch.uint8):
-        raise ConfigError(f"{where}: labels must be integer class indices, got {y.dtype}")
-    y = y.to(torch.int64)
-    if y.min() < 0:
-        raise ConfigError(f"{where}: labels must be class indices 0, 1, ..., got {y.min().item()}")
-    x = x.to(torch.float32)
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        first = bad.flatten(1).any(1).nonzero()[0].item()
-        raise ConfigError(f"{where}: {bad.sum().item()} input values are NaN or infinite (the first in sample {first})")
-    return x, y
-
-
-def build_model(cfg: DictConfig, splits: data_lib.Splits) -> torch.nn.Module:
-    """The model `cfg` (the model section) names, with the keys of schema.FROM_DATA that it leaves
-    null filled in from the data, in `cfg` too: the config a run records (checkpoint, TensorBoard,
-    export) then holds the values in force, and rebuilds the model on its own."""
-    known = {"input_shape": splits.input_shape, "num_classes": splits.num_classes}
-    if splits.num_classes is None and "num_classes" in cfg and cfg.num_classes is None:
+def build_model(cfg: DictConfig, facts: dict) -> torch.nn.Module:
+    """The model `cfg` (the model section) names, with the keys it leaves null filled in from
+    what the task read from the data (`facts`: input_shape, num_classes, vocab_size, ...), in
+    `cfg` too: the config a run records (checkpoint, TensorBoard, export) then holds the values
+    in force, and rebuilds the model on its own."""
+    if "num_classes" in facts and facts["num_classes"] is None and "num_classes" in cfg and cfg.num_classes is None:
         raise ConfigError(
             "model.num_classes: the dataset does not say how many classes it has (no num_classes, classes or "
             "targets attribute); set model.num_classes=N"
         )
-    filled = _fill_nulls(cfg, known)
+    filled = _fill_nulls(cfg, facts)
     model = _instantiate(cfg, "model", **filled)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model._target_={cfg._target_} built a {type(model).__name__}, not a torch.nn.Module")

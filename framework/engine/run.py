@@ -18,8 +18,9 @@ from framework import distributed
 from framework.config.checks import check
 from framework.config.errors import ConfigError
 from framework.config.target_arguments import check_arguments
+from framework.engine.build import build_task
 from framework.engine.preemption import StopOnSignal
-from framework.engine.training import Training
+from framework.engine.training import Training, check_metric_names
 from framework.runs import resume as resume_lib
 from framework.runs.record import RunRecord
 from framework.runs.reproducibility import apply_determinism, gpu_note, pick_num_threads, seed_everything
@@ -142,6 +143,7 @@ def resolve_config(
         if noise_drawn_otherwise(resume_point.ckpt, cfg):
             follows_original = False
     check_arguments(cfg)  # before any data is loaded
+    check_metric_names(cfg, build_task(cfg.task))
     if distributed.is_main():
         chosen_sinks(cfg.get("logger"))  # a sink's wrong key or missing package, before anything is written
     return cfg, resume_point, changes, follows_original

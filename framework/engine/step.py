@@ -1,4 +1,5 @@
-"""One optimizer step, one evaluation over a split, mixed precision, and the non-finite loss stop."""
+"""One optimizer step and one evaluation over a split (both by the task), mixed precision, and the
+non-finite loss stop."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from framework import distributed
 from framework.engine.preemption import signals_held
 from framework.engine.state import TrainState
+from framework.tasks.task import to_device
 
 
 class RunStopped(Exception):
@@ -32,18 +33,19 @@ def stop_if_not_finite(loss: float, state: TrainState, stop: bool) -> None:
 
 def train_step(
     model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    task,
+    batch,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     autocast: Callable[[], contextlib.AbstractContextManager],
     clip_norm: float | None,
     before_update: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
-    """One optimizer step. `before_update` runs just before the weights change: a save in the
-    background may still be copying them (Checkpointer.wait_for_snapshot)."""
+    """One optimizer step on the task's loss of `batch` (on the device already). `before_update`
+    runs just before the weights change: a save in the background may still be copying them
+    (Checkpointer.wait_for_snapshot)."""
     with autocast():
-        loss = F.cross_entropy(model(x), y)
+        loss = task.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if clip_norm:
@@ -58,13 +60,14 @@ def train_step(
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
+    task,
     loader: DataLoader,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     rank: int = 0,
     world_size: int = 1,
 ) -> dict:
-    """Mean loss and accuracy over a whole split (empty dict for an empty split).
+    """The task's metrics over a whole split (empty dict for an empty split).
 
     Draws no random numbers (eval mode, a loader with its own generator), so validating at any
     point leaves the training trajectory untouched. Under torchrun rank r computes batches r,
@@ -77,24 +80,19 @@ def evaluate(
     sums = []
     with signals_held():  # its workers start here
         batches = iter(loader)
-    for i, (x, y) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if i % world_size != rank:
             continue
-        x, y = x.to(device), y.to(device)
         with autocast():
-            logits = model(x)
-        sums.append(
-            (i, F.cross_entropy(logits.float(), y, reduction="sum").item(), (logits.argmax(dim=1) == y).sum().item())
-        )
+            sums.append((i, task.sums(model, to_device(batch, device))))
     model.train()
     if world_size > 1:
-        sums = sorted(s for part in distributed.gather(sums) for s in part)
-    loss_sum, correct = 0.0, 0
-    for _, batch_loss, batch_correct in sums:
-        loss_sum += batch_loss
-        correct += batch_correct
-    n = len(loader.dataset)
-    return {"loss": loss_sum / n, "acc": correct / n}
+        sums = sorted((s for part in distributed.gather(sums) for s in part), key=lambda s: s[0])
+    totals: dict = {}
+    for _, batch_sums in sums:
+        for name, value in batch_sums.items():
+            totals[name] = totals[name] + value if name in totals else value
+    return task.metrics_from(totals)
 
 
 def mixed_precision(

@@ -20,12 +20,13 @@ from framework import distributed
 from framework.checkpoint import Checkpointer, CheckpointError, storage
 from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
-from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler
+from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
 from framework.engine.preemption import StopOnSignal, signals_held
 from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
 from framework.engine.step import evaluate, mixed_precision, stop_if_not_finite, train_step
 from framework.runs import resume as resume_lib
 from framework.runs.reproducibility import seed_everything
+from framework.tasks.task import metric_names, to_device
 from framework.tracking.hparams import run_name
 from framework.tracking.metrics_logger import MetricsLogger, chosen_sinks
 from framework.tracking.progress import Progress
@@ -69,9 +70,12 @@ class Training:
         self.progress = Progress(every=t.log_every_n_steps, enabled=distributed.is_main())
         self.restore_rng_from: dict | None = None
 
-        splits = build_data(cfg.data, cfg.seed)
+        self.task = build_task(cfg.task)
+        splits = build_data(cfg.data, cfg.seed, self.task)
         check_metric_exists(cfg.get("optimized_metric"), splits)
-        self.model = build_model(cfg.model, splits).to(device)
+        check_augmentation(cfg.data.augment, splits.first)
+        facts = self.task.model_facts(splits)
+        self.model = build_model(cfg.model, facts).to(device)
         # What trains: the model itself, or under torchrun its DistributedDataParallel wrapper
         # (checkpoints hold the model's own state dict: no `module.` prefix).
         self.net = self.model
@@ -92,12 +96,11 @@ class Training:
         self.val_loader = data_lib.eval_loader(splits.val, t.eval_batch_size, d.num_workers, kept_on)
         self.test_loader = data_lib.eval_loader(splits.test, t.eval_batch_size, d.num_workers, kept_on)
         log.info(
-            "data: %d train / %d val / %d test, input %s, %d classes; %d steps per epoch; device %s",
+            "data: %d train / %d val / %d test, %s; %d steps per epoch; device %s",
             len(splits.train),
             len(splits.val),
             len(splits.test),
-            splits.input_shape,
-            splits.num_classes,
+            ", ".join(f"{key} {value}" for key, value in facts.items()) or "task " + cfg.task._target_,
             self.steps_per_epoch,
             device,
         )
@@ -133,11 +136,10 @@ class Training:
             log.warning("non-strict load: %s", note)
         self.restore_rng_from = ckpt if same_ranks else None
         resume = resume_record(point, self.changes)
-        if self.cfg.checkpoint.verify_on_resume and ckpt.get("val_loss") is not None:
-            resume["val_check"] = check_restored_val_loss(
-                ckpt["val_loss"],
-                self.evaluate(self.val_loader).get("loss"),
-                rebatched="trainer.eval_batch_size" in self.changes,
+        recorded = recorded_val_metrics(ckpt)
+        if self.cfg.checkpoint.verify_on_resume and recorded:
+            resume["val_check"] = check_restored_val_metrics(
+                recorded, self.validate(), rebatched="trainer.eval_batch_size" in self.changes
             )
         return resume
 
@@ -201,11 +203,11 @@ class Training:
             state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
             self.restore_rng_from = None
         stopped_by, loss = "max_epochs", None
-        for x, y in batches:
+        for batch in batches:
             loss = train_step(
                 self.net,
-                x.to(self.device),
-                y.to(self.device),
+                self.task,
+                to_device(batch, self.device),
                 self.optimizer,
                 self.scaler,
                 self.autocast,
@@ -291,7 +293,7 @@ class Training:
         return test
 
     def evaluate(self, loader: DataLoader) -> dict:
-        return evaluate(self.model, loader, self.device, self.autocast, self.rank, self.world_size)
+        return evaluate(self.model, self.task, loader, self.device, self.autocast, self.rank, self.world_size)
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
@@ -303,7 +305,7 @@ class Training:
     def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> None:
         state = self.state
         self.checkpointer.save(
-            lambda kind: self.payload(kind, val.get("val/loss"), every_rank),
+            lambda kind: self.payload(kind, {k: v for k, v in val.items() if k.startswith("val/")}, every_rank),
             event=event,
             epoch=state.epoch,
             step=state.global_step,
@@ -313,7 +315,7 @@ class Training:
             copy_later=state.stepped_tensors(),  # copied in the background (async_save) before the next step
         )
 
-    def payload(self, kind: str, val_loss: float | None, every_rank: list | None) -> dict:
+    def payload(self, kind: str, val_metrics: dict, every_rank: list | None) -> dict:
         """What a checkpoint holds: everything to resume ("full"), or the weights ("model").
         `every_rank`: under torchrun, each rank's own state (None: this process's only)."""
         meta = {
@@ -334,7 +336,7 @@ class Training:
             }
         return {
             **self.state.capture(every_rank),
-            "val_loss": val_loss,
+            "val_metrics": val_metrics,  # what the resume check compares with
             "metrics_lines": self.logger.lines,
             "config": self.config_yaml,
             "meta": meta,
@@ -351,6 +353,29 @@ class Training:
         finally:
             if self.logger is not None:
                 self.logger.close(status)
+
+
+def check_metric_names(cfg: DictConfig, task) -> None:
+    """checkpoint.monitor and optimized_metric must be metrics the task reports; the monitor's
+    mode, left null, is its direction (and recorded so in the run's config)."""
+    reported = metric_names(task)
+    for key in ("checkpoint.monitor", "optimized_metric"):
+        name = OmegaConf.select(cfg, key)
+        if name is not None and name not in reported:
+            raise ConfigError(
+                f"{key}={name}: task {cfg.task._target_} does not report it; it reports {', '.join(reported)}"
+            )
+    if cfg.checkpoint.mode is None:
+        cfg.checkpoint.mode = reported[cfg.checkpoint.monitor] if cfg.checkpoint.monitor is not None else "min"
+
+
+def check_augmentation(augment: DictConfig, first) -> None:
+    """Shifts and noise change a pair's input; a dict sample has no one input to change."""
+    if (augment.max_shift or augment.noise_std) and not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise ConfigError(
+            "data.augment shifts and adds noise to the input of (input, target) samples; the data gives "
+            f"{type(first).__name__} samples: set data.augment.max_shift=0 and data.augment.noise_std=0"
+        )
 
 
 def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
@@ -381,32 +406,43 @@ RANK_STREAMS = 8
 STOP_CHECK_EVERY = 5
 
 
-def check_restored_val_loss(recorded: float, now: float | None, rebatched: bool = False) -> dict:
-    """Validation right after restoring must reproduce the loss the checkpoint recorded: to the
+def recorded_val_metrics(ckpt: dict) -> dict:
+    """The validation metrics a checkpoint recorded when it was saved (an older version's: val/loss)."""
+    if "val_metrics" in ckpt:
+        return dict(ckpt["val_metrics"])
+    return {"val/loss": ckpt["val_loss"]} if ckpt.get("val_loss") is not None else {}
+
+
+def check_restored_val_metrics(recorded: dict, now: dict, rebatched: bool = False) -> dict:
+    """Validation right after restoring must reproduce the metrics the checkpoint recorded: to the
     bit, or, when trainer.eval_batch_size changed (a sum batched otherwise rounds otherwise in its
     last bits), to float rounding."""
-    identical = now == recorded
-    if rebatched and now is not None and not identical:
-        identical = math.isclose(now, recorded, rel_tol=1e-6, abs_tol=1e-9)
+    exact = all(now.get(name) == value for name, value in recorded.items())
+    identical = exact or (
+        rebatched
+        and all(
+            now.get(name) is not None and math.isclose(now[name], value, rel_tol=1e-6, abs_tol=1e-9)
+            for name, value in recorded.items()
+        )
+    )
+    shown = " ".join(f"{name} {now.get(name)!r}" for name in recorded)
     if identical:
         how = "identical to the checkpoint's"
-        if now != recorded:
+        if not exact:
             how = "equal to the checkpoint's within float rounding (trainer.eval_batch_size changed)"
-        log.info("resume check: val/loss %.10g after restoring, %s", now, how)
+        log.info("resume check: %s after restoring, %s", shown, how)
     else:
         log.warning("!" * 72)
         log.warning(
-            "RESUME CHECK FAILED: val/loss after restoring is %r, the checkpoint recorded %r "
-            "(difference %.3g). The restored model is not the one that was saved, or this "
-            "machine computes differently.",
-            now,
-            recorded,
-            (now or 0.0) - recorded,
+            "RESUME CHECK FAILED: after restoring, %s; the checkpoint recorded %s. The restored model is not "
+            "the one that was saved, or this machine computes differently.",
+            shown,
+            " ".join(f"{name} {value!r}" for name, value in recorded.items()),
         )
         log.warning("!" * 72)
     return {
-        "recorded_val_loss": recorded,
-        "val_loss_after_restore": now,
+        "recorded": recorded,
+        "after_restore": {name: now.get(name) for name in recorded},
         "identical": identical,
         "rebatched": rebatched,
     }

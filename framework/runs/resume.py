@@ -128,8 +128,11 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
         if is_given(k) and old_flat.get(k, _ABSENT) != new_flat.get(k, _ABSENT) and not from_the_data(k, new_flat)
     ]
     # Keys this version has and the checkpoint's config lacks: an older version wrote it. Not
-    # inside a component, whose keys are those of the option the run chose, not of today's default.
-    filled = [k for k in keys if k not in old_flat and not is_given(k) and not in_component(k)]
+    # inside a component, whose keys are those of the option the run chose, not of today's default,
+    # unless the checkpoint has no such component at all (an older version's run had no `task`).
+    filled = [
+        k for k in keys if k not in old_flat and not is_given(k) and (not in_component(k) or component_absent(k, old))
+    ]
     unsafe = [k for k in changed if not is_safe(k, old)]
     describe = [f"{k}: {old_flat.get(k, '<absent>')!r} -> {new_flat.get(k, '<absent>')!r}" for k in unsafe]
     if unsafe and not new.allow_config_changes:
@@ -164,6 +167,12 @@ def from_the_data(key: str, new_flat: dict) -> bool:
     """A model key that the command line leaves null, "from the data": the checkpoint records the
     value the data gave (build.build_model), which stands; a different one given is a change."""
     return key in FILLED_FROM_DATA and new_flat.get(key, _ABSENT) is None
+
+
+def component_absent(key: str, old: DictConfig) -> bool:
+    return not is_sink(key) and not any(
+        (key == c or key.startswith(c + ".")) and OmegaConf.select(old, c) is not None for c in COMPONENTS
+    )
 
 
 def in_component(key: str) -> bool:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import CONF
-from omegaconf import OmegaConf
+from helpers import default_policy
 
 from framework.checkpoint import Checkpointer
 from framework.checkpoint.storage import CheckpointStore, Stored
-from framework.config.schema import CheckpointConfig
 
 
 class InMemory(CheckpointStore):
@@ -78,9 +76,7 @@ class InMemory(CheckpointStore):
 
 
 def policy(**changes):
-    default = OmegaConf.load(CONF / "checkpoint" / "default.yaml")
-    default.pop("defaults")
-    return OmegaConf.merge(OmegaConf.structured(CheckpointConfig), default, changes)
+    return default_policy(**changes)
 
 
 def save_at(checkpointer, step, event="step"):

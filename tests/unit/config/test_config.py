@@ -17,7 +17,17 @@ from framework.config.errors import ConfigError
 from framework.config.target_arguments import check_arguments
 from framework.engine import build
 
-GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
+GROUPS = ["task", "model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
+
+
+# Options that need a task, data or model of their kind to build with.
+PARTNERS = {
+    "task=regression": ["data=diabetes", "model=mlp"],
+    "task=language_model": ["data=text", "model=transformer"],
+    "data=diabetes": ["task=regression", "model=mlp"],
+    "data=text": ["task=language_model", "model=transformer"],
+    "model=transformer": ["task=language_model", "data=text"],
+}
 
 
 def options(group: str) -> list[str]:
@@ -25,6 +35,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_options_the_design_names():
+    assert options("task") == ["classification", "language_model", "regression"]
     assert options("model") == ["cnn", "mlp", "transformer"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "step", "warmup_cosine"]
@@ -36,7 +47,7 @@ def test_groups_have_the_options_the_design_names():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_builds(compose, tmp_path, group, option):
-    overrides = [f"{group}={option}"]
+    overrides = [f"{group}={option}", *PARTNERS.get(f"{group}={option}", [])]
     if option == "npz":
         path = tmp_path / "arrays.npz"
         import numpy as np
@@ -47,21 +58,24 @@ def test_every_option_composes_and_builds(compose, tmp_path, group, option):
         overrides.append("data.source._target_=framework.data.load_digits")
     cfg = compose(overrides)
     check(cfg)
-    splits = build.build_data(cfg.data, cfg.seed)
-    model = build.build_model(cfg.model, splits)
+    task = build.build_task(cfg.task)
+    splits = build.build_data(cfg.data, cfg.seed, task)
+    model = build.build_model(cfg.model, task.model_facts(splits))
     optimizer = build.build_optimizer(cfg.optimizer, model)
     scheduler = build.build_scheduler(cfg.scheduler, optimizer, total_steps=100)
     assert isinstance(model, torch.nn.Module)
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
-    x, y = next(iter(data.eval_loader(splits.train, 8, 0)))
-    assert model(x).shape == (len(y), splits.num_classes)
+    batch = next(iter(data.eval_loader(splits.train, 8, 0)))
+    assert torch.isfinite(task.loss(model, batch))
+    assert set(task.metrics_from(task.sums(model, batch))) == set(task.metrics)
 
 
 def test_the_chosen_option_is_what_gets_built(compose):
     cfg = compose(["model=mlp", "model.hidden=[7]", "optimizer=adamw", "optimizer.lr=0.003", "scheduler=cosine"])
-    splits = build.build_data(cfg.data, cfg.seed)
-    model = build.build_model(cfg.model, splits)
+    task = build.build_task(cfg.task)
+    splits = build.build_data(cfg.data, cfg.seed, task)
+    model = build.build_model(cfg.model, task.model_facts(splits))
     assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [7, 10]
     optimizer = build.build_optimizer(cfg.optimizer, model)
     assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["lr"] == 0.003
@@ -94,7 +108,8 @@ def test_out_of_range_choices_are_refused(compose):
 
 def test_split_is_fixed_by_the_seed(compose):
     def held_out_images(seed):
-        splits = build.build_data(compose([f"seed={seed}"]).data, seed)
+        cfg = compose([f"seed={seed}"])
+        splits = build.build_data(cfg.data, seed, build.build_task(cfg.task))
         return splits.test.tensors[0]
 
     assert torch.equal(held_out_images(3), held_out_images(3))
@@ -109,7 +124,8 @@ def test_an_added_argument_reaches_the_component(compose):
         check_arguments(cfg)
     cfg = compose(["optimizer=adamw", "+optimizer.amsgrad=true"])
     check_arguments(cfg)
-    model = build.build_model(cfg.model, build.build_data(cfg.data, cfg.seed))
+    task = build.build_task(cfg.task)
+    model = build.build_model(cfg.model, task.model_facts(build.build_data(cfg.data, cfg.seed, task)))
     assert build.build_optimizer(cfg.optimizer, model).defaults["amsgrad"] is True
 
 

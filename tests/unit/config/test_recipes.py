@@ -49,15 +49,16 @@ def test_datasets_come_split_by_the_seed_or_as_given(tmp_path):
     from framework.engine import build
 
     cfg = compose_config("recipe=template")
-    splits = build.build_data(cfg.data, cfg.seed)
+    task = build.build_task(cfg.task)
+    splits = build.build_data(cfg.data, cfg.seed, task)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1257, 270, 270)
-    assert splits.input_shape == [1, 8, 8] and splits.num_classes == 10
+    assert task.model_facts(splits) == {"input_shape": [1, 8, 8], "num_classes": 10}
     first = splits.val[0][0]
     assert torch.equal(first, splits.val[0][0])  # a random transform draws the same in validation
 
     cfg = compose_config("data=custom", "data.source._target_=user_modules.digit_splits")
-    splits = build.build_data(cfg.data, cfg.seed)
+    splits = build.build_data(cfg.data, cfg.seed, task)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1000, 797, 0)
     bad = compose_config("data=custom", "data.source._target_=user_modules.digit_splits", "+data.source.keys=[train]")
     with pytest.raises(ConfigError, match="must have 'train' and 'val'"):
-        build.build_data(bad.data, bad.seed)
+        build.build_data(bad.data, bad.seed, task)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from framework import data
-from framework.engine.build import checked_arrays
+from framework.tasks.classification import Classification
 
 
 def digits_train():
@@ -90,7 +90,7 @@ def test_flat_features_are_not_shifted():
 def test_npz_source_names_the_bad_key(tmp_path):
     np.savez(tmp_path / "a.npz", x=np.zeros((3, 2)), y=np.zeros(3))
     # Whole float labels (as numpy often stores them) become class indices; build_data checks them.
-    x, y = checked_arrays(*data.load_npz(str(tmp_path / "a.npz")))
+    x, y = Classification().check_arrays(*data.load_npz(str(tmp_path / "a.npz")))
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     with pytest.raises(KeyError, match="data.source.y_key"):
         data.load_npz(str(tmp_path / "a.npz"), y_key="labels")
