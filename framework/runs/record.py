@@ -1,4 +1,4 @@
-"""The run record, metrics.json: statuses, settings, resumes, final metrics and wall time."""
+"""metrics.json, the run record: statuses, settings, the task's metrics, resumes, final metrics, wall time."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from omegaconf import DictConfig
 
 from framework import distributed
 from framework.atomic import write_json_atomic
+from framework.engine.build import build_task
 from framework.engine.training import Training
 from framework.runs.environment import describe
 from framework.runs.layout import RunLayout
 from framework.runs.reproducibility import fingerprint
 from framework.runs.run_dir import mark_as_run
+from framework.tasks.classification import Classification
+from framework.tasks.task import metric_names
 from framework.tracking.hparams import command_line_hparams, hydra_choices
 
 log = logging.getLogger("framework")
@@ -58,6 +61,7 @@ class RunRecord:
             meta=describe(),
             follows_original_trajectory=follows,
             optimized_metric=cfg.get("optimized_metric"),
+            task=task_entry(cfg),
         )
         if "hparams" not in self.summary:
             # What tells this run from others (TensorBoard's HParams, MLflow's run name): the first
@@ -135,6 +139,22 @@ class RunRecord:
         )
         if write:
             self.write()
+
+
+def task_entry(cfg: DictConfig) -> dict:
+    """The record's `task`: its class and every metric a run of it reports with its direction
+    ("min" or "max": which way is better), so that a reader of a finished run (the sweep summary,
+    a tracker) needs neither the config nor the user's task to know them."""
+    return {"target": cfg.task._target_, "metrics": metric_names(build_task(cfg.task))}
+
+
+def recorded_metrics(summary: dict) -> dict[str, str]:
+    """{metric: "min" or "max"} of the task a run's record names; a record written before tasks
+    were recorded is a classifier's, the only task there was."""
+    task = summary.get("task")
+    if isinstance(task, dict) and isinstance(task.get("metrics"), dict):
+        return dict(task["metrics"])
+    return metric_names(Classification)
 
 
 def previous_summary(run_dir: Path) -> dict:

@@ -6,7 +6,9 @@
 
 Writes at the sweep root: summary.json, summary.md (per metric n, mean, std, min, max and a 95%
 confidence interval; a row per run with its seed, final metrics and fingerprint) and
-val_curves.png (the validation curves of every seed, with their mean and spread).
+val_curves.png (the validation curves of every seed, with their mean and spread). The metrics are
+the ones the runs' tasks report, as their records name them with their directions (`task` in
+metrics.json): test/ then val/ then train/loss; the curves are the first CURVE_PANELS val/ ones.
 
 A sweep over other keys too (`-m optimizer.lr=0.02,0.1 seed=0,1`) is summarized per
 configuration: the runs that share every swept value but `seed` and `repeat`. Each configuration
@@ -44,9 +46,17 @@ from framework.atomic import replace_atomically, write_json_atomic
 from framework.config.overrides import OverridesParser, without
 from framework.runs import layout
 from framework.runs.layout import REFUSED, STOPPED_BY
+from framework.runs.record import recorded_metrics
 from framework.runs.reproducibility import why_runs_differ
 
-METRICS = ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss")
+# The validation metrics val_curves.png plots, at most: the task's first (a panel each).
+CURVE_PANELS = 4
+
+# The order of the summary's metrics: a test result first, the loss the run trained on last.
+SPLIT_ORDER = ("test/", "val/", "train/")
+
+# How summary.md says a direction.
+BETTER = {"min": "lower", "max": "higher"}
 
 
 # Jobs a signal stopped with a checkpoint: not failed, not done.
@@ -110,6 +120,7 @@ def empty_record(job_dir: str) -> dict:
         "error": None,
         "curve": [],
         "optimized_metric": None,
+        "directions": {},
     }
 
 
@@ -133,6 +144,7 @@ def read_job(job: Path) -> dict:
         fingerprint=summary.get("fingerprint"),
         error=summary.get("error"),
         optimized_metric=summary.get("optimized_metric"),
+        directions=recorded_metrics(summary),
     )
     if record["status"] == "running":
         record["status"] = "failed"  # killed: it never wrote an end
@@ -141,8 +153,11 @@ def read_job(job: Path) -> dict:
         record["error"] = f"{record['status']} at step {summary.get('global_step')}: continue with resume=auto"
     try:
         lines = [json.loads(line) for line in layout.RunLayout(job).history.read_text().splitlines()]
+        # A point per epoch: its number (from 1) and its validation metrics.
         record["curve"] = [
-            (r["epoch"] + 1, r.get("val/loss"), r.get("val/acc")) for r in lines if r["event"] == "epoch"
+            {"epoch": r["epoch"] + 1, **{k: v for k, v in r.items() if k.startswith("val/")}}
+            for r in lines
+            if r["event"] == "epoch"
         ]
     except (OSError, ValueError):
         pass
@@ -171,6 +186,18 @@ def statistics_of(values: list[float]) -> dict:
         "ci95_low": mean - half,
         "ci95_high": mean + half,
     }
+
+
+def reported_metrics(runs: list[dict]) -> dict[str, str]:
+    """Every metric the runs' records say their tasks report, with its direction ("min" or "max"):
+    test/ then val/ then train/, each in its task's declared order, over the runs in job order."""
+    found: dict[str, str] = {}
+    for prefix in SPLIT_ORDER:
+        for r in runs:
+            for name, direction in r["directions"].items():
+                if name.startswith(prefix):
+                    found.setdefault(name, direction)
+    return found
 
 
 def group_key(record: dict) -> tuple:
@@ -205,7 +232,7 @@ def swept_keys(keys: list[tuple]) -> list[str]:
     return [n for n in names if len({s.get(n) for s in settings}) > 1]
 
 
-def configurations_of(runs: list[dict]) -> list[dict]:
+def configurations_of(runs: list[dict], metrics: dict[str, str]) -> list[dict]:
     """The sweep's configurations in job order: their swept values, runs and statistics over seeds
     (one run a seed: identical repeats must not shrink the interval). Marks each run with its
     configuration's label."""
@@ -231,18 +258,29 @@ def configurations_of(runs: list[dict]) -> list[dict]:
                 "jobs": len(members),
                 "completed": sum(r["status"] == "completed" for r in members),
                 "seeds": sorted({r["seed"] for r in firsts if r["seed"] is not None}),
-                "metrics": statistics_by_metric(firsts),
+                "metrics": statistics_by_metric(firsts, metrics),
             }
         )
     return found
 
 
-def statistics_by_metric(runs: list[dict]) -> dict:
-    return {
-        m: statistics_of([r["metrics"][m] for r in runs if m in r["metrics"]])
-        for m in METRICS
-        if any(m in r["metrics"] for r in runs)
-    }
+def statistics_by_metric(runs: list[dict], metrics: dict[str, str]) -> dict:
+    """Per metric (`metrics`: reported_metrics'), its statistics over the runs that have it, its
+    direction, and the best value by it."""
+    found = {}
+    for name, direction in metrics.items():
+        values = [r["metrics"][name] for r in runs if name in r["metrics"]]
+        if values:
+            best = max(values) if direction == "max" else min(values)
+            found[name] = {**statistics_of(values), "direction": direction, "best": best}
+    return found
+
+
+def differing_metrics(runs: list[dict]) -> list[str]:
+    """The final metrics (whichever the task reports) whose values are not the same bits in
+    every run; a metric one run lacks differs too. NaN equals NaN here: the same result."""
+    names = dict.fromkeys(name for r in runs for name in r["metrics"])
+    return [name for name in names if len({repr(r["metrics"].get(name)) for r in runs}) > 1]
 
 
 # ---- the summary -------------------------------------------------------------------------
@@ -256,7 +294,8 @@ def summarize(sweep_dir: Path) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(group_key(r), []).append(r)
-    configurations = configurations_of(runs)
+    metrics = reported_metrics(runs)
+    configurations = configurations_of(runs, metrics)
     # Statistics of the whole sweep only where it is one configuration: never pooled across several.
     stats = configurations[0]["metrics"] if len(configurations) == 1 else {}
 
@@ -264,7 +303,8 @@ def summarize(sweep_dir: Path) -> dict:
     reproducibility = []
     for key, g in repeated.items():
         prints = [r["fingerprint"] for r in g]
-        reproduces = all(r["status"] == "completed" for r in g) and len(set(prints)) == 1
+        differing = differing_metrics(g)
+        reproduces = all(r["status"] == "completed" for r in g) and len(set(prints)) == 1 and not differing
         reproducibility.append(
             {
                 "seed": g[0]["seed"],
@@ -272,6 +312,7 @@ def summarize(sweep_dir: Path) -> dict:
                 "overrides": list(key),
                 "runs": len(g),
                 "fingerprints": prints,
+                "differing_metrics": differing,
                 "reproduces": reproduces,
                 # What the runs' records say could explain it (a thread count, a GPU under seeded).
                 "possible_causes": [] if reproduces else why_runs_differ([r.get("settings") or {} for r in g]),
@@ -290,24 +331,30 @@ def summarize(sweep_dir: Path) -> dict:
         "stopped": len(stopped),
         "stopped_by": stopped_by.name if stopped_by else None,
         "metrics": stats,
+        "directions": metrics,
         "configurations": configurations,
         "swept": list(configurations[0]["swept"]) if configurations else [],
         "reproducibility_checked": bool(repeated),
         "reproducibility": reproducibility,
         "all_reproduce": all(r["reproduces"] for r in reproducibility) if repeated else None,
-        "best": best_result(sweep_dir, runs),
+        "best": best_result(sweep_dir, runs, metrics),
         "runs": [{k: r[k] for k in RUN_FIELDS} for r in runs],
     }
     # Whole files or none, like every file the framework writes: a reader never sees half a summary.
     write_json_atomic(sweep_dir / "summary.json", summary)
     replace_atomically(sweep_dir / "summary.md", markdown(summary))
-    plot_curves(runs, sweep_dir / "val_curves.png")
+    plot_curves(runs, sweep_dir / "val_curves.png", curve_metrics(metrics))
     return summary
 
 
-def best_result(sweep_dir: Path, runs: list[dict]) -> dict | None:
+def curve_metrics(metrics: dict[str, str]) -> list[str]:
+    """The validation metrics val_curves.png plots: the first CURVE_PANELS of the tasks'."""
+    return [name for name in metrics if name.startswith("val/")][:CURVE_PANELS]
+
+
+def best_result(sweep_dir: Path, runs: list[dict], metrics: dict[str, str]) -> dict | None:
     """What a sweeper that optimizes found (Optuna writes optimization_results.yaml when its
-    study ends): the best value, its parameters, and which metric it is."""
+    study ends): the best value, its parameters, which metric it is and its direction."""
     results = sweep_dir / "optimization_results.yaml"
     if not results.is_file():
         return None
@@ -315,7 +362,12 @@ def best_result(sweep_dir: Path, runs: list[dict]) -> dict | None:
     if "best_value" not in found:
         return None  # a study with several objectives: its Pareto front is in that file
     metric = next((r["optimized_metric"] for r in runs if r["optimized_metric"]), None)
-    return {"metric": metric, "value": found["best_value"], "params": found.get("best_params", {})}
+    return {
+        "metric": metric,
+        "direction": metrics.get(metric),
+        "value": found["best_value"],
+        "params": found.get("best_params", {}),
+    }
 
 
 def markdown(s: dict) -> str:
@@ -343,16 +395,20 @@ def markdown(s: dict) -> str:
                     f"| {ci} |"
                 )
         out.append("")
+    metrics = s["directions"]
+    ways = {way: [m for m, d in metrics.items() if BETTER.get(d) == way] for way in BETTER.values()}
+    if metrics:
+        out += ["Better: " + "; ".join(f"{way} for {', '.join(names)}" for way, names in ways.items() if names), ""]
     columns = "".join(f"{k} | " for k in swept)
     out += [
-        f"| run | {columns}seed | repeat | status | " + " | ".join(METRICS) + " | fingerprint |",
-        "|---|" + "---|" * len(swept) + "---:|---:|---|" + "---:|" * len(METRICS) + "---|",
+        f"| run | {columns}seed | repeat | status | " + "".join(f"{m} | " for m in metrics) + "fingerprint |",
+        "|---|" + "---|" * len(swept) + "---:|---:|---|" + "---:|" * len(metrics) + "---|",
     ]
     for r in s["runs"]:
         keys = "".join(f"{values_of[r['configuration']][k]} | " for k in swept)
-        values = " | ".join(f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "" for m in METRICS)
+        values = "".join(f"{r['metrics'][m]:.4f} | " if m in r["metrics"] else " | " for m in metrics)
         fp = (r["fingerprint"] or "")[:16]
-        out.append(f"| {Path(r['dir']).name} | {keys}{r['seed']} | {r['repeat']} | {r['status']} | {values} | {fp} |")
+        out.append(f"| {Path(r['dir']).name} | {keys}{r['seed']} | {r['repeat']} | {r['status']} | {values}{fp} |")
     for title, statuses in (("Failed jobs:", ("failed",)), ("Refused jobs:", ("refused",)), ("Stopped jobs:", STOPPED)):
         listed = [r for r in s["runs"] if r["status"] in statuses]
         if listed:
@@ -360,29 +416,32 @@ def markdown(s: dict) -> str:
     if s.get("best"):
         b = s["best"]
         params = " ".join(f"{k}={v}" for k, v in b["params"].items())
-        out += ["", f"Best {b['metric'] or 'value'}: {b['value']} with {params}"]
+        better = f" ({BETTER[b['direction']]} is better)" if b.get("direction") in BETTER else ""
+        out += ["", f"Best {b['metric'] or 'value'}{better}: {b['value']} with {params}"]
     if s["reproducibility_checked"]:
         verdict = "every seed reproduces" if s["all_reproduce"] else "NOT every seed reproduces"
         out += [
             "",
             f"Reproducibility: {verdict}.",
             "",
-            "| seed | other overrides | runs | identical fingerprints |",
+            "| seed | other overrides | runs | identical fingerprints and metrics |",
             "|---:|---|---:|---|",
         ]
         for r in s["reproducibility"]:
             others = " ".join(without(r["overrides"], "seed")) or "(none)"
-            out.append(f"| {r['seed']} | {others} | {r['runs']} | {'yes' if r['reproduces'] else 'NO'} |")
+            differ = r.get("differing_metrics") or []
+            same = "yes" if r["reproduces"] else "NO" + (f" ({', '.join(differ)} differ)" if differ else "")
+            out.append(f"| {r['seed']} | {others} | {r['runs']} | {same} |")
         causes = [(r["seed"], c) for r in s["reproducibility"] for c in r["possible_causes"]]
         if causes:
             out += ["", "Possible causes, from the runs' records:"] + [f"- seed {seed}: {c}" for seed, c in causes]
     return "\n".join(out) + "\n"
 
 
-def plot_curves(runs: list[dict], path: Path) -> list[str]:
-    """val/loss and val/acc by epoch: of one configuration, every seed with their mean and spread;
-    of several, a mean and band per configuration, labelled by it (its seeds faint, in its colour).
-    Returns the legend's labels."""
+def plot_curves(runs: list[dict], path: Path, names: list[str]) -> list[str]:
+    """The validation metrics `names` by epoch, a panel each: of one configuration, every seed
+    with their mean and spread; of several, a mean and band per configuration, labelled by it
+    (its seeds faint, in its colour). Returns the legend's labels."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -394,20 +453,23 @@ def plot_curves(runs: list[dict], path: Path) -> list[str]:
         by_configuration.setdefault(r["configuration"], []).append(r)
     several = len(by_configuration) > 1
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for column, (ax, name) in enumerate(zip(axes, ("val/loss", "val/acc")), start=1):
+    # A run without a record (it failed first) has no metrics: one empty panel says so.
+    names = names or ["no validation metrics"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    axes = list(axes[0])
+    for ax, name in zip(axes, names):
         for number, (label, members) in enumerate(by_configuration.items()):
             if several:
-                plot_band(ax, members, column, colours[number % len(colours)], label, seeds_labelled=False)
+                plot_band(ax, members, name, colours[number % len(colours)], label, seeds_labelled=False)
             else:
-                plot_band(ax, members, column, "black", "mean", seeds_labelled=True)
+                plot_band(ax, members, name, "black", "mean", seeds_labelled=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    labels = axes[1].get_legend_handles_labels()[1]
+    labels = axes[-1].get_legend_handles_labels()[1]
     if labels:  # not when no job got as far as an epoch
-        axes[1].legend(fontsize=7, loc="lower right")
+        axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     tmp = path.with_name(layout.temporary(path.name, ".png"))
     fig.savefig(tmp, dpi=100)
@@ -416,12 +478,12 @@ def plot_curves(runs: list[dict], path: Path) -> list[str]:
     return labels
 
 
-def plot_band(ax, runs: list[dict], column: int, colour: str, label: str, seeds_labelled: bool) -> None:
-    """The runs' curves (faint; each labelled by its seed, or not), their mean labelled `label`
-    in `colour`, and the mean ± std around it."""
+def plot_band(ax, runs: list[dict], name: str, colour: str, label: str, seeds_labelled: bool) -> None:
+    """The runs' curves of metric `name` (faint; each labelled by its seed, or not), their mean
+    labelled `label` in `colour`, and the mean ± std around it."""
     by_epoch: dict[int, list[float]] = {}
     for r in runs:
-        points = [(p[0], p[column]) for p in r["curve"] if p[column] is not None]
+        points = [(p["epoch"], p[name]) for p in r["curve"] if p.get(name) is not None]
         if not points:
             continue
         seed = f"seed {r['seed']}" + (f" (repeat {r['repeat']})" if r["repeat"] else "")

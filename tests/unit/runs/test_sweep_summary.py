@@ -67,8 +67,10 @@ def test_a_sweep_over_a_key_and_seeds_has_statistics_per_configuration(tmp_path)
 def test_the_curves_are_labelled_by_configuration(tmp_path):
     lr_by_seed(tmp_path, ACCS)
     runs = summarize(tmp_path)["runs"]
-    curves = [{**r, "curve": [(1, 0.5, 0.4), (2, 0.4, 0.5)]} for r in runs]
-    assert plot_curves(curves, tmp_path / "curves.png") == ["optimizer.lr=0.02", "optimizer.lr=0.1"]
+    points = [{"epoch": 1, "val/loss": 0.5, "val/acc": 0.4}, {"epoch": 2, "val/loss": 0.4, "val/acc": 0.5}]
+    curves = [{**r, "curve": points} for r in runs]
+    labels = plot_curves(curves, tmp_path / "curves.png", ["val/loss", "val/acc"])
+    assert labels == ["optimizer.lr=0.02", "optimizer.lr=0.1"]
 
 
 def test_a_seed_sweep_reads_as_one_configuration(tmp_path):
@@ -81,8 +83,9 @@ def test_a_seed_sweep_reads_as_one_configuration(tmp_path):
     table = (tmp_path / "summary.md").read_text()
     assert "\n| metric | n | mean | std | min | max | 95% CI |\n" in table
     assert "\n| run | seed | repeat | status |" in table
-    runs = [{**r, "curve": [(1, 0.5, 0.4)]} for r in summary["runs"]]
-    assert plot_curves(runs, tmp_path / "curves.png") == ["seed 0", "seed 1", "seed 2", "mean", "mean ± std"]
+    runs = [{**r, "curve": [{"epoch": 1, "val/loss": 0.5, "val/acc": 0.4}]} for r in summary["runs"]]
+    labels = plot_curves(runs, tmp_path / "curves.png", ["val/loss", "val/acc"])
+    assert labels == ["seed 0", "seed 1", "seed 2", "mean", "mean ± std"]
     assert verdict(summary) == (0, "3 jobs completed")
 
 
