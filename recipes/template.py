@@ -1,14 +1,15 @@
-"""Your own model and your own dataset, for the recipe of the same name beside this file.
+"""Your own task, model and dataset, for the recipe of the same name beside this file.
 
 `python -m framework.recipe new NAME` copies the template recipe to recipes/NAME.yaml and this
 file to recipes/NAME.py (the recipe's `_target_`s point at the copy): replace the classes with
-yours. What the framework
-asks of them:
+yours. As written they classify the 8x8 digits. What the framework asks of them:
+- the task (`task._target_`) says what a batch means: the loss to train on, the sums of an
+  evaluation batch, the metrics made from them and which way each is better (docs/tasks.md);
 - the model is any nn.Module; constructor arguments left null in the recipe (`input_shape`,
-  `num_classes`) are filled in from the data;
-- the dataset is map-style (`__len__`, `__getitem__(index) -> (input tensor, integer label)`);
-  the framework batches, shuffles, splits, spreads it over workers and checkpoints the position.
-  It says how many classes there are with a `classes` (or `num_classes`) attribute;
+  `num_classes`) are filled in from the data by the task's `model_facts`;
+- the dataset is map-style (`__len__`, `__getitem__(index)` -> a sample: here (image, label); a
+  tuple or a dict of tensors, whatever your task reads); the framework batches, shuffles,
+  splits, spreads it over workers and checkpoints the position;
 - random transforms draw from `sample_generator()`: keyed by (seed, epoch, index), so the data
   at any step is the same with any number of workers, and a resumed run sees the same samples.
   Drawing from torch's, NumPy's or Python's global generators instead breaks that (README).
@@ -23,7 +24,60 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from framework.config.errors import ConfigError
 from framework.data import load_digits, sample_generator
+from framework.tasks.task import Task
+
+
+class DigitClassification(Task):
+    """What a batch means: cross-entropy to train on; loss and accuracy to evaluate. Change the
+    parts for your experiment (a batch is what your dataset's samples collate to, on the device:
+    here (images [B, 1, 8, 8], labels [B]); a dict of tensors if the samples are dicts)."""
+
+    # What an evaluation reports, each with the way that is better ("min" or "max"): the run logs
+    # them as val/NAME and test/NAME. The first is the main one: best.pt keeps the best val/loss
+    # unless checkpoint.monitor names another (checkpoint.monitor=val/acc).
+    metrics = {"loss": "min", "acc": "max"}
+
+    def loss(self, model, batch):
+        """The training loss of one batch: a scalar tensor, backpropagated. Draw no random numbers
+        here beyond what the model draws (dropout): exact resume relies on it."""
+        images, labels = batch
+        return F.cross_entropy(model(images), labels)
+
+    def sums(self, model, batch):
+        """Sums over one evaluation batch (numbers, or CPU tensors of float64 to add elementwise),
+        never means: they are added over all batches in order (and over ranks), then
+        `metrics_from` divides, so the metrics are exact whatever the batch size. A new metric
+        adds its sum here and its value in metrics_from."""
+        images, labels = batch
+        logits = model(images).float()
+        return {
+            "loss": F.cross_entropy(logits, labels, reduction="sum").item(),
+            "correct": (logits.argmax(dim=1) == labels).sum().item(),
+            "count": len(labels),
+        }
+
+    def metrics_from(self, sums):
+        """The metrics of a whole split, named as in `metrics`, from its sums."""
+        return {"loss": sums["loss"] / sums["count"], "acc": sums["correct"] / sums["count"]}
+
+    def check_sample(self, sample, where):
+        """Called once, before training, with the first training sample: refuse data the task
+        cannot train on in one line that says what is wrong (`where` names the sample)."""
+        image, label = sample
+        if not (isinstance(image, torch.Tensor) and image.is_floating_point() and image.dim() == 3):
+            raise ConfigError(f"{where}: the image must be a float tensor [C, H, W], got {image!r:.60}")
+        label = torch.as_tensor(label)
+        if label.dim() != 0 or label.is_floating_point() or label < 0:
+            raise ConfigError(f"{where}: the label must be a class index 0, 1, ..., got {label!r}")
+
+    def model_facts(self, splits):
+        """The model's arguments that the recipe leaves null, read from the data: `splits.first`
+        is the first training sample, `splits.whole` the dataset. Return only keys your model's
+        config declares."""
+        image, _ = splits.first
+        return {"input_shape": list(image.shape), "num_classes": len(splits.whole.classes)}
 
 
 class DigitImages(Dataset):

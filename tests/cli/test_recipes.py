@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from framework.cli.compare import compare as differences
 from framework.config import recipes as recipe_lib
 
-SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search"]
+SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search", "char_lm", "regression"]
 
 
 def framework_cli(cwd: Path, *args: str, module: str = "framework", env: dict | None = None):
@@ -51,7 +51,8 @@ def test_list_new_and_the_refusals(tmp_path):
     made = recipe_cli(tmp_path, "new", "my_idea")
     assert made.returncode == 0, made.stderr
     yaml_file, module = tmp_path / "recipes/my_idea.yaml", tmp_path / "recipes/my_idea.py"
-    assert "recipes.my_idea.ResidualConvNet" in yaml_file.read_text()
+    targets = {"recipes.my_idea.ResidualConvNet", "recipes.my_idea.DigitClassification"}  # its model and task
+    assert targets <= set(yaml_file.read_text().split())
     assert "framework.recipes" not in yaml_file.read_text()
     assert "python -m framework recipe=my_idea" in yaml_file.read_text() and module.is_file()
 
