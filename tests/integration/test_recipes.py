@@ -10,9 +10,11 @@ from framework.cli.jobs import check_objective
 from framework.config import recipes as recipe_lib
 from framework.config.errors import ConfigError
 
-SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search"]
+SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search", "char_lm", "regression"]
 # A step or two is enough to show that a recipe builds and trains.
 SHORT = ["trainer.max_steps=2", "logger=none", "checkpoint=off"]
+# Cheaper still, building the same: char_lm would validate and test on 360 windows of 128 characters.
+SMALLER = {"char_lm": ["data.val_fraction=0.01", "data.test_fraction=0.01"]}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -21,7 +23,7 @@ def test_every_shipped_recipe_composes_and_trains(tmp_path, name):
     assert recipe.shipped
     what_for, command = recipe.comment_lines()[:2]
     assert what_for and command == f"python -m framework recipe={name}"
-    summary = train_in_process(tmp_path / "run", f"recipe={name}", *SHORT)
+    summary = train_in_process(tmp_path / "run", f"recipe={name}", *SHORT, *SMALLER.get(name, []))
     assert summary["status"] == "completed" and summary["global_step"] == 2
 
 

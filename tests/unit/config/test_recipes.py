@@ -13,7 +13,7 @@ from framework.config.errors import ConfigError
 from framework.config.overrides import given_keys
 from framework.config.resolved import flatten
 
-SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search"]
+SHIPPED = ["digits_cnn", "template", "seed_study", "lr_search", "char_lm", "regression"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
