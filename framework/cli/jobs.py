@@ -173,3 +173,23 @@ def check_objective(cfg: DictConfig, hydra_cfg) -> None:
             f"optimized_metric=null, but the sweeper ({sweeper}) optimizes the value each job returns: "
             f"set optimized_metric to one of {', '.join(metric_names(build_task(cfg.task)))}"
         )
+    check_direction(cfg.get("optimized_metric"), hydra_cfg.sweeper.get("direction"), cfg.task)
+
+
+# A metric's direction as an optimizing sweeper (Optuna's `direction`) spells it.
+SWEEPER_DIRECTIONS = {"min": "minimize", "max": "maximize"}
+
+
+def check_direction(metric: str | None, direction, task: DictConfig) -> None:
+    """A sweeper that minimizes a metric the task says is better higher (or the other way) would
+    search for the worst trials."""
+    direction = getattr(direction, "name", direction)  # Optuna's default is an enum
+    if metric is None or not isinstance(direction, str):  # several objectives: a list, each its own
+        return
+    wanted = SWEEPER_DIRECTIONS.get(metric_names(build_task(task)).get(metric))
+    if wanted is not None and direction != wanted:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction}, but optimized_metric={metric} is better "
+            f"{'higher' if wanted == 'maximize' else 'lower'} (task {task._target_}): "
+            f"set hydra.sweeper.direction={wanted}"
+        )
