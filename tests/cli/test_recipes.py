@@ -85,6 +85,8 @@ def test_a_new_recipe_from_each_template_runs_as_generated(tmp_path, source):
     made = recipe_cli(tmp_path, "new", "mine", "--from", source)
     assert made.returncode == 0, made.stderr
     short = ["trainer.max_steps=2", "logger=none"]
+    if source == "char_lm":  # its validation and test on 1% of the text each, not 5%
+        short += ["data.val_fraction=0.01", "data.test_fraction=0.01"]
     if source == "seed_study":  # a multirun from the recipe alone; one seed of it here
         proc = framework_cli(tmp_path, "recipe=mine", "seed=0", *short, "hydra.sweep.dir=sweep")
         assert proc.returncode == 0, proc.stderr
