@@ -40,7 +40,9 @@ SAFE_TO_CHANGE = (
 )
 # How this invocation resumes, not what the experiment is: never compared.
 NOT_COMPARED = ("resume", "allow_config_changes", "repeat", "existing_run")
-FILLED_FROM_DATA = tuple(f"model.{key}" for key in FROM_DATA)
+# Keys a run fills in when left null, and records: the model's from the data (engine/build.py),
+# the monitor's mode from the task's direction (engine/training.py check_metric_names).
+FILLED_FROM_DATA = (*(f"model.{key}" for key in FROM_DATA), "checkpoint.mode")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 
@@ -164,8 +166,8 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
 
 
 def from_the_data(key: str, new_flat: dict) -> bool:
-    """A model key that the command line leaves null, "from the data": the checkpoint records the
-    value the data gave (build.build_model), which stands; a different one given is a change."""
+    """A key that the command line leaves null, "from the data" (or from the task): the checkpoint
+    records the value the run filled in, which stands; a different one given is a change."""
     return key in FILLED_FROM_DATA and new_flat.get(key, _ABSENT) is None
 
 
