@@ -144,16 +144,18 @@ class RunRecord:
 def task_entry(cfg: DictConfig) -> dict:
     """The record's `task`: its class and every metric a run of it reports with its direction
     ("min" or "max": which way is better), so that a reader of a finished run (the sweep summary,
-    a tracker) needs neither the config nor the user's task to know them."""
-    return {"target": cfg.task._target_, "metrics": metric_names(build_task(cfg.task))}
+    a tracker) needs neither the config nor the user's task to know them. A list, in the task's
+    declared order: metrics.json's keys are sorted."""
+    metrics = metric_names(build_task(cfg.task))
+    return {"target": cfg.task._target_, "metrics": [{"name": k, "direction": d} for k, d in metrics.items()]}
 
 
 def recorded_metrics(summary: dict) -> dict[str, str]:
-    """{metric: "min" or "max"} of the task a run's record names; a record written before tasks
-    were recorded is a classifier's, the only task there was."""
+    """{metric: "min" or "max"} of the task a run's record names, in its order; a record written
+    before tasks were recorded is a classifier's, the only task there was."""
     task = summary.get("task")
-    if isinstance(task, dict) and isinstance(task.get("metrics"), dict):
-        return dict(task["metrics"])
+    if isinstance(task, dict) and isinstance(task.get("metrics"), list):
+        return {m["name"]: m["direction"] for m in task["metrics"] if isinstance(m, dict) and "name" in m}
     return metric_names(Classification)
 
 

@@ -276,10 +276,11 @@ def statistics_by_metric(runs: list[dict], metrics: dict[str, str]) -> dict:
     return found
 
 
-def differing_metrics(runs: list[dict]) -> list[str]:
+def differing_metrics(runs: list[dict], metrics: dict[str, str]) -> list[str]:
     """The final metrics (whichever the task reports) whose values are not the same bits in
-    every run; a metric one run lacks differs too. NaN equals NaN here: the same result."""
-    names = dict.fromkeys(name for r in runs for name in r["metrics"])
+    every run, in the order of `metrics` (reported_metrics'); a metric one run lacks differs too.
+    NaN equals NaN here: the same result."""
+    names = dict.fromkeys([*metrics, *(name for r in runs for name in r["metrics"])])
     return [name for name in names if len({repr(r["metrics"].get(name)) for r in runs}) > 1]
 
 
@@ -303,7 +304,7 @@ def summarize(sweep_dir: Path) -> dict:
     reproducibility = []
     for key, g in repeated.items():
         prints = [r["fingerprint"] for r in g]
-        differing = differing_metrics(g)
+        differing = differing_metrics(g, metrics)
         reproduces = all(r["status"] == "completed" for r in g) and len(set(prints)) == 1 and not differing
         reproducibility.append(
             {

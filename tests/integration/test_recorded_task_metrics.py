@@ -17,7 +17,10 @@ def test_a_regression_run_records_its_tasks_metrics_for_its_readers(tmp_path):
     directions = {"mse": "min", "mae": "min", "r2": "max"}
     expected = {"train/loss": "min"} | {f"{split}/{m}": d for split in ("val", "test") for m, d in directions.items()}
     recorded = json.loads((tmp_path / "metrics.json").read_text())["task"]
-    assert recorded == {"target": "framework.tasks.regression.Regression", "metrics": expected}
+    assert recorded == {
+        "target": "framework.tasks.regression.Regression",
+        "metrics": [{"name": name, "direction": d} for name, d in expected.items()],  # in the task's order
+    }
     assert set(expected) <= set(summary["metrics"])
 
     # The HParams tab's metric columns: the final metrics as series (an epoch's mean loss is train/loss_epoch).

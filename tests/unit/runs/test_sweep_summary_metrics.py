@@ -15,17 +15,12 @@ import yaml
 from framework.runs import sweep_summary
 from framework.runs.sweep_summary import curve_metrics, summarize, verdict
 
+DIRECTIONS = {"mse": "min", "mae": "min", "r2": "max"}
+# metrics.json's `task`, as a regression run records it.
 REGRESSION = {
     "target": "framework.tasks.regression.Regression",
-    "metrics": {
-        "train/loss": "min",
-        "val/mse": "min",
-        "val/mae": "min",
-        "val/r2": "max",
-        "test/mse": "min",
-        "test/mae": "min",
-        "test/r2": "max",
-    },
+    "metrics": [{"name": "train/loss", "direction": "min"}]
+    + [{"name": f"{split}/{m}", "direction": d} for split in ("val", "test") for m, d in DIRECTIONS.items()],
 }
 
 
@@ -42,7 +37,7 @@ def job(sweep: Path, number: int, overrides: list[str], r2: float, fingerprint: 
     record = {"status": "completed", "seed": seed, "metrics": metrics, "fingerprint": fingerprint}
     if task is not None:
         record["task"] = task
-    (folder / "metrics.json").write_text(json.dumps(record))
+    (folder / "metrics.json").write_text(json.dumps(record, sort_keys=True))  # as the framework writes it
     epochs = [
         {"event": "epoch", "epoch": e, "train/loss": 2.0, "val/mse": 1.0 - r2 * e, "val/mae": 0.8, "val/r2": r2 * e}
         for e in (0, 1)
@@ -109,7 +104,7 @@ def test_the_reproducibility_check_compares_every_metric_the_task_reports(tmp_pa
         folder = job(same, repeat, ["task=regression", "seed=0", f"repeat={repeat}"], 0.5, "aa")
         record = json.loads((folder / "metrics.json").read_text())
         record["metrics"]["test/r2"] = math.nan  # a constant target: r2 is NaN in both, the same result
-        (folder / "metrics.json").write_text(json.dumps(record))
+        (folder / "metrics.json").write_text(json.dumps(record, sort_keys=True))
     (check,) = summarize(same)["reproducibility"]
     assert check["reproduces"] and check["differing_metrics"] == []
 
@@ -119,8 +114,8 @@ def test_the_reproducibility_check_compares_every_metric_the_task_reports(tmp_pa
     summary = summarize(differ)
     (check,) = summary["reproducibility"]
     assert not check["reproduces"] and summary["all_reproduce"] is False
-    assert check["differing_metrics"] == ["train/loss", "val/mse", "val/r2", "test/mse", "test/r2"]
-    assert "NO (train/loss, val/mse, val/r2, test/mse, test/r2 differ)" in (differ / "summary.md").read_text()
+    assert check["differing_metrics"] == ["test/mse", "test/r2", "val/mse", "val/r2", "train/loss"]
+    assert "NO (test/mse, test/r2, val/mse, val/r2, train/loss differ)" in (differ / "summary.md").read_text()
     assert verdict(summary)[0] == 1
 
 
