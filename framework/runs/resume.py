@@ -167,8 +167,10 @@ def reconcile(new: DictConfig, ckpt: dict, given: list[str] | None = None) -> tu
 
 def from_the_data(key: str, new_flat: dict) -> bool:
     """A key that the command line leaves null, "from the data" (or from the task): the checkpoint
-    records the value the run filled in, which stands; a different one given is a change."""
-    return key in FILLED_FROM_DATA and new_flat.get(key, _ABSENT) is None
+    records the value the run filled in, which stands; a different one given is a change. A
+    model's key may be any that its task's model_facts fills, not only FROM_DATA's."""
+    filled = key in FILLED_FROM_DATA or key.startswith("model.")
+    return filled and new_flat.get(key, _ABSENT) is None
 
 
 def component_absent(key: str, old: DictConfig) -> bool:
