@@ -59,7 +59,7 @@ class Classification(Task):
         return float_inputs(x, where), y
 
     def check_sample(self, sample, where):
-        x, y = pair(sample, "classification")
+        x, y = pair(sample, "classification", where)
         label = torch.as_tensor(y)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
             ok = False

@@ -56,7 +56,7 @@ class LanguageModel(Task):
         return x.to(torch.int64), y.to(torch.int64)
 
     def check_sample(self, sample, where):
-        x, y = pair(sample, "language_model")
+        x, y = pair(sample, "language_model", where)
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if x.shape != y.shape or x.dim() != 1:
             raise ConfigError(

@@ -53,7 +53,7 @@ class Regression(Task):
         return float_inputs(x, where), y
 
     def check_sample(self, sample, where):
-        x, y = pair(sample, "regression")
+        x, y = pair(sample, "regression", where)
         target = torch.as_tensor(y)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or not target.is_floating_point():
             raise ConfigError(

@@ -76,13 +76,14 @@ def to_device(batch, device: torch.device):
     return batch
 
 
-def pair(batch, task: str) -> tuple:
-    """The (inputs, target) of a tuple batch; a dict batch needs a task of the user's own."""
+def pair(batch, task: str, where: str | None = None) -> tuple:
+    """The (inputs, target) of a tuple batch; a dict batch needs a task of the user's own.
+    `where`: the sample being checked, named in the refusal."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     kind = "a dict" if isinstance(batch, Mapping) else type(batch).__name__
     raise ConfigError(
-        f"task={task} takes samples (inputs, target); the data gives {kind}: "
+        f"{where + ': ' if where else ''}task={task} takes samples (inputs, target); the data gives {kind}: "
         "write a task of your own (task._target_) that says what the model is called with"
     )
 
