@@ -36,8 +36,14 @@ def test_a_language_model_on_two_ranks_stopped_mid_epoch_resumes_exactly(tmp_pat
     straight, run = tmp_path / "straight", tmp_path / "run"
     # Started together: each pays for its own interpreters and process group.
     both = torchrun(straight, *TINY), torchrun(run, *TINY, "trainer.max_steps=3")
-    for proc in both:
-        finished(proc)
+    try:
+        for proc in both:
+            finished(proc)
+    finally:
+        for proc in both:
+            if proc.poll() is None:
+                proc.terminate()  # torchrun passes it on to its ranks
+                proc.communicate()
     finished(torchrun(run, "resume=auto", "trainer.max_steps=6"))
     resumed = read_summary(run)
     assert resumed["resumes"][0]["position"] == 3 and resumed["global_step"] == 6

@@ -66,9 +66,15 @@ def start(cwd: Path, *args: str) -> subprocess.Popen:
 def finish(*started: subprocess.Popen) -> list[subprocess.CompletedProcess]:
     """Wait for each (they run at the same time: each pays for its own interpreter)."""
     done = []
-    for proc in started:
-        out, err = proc.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    try:
+        for proc in started:
+            out, err = proc.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate()
     return done
 
 
