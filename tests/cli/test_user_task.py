@@ -1,8 +1,8 @@
 """A user's own task through the command line, from a recipe folder of the user's own: dict
 samples, a model called with two of their tensors, and metrics better higher (f1, top2). Its
 best checkpoint is the one with the highest val/f1, a mid-epoch stop resumes to the bits of a run
-never stopped, an optimizing sweep maximizes val/f1, and a metric it does not report is refused
-before training."""
+never stopped, an optimizing sweep maximizes val/f1 and checks on the task's metrics that a
+repeated trial reproduces, and a metric it does not report is refused before training."""
 
 from __future__ import annotations
 
@@ -117,13 +117,14 @@ def test_a_users_task_with_dict_batches_runs_resumes_sweeps_and_is_refused_an_un
     config = yaml.safe_load(best["config"])
     assert (config["checkpoint"]["monitor"], config["checkpoint"]["mode"]) == ("val/f1", "max")
 
-    # The resume needs none of the first command's overrides; the sweep runs meanwhile.
+    # The resume needs none of the first command's overrides. Meanwhile a sweep maximizes val/f1 over
+    # three trials of two learning rates: two trials share one, which the summary checks reproduce.
     resumed, swept = finish(
         start(tmp_path, "resume=auto", "trainer.max_steps=null", "hydra.run.dir=run"),
         start(
             tmp_path, "-m", "recipe=dicts", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize",
-            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=0",
-            "optimizer.lr=interval(0.01,0.1)", "optimized_metric=val/f1", "trainer.max_steps=5",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=0",
+            "optimizer.lr=choice(0.02,0.08)", "optimized_metric=val/f1", "trainer.max_steps=5",
             "hydra.sweep.dir=study",
         ),
     )  # fmt: skip
@@ -132,9 +133,11 @@ def test_a_users_task_with_dict_batches_runs_resumes_sweeps_and_is_refused_an_un
     assert differences(tmp_path / "straight", tmp_path / "run") == []
 
     assert swept.returncode == 0, swept.stderr
-    trials = [read_summary(tmp_path / "study" / str(job))["metrics"]["val/f1"] for job in (0, 1)]
-    assert trials[0] != trials[1]
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    trials = [run["metrics"]["val/f1"] for run in summary["runs"]]
+    assert summary["completed"] == 3 and len(set(trials)) == 2, trials
     results = yaml.safe_load((tmp_path / "study" / "optimization_results.yaml").read_text())
     assert results["best_value"] == max(trials)  # maximized: the task says f1 is better higher
-    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
-    assert summary["completed"] == 2
+    assert summary["directions"]["val/f1"] == "max" and summary["all_reproduce"] is True
+    (repeated,) = summary["reproducibility"]
+    assert repeated["runs"] == 2 and repeated["differing_metrics"] == []
