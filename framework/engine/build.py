@@ -19,14 +19,14 @@ from torch.utils.data import Dataset
 
 from framework import data as data_lib
 from framework.config.errors import ConfigError
-from framework.tasks.task import check_declared
+from framework.tasks.task import check_declared, with_defaults
 
 
 def build_task(cfg: DictConfig):
     """The task `task._target_` names (framework/tasks/task.py), checked for what the loop calls."""
     task = _instantiate(cfg, "task")
     check_declared(task, cfg._target_)
-    return task
+    return with_defaults(task)
 
 
 def build_data(cfg: DictConfig, seed: int, task) -> data_lib.Splits:

@@ -114,6 +114,18 @@ def metric_names(task) -> dict[str, str]:
     return names
 
 
+# What a task may leave out, with Task's default in its place (a class that is no Task subclass too).
+OPTIONAL_PARTS = ("check_arrays", "check_sample", "model_facts")
+
+
+def with_defaults(task):
+    """The task, with Task's default for each optional part it does not have."""
+    for name in OPTIONAL_PARTS:
+        if not callable(getattr(task, name, None)):
+            setattr(task, name, getattr(Task, name).__get__(task))
+    return task
+
+
 def check_declared(task, target: str) -> None:
     """A task's metric directions are min or max, and it has the methods the loop calls."""
     missing = [name for name in ("loss", "sums", "metrics_from") if not callable(getattr(task, name, None))]
