@@ -74,8 +74,8 @@ class DigitClassification(Task):
 
     def model_facts(self, splits):
         """The model's arguments that the recipe leaves null, read from the data: `splits.first`
-        is the first training sample, `splits.whole` the dataset. Return only keys your model's
-        config declares."""
+        is the first training sample, `splits.whole` the dataset. Only the keys the recipe's
+        model section declares and leaves null are used."""
         image, _ = splits.first
         return {"input_shape": list(image.shape), "num_classes": len(splits.whole.classes)}
 
