@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from framework import data as data_lib
 from framework.config.errors import ConfigError
+from framework.config.schema import FROM_DATA
 from framework.tasks.task import check_declared, with_defaults
 
 
@@ -104,6 +105,12 @@ def build_model(cfg: DictConfig, facts: dict) -> torch.nn.Module:
             "targets attribute); set model.num_classes=N"
         )
     filled = _fill_nulls(cfg, facts)
+    unfilled = [key for key in FROM_DATA if key in cfg and cfg[key] is None and key not in filled]
+    if unfilled:
+        raise ConfigError(
+            f"model.{unfilled[0]} is null (filled in from the data), but the task's model_facts does not give "
+            f"it: set model.{unfilled[0]}=..., or return it from the task's model_facts"
+        )
     model = _instantiate(cfg, "model", **filled)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model._target_={cfg._target_} built a {type(model).__name__}, not a torch.nn.Module")

@@ -3,9 +3,11 @@ only metrics, loss, sums and metrics_from gets Task's defaults for the rest."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import compose_config
 
+from framework.config.errors import ConfigError
 from framework.engine import build
 from framework.tasks.task import Task
 
@@ -29,3 +31,11 @@ def test_a_task_keeps_the_optional_parts_it_writes():
     sample = {"image": torch.zeros(1, 8, 8), "rows": torch.zeros(8), "label": torch.tensor(1)}
     task.check_sample(sample, "here")
     assert type(task).check_sample is task.check_sample.__func__
+
+
+def test_a_model_key_left_null_that_the_task_does_not_fill_is_named():
+    cfg = compose_config("task._target_=user_modules.MinimalTask")  # model=cnn: input_shape, num_classes null
+    task = build.build_task(cfg.task)
+    facts = task.model_facts(build.build_data(cfg.data, cfg.seed, task))
+    with pytest.raises(ConfigError, match=r"^model\.input_shape is null .* model_facts does not give it: set model"):
+        build.build_model(cfg.model, facts)
