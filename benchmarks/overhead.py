@@ -11,6 +11,15 @@ TensorDataset (a Python call per sample, then collation), each batch moved to th
 framework cuts in-memory batches with one indexing operation; with --data-on-device it also
 keeps the arrays on the device (data.on_device=true).
 
+The language model (char-lm) is timed step by step instead, the two loops taking turns at every
+step: its steps are long (a tenth of a second to a second on 2 CPU cores), and on a shared
+machine the load changes within a round of whole runs, which made round-by-round ratios of 0.1
+to 6. The framework's step is its training loader (windows at starts keyed by seed, epoch and
+index, a sample at a time) and engine.step.train_step with the language_model task; the
+hand-written one is nanoGPT's train.py: a batch of windows at random starts in the training
+tokens, forward, cross-entropy over every position, backward, step. Same model (two copies of
+one initialization), optimizer, data and batch.
+
     python benchmarks/overhead.py               # every workload, 3 rounds each
     python benchmarks/overhead.py --rounds 5 --workload digits-cnn
     python benchmarks/overhead.py --device cuda --data-on-device
@@ -19,12 +28,14 @@ A second table times the training loader alone on the default experiment's data:
 time to fetch a batch, by hand and by the framework with and without its augmentation.
 
 The goal: a median step-time ratio (framework / hand-written) below 1 on the default experiment
-(digits-cnn): the batch data path saves more than the framework's own bookkeeping costs.
+(digits-cnn): the batch data path saves more than the framework's own bookkeeping costs; at most
+1.05 on the language model, where the framework loads each window keyed by (seed, epoch, index).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import tempfile
@@ -43,6 +54,8 @@ from framework.config import schema
 from framework.config.folders import CONF_DIR
 from framework.engine import build
 from framework.engine import run as train
+from framework.engine.step import mixed_precision, train_step
+from framework.tasks.task import to_device
 
 CONF = CONF_DIR
 
@@ -70,6 +83,11 @@ WORKLOADS["tiny-mlp"] = [
     "data.batch_size=8",
     "trainer.max_epochs=2",
 ]
+# The language model: the Transformer on the help topics' characters, batches of 32 windows of 128
+# (data=text's defaults), timed step by step (measure_interleaved).
+WORKLOADS["char-lm"] = ["task=language_model", "model=transformer", "data=text"]
+STEPS_PER_ROUND = 20  # of each loop, in turns; an epoch of char-lm is 103
+INTERLEAVED = {"char-lm"}
 COMMON = ["logger=none", "checkpoint=off", "scheduler=none", "data.augment.max_shift=0", "data.augment.noise_std=0.0"]
 
 stamps: list[float] = []
@@ -117,6 +135,66 @@ def time_hand_written(cfg) -> list[float]:
             loss.backward()
             optimizer.step()
     return intervals()
+
+
+def measure_interleaved(name: str, cfg, rounds: int) -> tuple:
+    """One table row, the two loops taking turns at every step (the language model): the
+    framework's loader and train_step, and nanoGPT's loop, on two copies of one model. A round is
+    STEPS_PER_ROUND steps of each, after a warm-up round that is not counted."""
+    device = train.pick_device(cfg.trainer.device)
+    splits, model, optimizer = built_by_hand(cfg)
+    _, hand_model, hand_optimizer = built_by_hand(cfg)  # the same seed: the same initialization
+    model.to(device)
+    hand_model.to(device)
+    task = build.build_task(cfg.task)
+    autocast, scaler = mixed_precision(str(cfg.trainer.precision), device)
+    keyed = data_lib.Augmented(splits.train, cfg.seed, max_shift=0, noise_std=0.0)
+    epochs = (
+        data_lib.train_loader(keyed, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, epoch)
+        for epoch in itertools.count()
+    )
+    batches = itertools.chain.from_iterable(epochs)
+    tokens, block, batch_size = splits.train.tokens, splits.train.block_size, cfg.data.batch_size
+
+    def framework_step():
+        batch = to_device(next(batches), device)
+        train_step(model, task, batch, optimizer, scaler, autocast, cfg.trainer.gradient_clip_val)
+
+    def nanogpt_step():
+        starts = torch.randint(len(tokens) - block, (batch_size,))
+        x = torch.stack([tokens[s : s + block] for s in starts])
+        y = torch.stack([tokens[s + 1 : s + 1 + block] for s in starts])
+        x, y = x.to(device), y.to(device)
+        logits = hand_model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        hand_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        hand_optimizer.step()
+
+    def timed(step) -> float:
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    model.train()
+    hand_model.train()
+    ours_all, theirs_all, round_ratios = [], [], []
+    for round_ in range(rounds + 1):
+        ours_round, theirs_round = [], []
+        for i in range(STEPS_PER_ROUND):
+            first, second = (framework_step, nanogpt_step) if i % 2 == 0 else (nanogpt_step, framework_step)
+            times = {first: timed(first), second: timed(second)}
+            ours_round.append(times[framework_step])
+            theirs_round.append(times[nanogpt_step])
+        if round_ == 0:
+            continue  # warm-up
+        ours_all += ours_round
+        theirs_all += theirs_round
+        round_ratios.append(statistics.median(ours_round) / statistics.median(theirs_round))
+    ours_ms, theirs_ms = statistics.median(ours_all) * 1e3, statistics.median(theirs_all) * 1e3
+    return name, len(ours_all), theirs_ms, ours_ms, ours_ms / theirs_ms, min(round_ratios), max(round_ratios)
 
 
 def measure(name: str, cfg, ours, theirs, rounds: int) -> tuple:
@@ -190,9 +268,13 @@ def main() -> None:
     logging.disable(logging.INFO)
     schema.register()
     setting = [f"trainer.device={args.device}", f"data.on_device={str(args.data_on_device).lower()}"]
+    if args.threads:  # or the framework's run puts its own number in force (determinism.num_threads)
+        setting.append(f"determinism.num_threads={args.threads}")
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         rows = [
+            measure_interleaved(name, compose("config", overrides=COMMON + setting + WORKLOADS[name]), args.rounds)
+            if name in INTERLEAVED else
             measure(name, compose("config", overrides=COMMON + setting + WORKLOADS[name]), time_framework,
                     time_hand_written, args.rounds)
             for name in args.workload or list(WORKLOADS)
