@@ -79,8 +79,8 @@ class RandomWindows(Dataset):
 
 
 class ConsecutiveWindows(TensorDataset):
-    """Validation or test windows: the text cut end to end, in order, each token predicted once
-    (but the first of the split); nothing random. Arrays, read a batch at a time."""
+    """Validation or test windows: the split's text cut end to end, in order, nothing random; each
+    token is predicted once, but the split's first and a remainder shorter than a window."""
 
     def __init__(self, tokens: torch.Tensor, block_size: int, vocabulary: str):
         n = max(0, (len(tokens) - 1) // block_size)
