@@ -370,11 +370,19 @@ def check_metric_names(cfg: DictConfig, task) -> None:
 
 
 def check_augmentation(augment: DictConfig, first) -> None:
-    """Shifts and noise change a pair's input; a dict sample has no one input to change."""
-    if (augment.max_shift or augment.noise_std) and not (isinstance(first, (tuple, list)) and len(first) == 2):
+    """Shifts and noise change a pair's input; a dict sample has no one input to change, and
+    float noise would make integer inputs (token ids) floats."""
+    if not (augment.max_shift or augment.noise_std):
+        return
+    if not (isinstance(first, (tuple, list)) and len(first) == 2):
         raise ConfigError(
             "data.augment shifts and adds noise to the input of (input, target) samples; the data gives "
             f"{type(first).__name__} samples: set data.augment.max_shift=0 and data.augment.noise_std=0"
+        )
+    if augment.noise_std and isinstance(first[0], torch.Tensor) and not first[0].is_floating_point():
+        raise ConfigError(
+            f"data.augment.noise_std adds float noise to the inputs; the data gives {first[0].dtype} inputs "
+            "(token ids?): set data.augment.noise_std=0"
         )
 
 
