@@ -42,7 +42,8 @@ def test_a_dataset_with_a_keyed_transform_gives_the_same_bits_with_0_and_2_worke
 
 
 def test_the_metric_to_optimize_is_refused_before_training_when_it_cannot_exist(tmp_path):
-    with pytest.raises(ConfigError, match="optimized_metric=val/accuracy: task .* does not report it; it reports train/loss, val/"):
+    refused = "optimized_metric=val/accuracy: task .* does not report it; it reports train/loss, val/"
+    with pytest.raises(ConfigError, match=refused):
         train_in_process(tmp_path / "a", "optimized_metric=val/accuracy", *SHORT)
     with pytest.raises(ConfigError, match="the val split is empty"):
         train_in_process(tmp_path / "b", "optimized_metric=val/acc", "data.val_fraction=0", *SHORT)
