@@ -15,7 +15,7 @@ from helpers import (
 
 import framework
 
-GROUPS = ["model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
+GROUPS = ["task", "model", "optimizer", "scheduler", "data", "determinism", "checkpoint", "logger", "trainer"]
 
 
 def options(group: str) -> list[str]:
