@@ -114,6 +114,26 @@ def cli_trained_run(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    """A non-editable install of this checkout in a fresh virtual environment, and the default
+    training run by it as the README's first command runs it (`python -m framework`, from a folder
+    outside the checkout), once per test session: its `python`, `env_dir`, `elsewhere` (the folder
+    it ran from), `proc` (its finished process) and `run_dir`. Never change the run directory."""
+    from types import SimpleNamespace
+
+    from helpers import install_checkout
+
+    folder = tmp_path_factory.mktemp("installed")
+    python = install_checkout(folder)
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([python, "-m", "framework"], cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (elsewhere / "outputs").glob("*/*")
+    return SimpleNamespace(python=python, env_dir=folder / "venv", elsewhere=elsewhere, proc=proc, run_dir=run_dir)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real, small file system (tmpfs): mount(size, inodes) -> its folder."""

@@ -41,10 +41,10 @@ def run_cli(run_dir: Path, *overrides: str, extra_args=(), env=None, timeout=300
     return proc
 
 
-def start_cli(run_dir: Path, *overrides: str, extra_args=(), **popen) -> subprocess.Popen:
+def start_cli(run_dir: Path, *overrides: str, extra_args=(), env=None, **popen) -> subprocess.Popen:
     """`python -m framework ...` started in the background (to be signalled or killed)."""
     cmd = [sys.executable, "-m", "framework", *extra_args, f"hydra.run.dir={run_dir}", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
     popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, **popen)
 
@@ -56,9 +56,9 @@ def run_in(cwd: Path, *args: str, env: dict | None = None, **popen) -> subproces
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300, **popen)
 
 
-def start_in(cwd: Path, *args: str) -> subprocess.Popen:
+def start_in(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m framework ARGS` started in `cwd`, in the background."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
     cmd = [sys.executable, "-m", "framework", *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -98,6 +98,27 @@ def run_together(*commands, cwd=ROOT, env=None) -> list[subprocess.CompletedProc
     return done
 
 
+def finish_together(started: dict, timeout: float = 300) -> dict[object, subprocess.CompletedProcess]:
+    """Each process of `started` (name -> a process with text pipes, from start_cli, start_in or
+    Popen, all started before this is called, so that their interpreters start side by side on
+    every CPU), waited for: name -> its result, as subprocess.run gives it. One still running after
+    `timeout` s fails the test, and none is left running."""
+    deadline = time.monotonic() + timeout
+    done = {}
+    try:
+        for name, proc in started.items():
+            out, err = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(map(str, started[name].args))} still runs after {timeout} s: it hangs")
+    finally:
+        for proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *named: str) -> None:
     said = f"python -m {' '.join(map(str, proc.args))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
     assert proc.returncode == code, said
@@ -125,6 +146,28 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
             return
         time.sleep(0.002)
     pytest.fail(f"the run ended or stalled before step {step} (exit {proc.poll()})")
+
+
+def thread_states(pid: int) -> set[str]:
+    """The state letter of each thread of a process (/proc): T for stopped."""
+    states = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.add(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            pass  # a thread that ended meanwhile
+    return states
+
+
+def wait_until_stopped(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the process has stopped itself (SIGSTOP, FRAMEWORK_TEST_STOP_AT): every thread in state
+    T. The main thread shows T first; a background writer may still be running then."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if thread_states(proc.pid) == {"T"}:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"process {proc.pid} never reached the boundary (exit {proc.poll()})")
 
 
 def read_summary(run_dir: Path) -> dict:
@@ -163,6 +206,42 @@ def train_in_process(run_dir: Path, *overrides: str, test_conf: bool = False) ->
     with open_dict(cfg):
         del cfg["hydra"]
     return run(cfg, run_dir, given=given)
+
+
+def install_checkout(folder: Path) -> Path:
+    """`pip install .` (not editable) of this checkout into a fresh virtual environment under `folder`;
+    returns its python. The wheel is built from a copy of the source, so that building leaves nothing
+    in the checkout, and the copy is deleted: the installed package must not need its source."""
+    import shutil
+    import site
+    import venv
+
+    source = folder / "source"
+    ignore = shutil.ignore_patterns(".git", "outputs", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=ignore)
+    wheels = folder / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = wheels.glob("framework-*.whl")
+    # A fresh environment that can import what this one has (torch, hydra, ...), so nothing is
+    # downloaded: a .pth file lists this environment's site-packages after its own. The .pth
+    # files in those folders are not read, so the checkout's editable install stays out of it.
+    env_dir = folder / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)  # this environment's pip installs into it (--python)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer_environment.pth").write_text("".join(f"{p}\n" for p in site.getsitepackages()))
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    shutil.rmtree(source)
+    return python
 
 
 def read_tensorboard(run_dir: Path) -> dict:
