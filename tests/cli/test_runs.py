@@ -17,11 +17,13 @@ from helpers import QUICK, ROOT, read_jsonl, read_summary, read_tensorboard, run
 
 
 @pytest.mark.slow
-def test_default_run_is_good_and_leaves_a_complete_run_directory(tmp_path):
+def test_default_run_is_good_and_leaves_a_complete_run_directory(installed):
+    """`python -m framework` with nothing else, as a user who installed the package types it (the
+    `installed` fixture's run, which test_a_non_editable_install_trains_from_any_directory shares)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = tmp_path / "run"
-    proc = run_cli(run_dir)
+    run_dir, proc = installed.run_dir, installed.proc
+    assert proc.returncode == 0, proc.stderr
     assert {".hydra", "metrics.json", "metrics.jsonl", "tensorboard", "train.log"} <= {
         p.name for p in run_dir.iterdir()
     }
