@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from helpers import (
     CONF,
+    finish_together,
     refused_in_one_line,
     run_cli,
-    run_in,
+    run_together,
+    start_cli,
+    start_in,
 )
 
 import framework
@@ -37,9 +37,21 @@ CLI_ERRORS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cli_errors(tmp_path_factory) -> dict:
+    """Every command of CLI_ERRORS, all started at once (each pays for its own interpreter): its
+    overrides, as a tuple -> its finished process."""
+    folder = tmp_path_factory.mktemp("cli_errors")
+    started = {
+        tuple(overrides): start_cli(folder / f"run{i}", *overrides, "logger=none")
+        for i, (overrides, _) in enumerate(CLI_ERRORS)
+    }
+    return finish_together(started)
+
+
 @pytest.mark.parametrize("overrides,expected", CLI_ERRORS, ids=[" ".join(o) for o, _ in CLI_ERRORS])
-def test_cli_errors_are_short_name_the_key_and_exit_non_zero(tmp_path, overrides, expected):
-    proc = run_cli(tmp_path / "run", *overrides, "logger=none", check=False)
+def test_cli_errors_are_short_name_the_key_and_exit_non_zero(cli_errors, overrides, expected):
+    proc = cli_errors[tuple(overrides)]
     assert proc.returncode != 0
     for text in expected:
         assert text in proc.stderr, proc.stderr
@@ -62,7 +74,7 @@ def test_a_misspelt_added_key_is_refused_by_name_before_any_data_loads(tmp_path)
 
 
 def test_help_lists_the_real_groups_and_the_version():
-    proc = subprocess.run([sys.executable, "-m", "framework", "--help"], capture_output=True, text=True, timeout=120)
+    proc, version = run_together(("framework", "--help"), ("framework", "--version"))  # side by side
     assert proc.returncode == 0
     head = proc.stdout.split("== Config ==")[0]
     assert head.startswith(f"framework {framework.__version__}:")
@@ -71,7 +83,6 @@ def test_help_lists_the_real_groups_and_the_version():
     assert sorted(listed) == sorted([*GROUPS, "recipe"])  # no schema entries
     assert all(listed[g] == ", ".join(options(g)) for g in GROUPS)
     assert {"digits_cnn", "template", "seed_study", "lr_search"} <= set(listed["recipe"].split(", "))
-    version = subprocess.run([sys.executable, "-m", "framework", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith(f"framework {framework.__version__} (Hydra ")
 
 
@@ -79,9 +90,15 @@ TINY = ["model=mlp", "trainer.max_steps=2", "logger=none"]
 
 
 def test_an_unreadable_override_and_hydra_full_error_0_get_one_line(tmp_path):
-    huge = run_in(tmp_path, f"seed={'9' * 5000}")
+    # Started side by side (each pays for its own interpreter), each in a folder of its own.
+    for name in ("huge", "0", "empty"):
+        (tmp_path / name).mkdir()
+    started = {"huge": start_in(tmp_path / "huge", f"seed={'9' * 5000}")}
+    for value, folder in (("0", "0"), ("", "empty")):
+        started[value] = start_in(tmp_path / folder, "optimizer.lrr=1", *TINY, env={"HYDRA_FULL_ERROR": value})
+    done = finish_together(started)
+    huge = done.pop("huge")
     refused_in_one_line(huge, "cannot read the override seed=99999")
     assert len(huge.stderr.strip().splitlines()) == 1  # not the 5000 digits' traceback
-    for value in ("0", ""):
-        proc = run_in(tmp_path, "optimizer.lrr=1", *TINY, env={"HYDRA_FULL_ERROR": value})
+    for proc in done.values():
         refused_in_one_line(proc, "optimizer.lrr: torch.optim.SGD takes no argument 'lrr'")
