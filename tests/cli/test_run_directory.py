@@ -4,6 +4,7 @@ finished run run again changes nothing; a checkpoints path that is a file is fou
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -11,15 +12,19 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    finish_together,
     read_jsonl,
     read_summary,
     refused_in_one_line,
     run_cli,
     run_in,
     start_cli,
+    start_in,
     tree,
-    wait_for_step,
+    wait_until_stopped,
 )
+
+from framework.faults import STOP_ENV
 
 # 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
 BASE = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=1"]
@@ -63,19 +68,28 @@ def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
     assert read_summary(run)["seed"] == 1 and len(list(tmp_path.glob("run.archived-*"))) == 1
 
 
-def test_a_second_process_in_a_run_directory_is_refused_and_the_first_goes_on(tmp_path):
+def test_a_second_process_in_a_run_directory_is_refused_and_the_first_goes_on(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    long = ["model=mlp", "trainer.max_epochs=20", "trainer.log_every_n_steps=1", "logger=none", "resume=auto"]
-    first = start_cli(run, *long)
-    wait_for_step(first, run, 5)
-    second = run_cli(run, *long, check=False)
-    assert first.poll() is None, "the first run ended before the second started"
+    short = ["model=mlp", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "logger=none", "resume=auto"]
+    # The first stops itself in its first save (step 20), holding the run, until the second is refused.
+    monkeypatch.setenv(STOP_ENV, "room_checked:1")
+    first = start_cli(run, *short)
+    monkeypatch.delenv(STOP_ENV)
+    try:
+        wait_until_stopped(first)
+        second = run_cli(run, *short, check=False)
+        assert first.poll() is None, "the first run ended before the second started"
+        os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=300)
+    finally:  # a run stopped, or never stopped, is not left behind
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert f"is in use by process {first.pid} on " in second.stderr
-    out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     steps = [r["step"] for r in read_jsonl(run) if r["event"] == "step"]
-    assert steps == list(range(1, 401))  # one history, not two interleaved
+    assert steps == list(range(1, 41))  # one history, not two interleaved
     assert not (run / ".lock").exists()  # released with the run
 
 
@@ -131,14 +145,16 @@ def test_existing_run_never_acts_on_the_current_directory_or_one_above_it(finish
     (tmp_path / "sibling" / "sentinel").write_text("precious")
     before = tree(tmp_path)
 
-    for run_dir, policy in [(".", "refuse"), (".", "archive"), (".", "overwrite"), ("", "overwrite")]:
-        proc = run_in(project, f"hydra.run.dir={run_dir}", f"existing_run={policy}", *TINY)
+    # All started at once (each pays for its own interpreter): each is refused before it takes any lock.
+    attempts = [(".", "refuse"), (".", "archive"), (".", "overwrite"), ("", "overwrite")]
+    started = {
+        (run_dir, policy): start_in(project, f"hydra.run.dir={run_dir}", f"existing_run={policy}", *TINY)
+        for run_dir, policy in attempts
+    }
+    started["..", "archive"] = start_in(project / "sub", "hydra.run.dir=..", "existing_run=archive", *TINY)
+    for (_, policy), proc in finish_together(started).items():
         says = "already holds a run" if policy == "refuse" else "it is the current directory or one above it"
         refused_in_one_line(proc, says)
-    refused_in_one_line(
-        run_in(project / "sub", "hydra.run.dir=..", "existing_run=archive", *TINY),
-        "it is the current directory or one above it",
-    )
     assert tree(tmp_path) == before
 
 
@@ -156,20 +172,32 @@ def test_existing_run_through_a_link_is_refused_in_one_line(finished_run, tmp_pa
     assert tree(tmp_path) == before
 
 
-def test_a_live_run_is_never_touched_by_another_start(tmp_path):
+def test_a_live_run_is_never_touched_by_another_start(tmp_path, monkeypatch):
     """Archive and overwrite of a live run are refused naming its process (point 2), and so is a
     resume, which changes nothing of it: not its `.hydra/` record, not a line of its train.log
     (point 10)."""
     run = tmp_path / "run"
     (tmp_path / "sentinel").write_text("precious")
+    # The live run stops itself in its third save (step 60: two epochs' checkpoints a resume would
+    # take), holding the run and leaving the CPUs to the three others, until they are refused.
+    monkeypatch.setenv(STOP_ENV, "room_checked:3")
     live = start_cli(run, *LONG)
-    wait_for_step(live, run, 45)  # two epochs done: checkpoints a resume would take
-    hydra_record = tree(run / ".hydra")
-    for attempt in ("existing_run=archive", "existing_run=overwrite", "resume=auto"):
-        refused_in_one_line(run_cli(run, *TINY, attempt, check=False), f"in use by process {live.pid} on ")
-    assert live.poll() is None, "the live run ended"
-    live.send_signal(signal.SIGTERM)
-    live.communicate(timeout=120)
+    monkeypatch.delenv(STOP_ENV)
+    try:
+        wait_until_stopped(live)
+        hydra_record = tree(run / ".hydra")
+        # The three started at once (each pays for its own interpreter): none can take the live run's lock.
+        attempts = ("existing_run=archive", "existing_run=overwrite", "resume=auto")
+        for proc in finish_together({attempt: start_cli(run, *TINY, attempt) for attempt in attempts}).values():
+            refused_in_one_line(proc, f"in use by process {live.pid} on ")
+        assert live.poll() is None, "the live run ended"
+        os.kill(live.pid, signal.SIGCONT)
+        live.send_signal(signal.SIGTERM)
+        live.communicate(timeout=120)
+    finally:  # a run stopped, or never stopped, is not left behind
+        if live.poll() is None:
+            live.kill()
+            live.communicate()
     assert live.returncode == 143  # it went on, and stopped with a checkpoint when told
     assert read_summary(run)["status"] == "preempted" and not list(tmp_path.glob("run.archived-*"))
     assert (tmp_path / "sentinel").read_text() == "precious" and tree(run / ".hydra") == hydra_record
