@@ -16,17 +16,19 @@ from helpers import (
     ROOT,
     TEST_CONF,
     TESTS,
+    finish_together,
     read_summary,
-    run_cli,
     run_in,
+    start_in,
 )
 
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
 
-def fingerprint_of(run_dir: Path, *overrides: str, **kwargs) -> str:
-    run_cli(run_dir, *QUICK, *overrides, **kwargs)
-    return read_summary(run_dir)["fingerprint"]
+def fingerprint_of(trained_run, *overrides: str) -> str:
+    """The bits of a single run of QUICK, trained in process once per test session (the same bits as
+    in a process of its own: tests/cli/test_determinism.py)."""
+    return read_summary(trained_run(*QUICK, *overrides))["fingerprint"]
 
 
 def multirun(cwd: Path, *overrides: str, sweep_dir: Path | None = None, timeout=600):
@@ -77,7 +79,7 @@ def test_a_basic_multirun_of_three_seeds_is_summarized(tmp_path):
 
 
 @pytest.mark.slow
-def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path):
+def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path, trained_run):
     # The basic launcher runs both jobs in one process: strict must not stay on for the second,
     # and each job's randomness must start from its own seed.
     sweep = tmp_path / "sweep"
@@ -91,8 +93,8 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path):
     assert first["determinism"]["num_threads"] == 1
     assert first["determinism"]["pythonhashseed"] == os.environ.get("PYTHONHASHSEED", "0")  # re-launched
     assert second["determinism"]["num_threads"] == len(os.sched_getaffinity(0))
-    assert first["fingerprint"] == fingerprint_of(tmp_path / "alone1", "seed=0", "determinism.num_threads=1")
-    assert second["fingerprint"] == fingerprint_of(tmp_path / "alone", "seed=0")
+    assert first["fingerprint"] == fingerprint_of(trained_run, "seed=0", "determinism.num_threads=1")
+    assert second["fingerprint"] == fingerprint_of(trained_run, "seed=0")
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_a_sweep_with_a_failing_job_still_summarizes_the_others(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, launcher):
+def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, trained_run, launcher):
     sweep = tmp_path / "sweep"
     extra = (
         ["hydra/launcher=parallel"]
@@ -124,9 +126,7 @@ def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, launcher):
     summary = assert_summary_files(sweep)
     assert (summary["jobs"], summary["completed"]) == (2, 2)
     # Each seed lands on the same bits as in a separate single run.
-    assert next(r for r in summary["runs"] if r["seed"] == 0)["fingerprint"] == fingerprint_of(
-        tmp_path / "alone", "seed=0"
-    )
+    assert next(r for r in summary["runs"] if r["seed"] == 0)["fingerprint"] == fingerprint_of(trained_run, "seed=0")
 
 
 @pytest.mark.slow
@@ -176,10 +176,6 @@ def test_sweep_command_says_when_a_folder_is_not_a_sweep(tmp_path):
 TINY = ["model=mlp", "trainer.max_steps=2", "logger=none"]
 
 
-def sweep_in(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_in(cwd, "-m", *args, env=env)
-
-
 def assert_record_is_the_checkpoints(run: Path) -> dict:
     """The run's `.hydra/config.yaml` says what its checkpoint was trained with."""
     recorded = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
@@ -190,10 +186,26 @@ def assert_record_is_the_checkpoints(run: Path) -> dict:
     return trained
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel"]], ids=["basic", "parallel"])
-def test_jobs_sharing_a_directory_the_refused_one_fails_the_sweep(tmp_path, launcher):
-    sweep = tmp_path / "sweep"
-    proc = sweep_in(ROOT, "seed=0,1", "hydra.sweep.subdir=same", f"hydra.sweep.dir={sweep}", *TINY, *launcher)
+LAUNCHERS = {"basic": [], "parallel": ["hydra/launcher=parallel"]}
+
+
+@pytest.fixture(scope="module")
+def sweeps_sharing_a_directory(tmp_path_factory) -> dict:
+    """Per launcher, a sweep of two jobs given one directory; the sweeps started at once (each pays
+    for its own interpreter): launcher -> (its sweep folder, its finished process)."""
+    folder = tmp_path_factory.mktemp("sharing")
+    same = ["seed=0,1", "hydra.sweep.subdir=same", *TINY]
+    started = {
+        name: start_in(ROOT, "-m", *same, f"hydra.sweep.dir={folder / name}", *launcher)
+        for name, launcher in LAUNCHERS.items()
+    }
+    done = finish_together(started)
+    return {name: (folder / name, done[name]) for name in LAUNCHERS}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_jobs_sharing_a_directory_the_refused_one_fails_the_sweep(sweeps_sharing_a_directory, launcher):
+    sweep, proc = sweeps_sharing_a_directory[launcher]
     assert proc.returncode == 1, proc.stderr
     assert "1 of 2 jobs refused" in proc.stderr
     summary = json.loads((sweep / "summary.json").read_text())
