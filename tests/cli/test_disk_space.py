@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl, read_summary, run_cli, start_cli
+from helpers import read_jsonl, read_summary, run_cli, start_cli, train_in_process, wait_until_stopped
 
 from framework.cli.compare import compare as differences
 from framework.faults import STOP_ENV
@@ -36,27 +35,6 @@ def one_process_straight(trained_run):
     return trained_run(*ONE_PROCESS)
 
 
-def thread_states(pid: int) -> set[str]:
-    states = set()
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            states.add(stat.read_text().rsplit(")", 1)[1].split()[0])
-        except (OSError, IndexError):
-            pass  # a thread that ended meanwhile
-    return states
-
-
-def wait_until_stopped(pid: int, timeout: float = 120) -> None:
-    """Until the process has stopped itself (SIGSTOP): every thread in state T. The main thread
-    shows T first; a background writer still running then would take the room being filled."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if thread_states(pid) == {"T"}:
-            return
-        time.sleep(0.01)
-    pytest.fail(f"process {pid} never reached the boundary")
-
-
 def fill(disk: Path, leave: int) -> Path:
     """A file that takes all of `disk`'s free space but `leave` bytes."""
     usage = os.statvfs(disk)
@@ -76,7 +54,7 @@ def test_a_disk_that_fills_during_a_save_gets_one_line_and_the_resume_is_exact(
     monkeypatch.setenv(STOP_ENV, "room_checked:2")
     proc = start_cli(run, *ONE_PROCESS, saving)
     try:
-        wait_until_stopped(proc.pid)
+        wait_until_stopped(proc)
         filler = fill(run.parent, leave=64 * 1024)
         os.kill(proc.pid, signal.SIGCONT)
         _, stderr = proc.communicate(timeout=120)
@@ -92,5 +70,5 @@ def test_a_disk_that_fills_during_a_save_gets_one_line_and_the_resume_is_exact(
     assert kept == ["index.json", "last.pt", "step_00000005.pt"]  # no temporary file left
     filler.unlink()
     monkeypatch.delenv(STOP_ENV)
-    run_cli(run, *ONE_PROCESS, saving, "resume=auto")
+    train_in_process(run, *ONE_PROCESS, saving, "resume=auto")  # the requeue, in process: what it saved resumes
     assert differences(one_process_straight, run) == []

@@ -17,9 +17,9 @@ from helpers import (
     ROOT,
     TESTS,
     read_summary,
-    run_cli,
     start_cli,
     start_in,
+    train_in_process,
     wait_for_step,
 )
 
@@ -121,7 +121,7 @@ def test_a_signal_to_the_whole_process_group_still_stops_with_a_checkpoint(
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["global_step"] == summary["global_step"] >= 25
 
-    run_cli(run, *WORKERS, "resume=auto")
+    train_in_process(run, *WORKERS, "resume=auto")  # the requeue (the signal was the command line's part)
     assert differences(straight_with_workers, run) == []
 
 
