@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS, read_summary, train_in_process
+from helpers import ROOT, TESTS, read_summary, run_cli, train_in_process
 
 from framework.cli.compare import compare as differences
 from framework.config.errors import ConfigError
+from framework.faults import KILL_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +94,25 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_the_resume_is_exac
     resumed = torchrun(run, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     assert differences(straight, run) == []
+
+
+# The same run through the plain command, last.pt and a periodic file every 4 steps.
+TWO_RANKS = [*RUN, "checkpoint.every_n_steps=4", "trainer.processes=2"]
+
+
+def test_two_ranks_killed_after_a_save_inside_an_epoch_resume_to_the_same_epoch_loss(straight, tmp_path):
+    """SIGKILL once last.pt of step 8 (of 10 in the first epoch) is listed: the epoch's train/loss
+    after the resume is the mean over the ranks of each rank's own running sum, as in the run never
+    stopped (a save's other boundaries: tests/cli/test_killed_saves.py)."""
+    run = tmp_path / "run"
+    killed = run_cli(run, *TWO_RANKS, env={KILL_ENV: "indexed:2"}, check=False)
+    assert killed.returncode != 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 8
+    run_cli(run, *TWO_RANKS, "resume=auto")
+    assert differences(straight, run) == []
+    ckpt = torch.load(run / "checkpoints" / "step_00000004.pt", weights_only=True)
+    sums = [own["epoch_loss_sum"] for own in ckpt["counters_per_rank"]]
+    assert sums[0] != sums[1] and ckpt["epoch_loss_sum"] == sum(sums) / 2
 
 
 def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed(stopped_at_epoch_end, tmp_path):

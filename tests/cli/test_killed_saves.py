@@ -5,11 +5,9 @@ from __future__ import annotations
 import signal
 
 import pytest
-import torch
-from helpers import read_summary, run_cli
+from helpers import read_summary, run_cli, train_in_process
 
 from framework.cli.compare import compare as differences
-from framework.faults import KILL_ENV
 
 # Only last.pt, written at each epoch end: a save cut short can fall back on no other file.
 ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "logger=none",
@@ -46,33 +44,8 @@ def test_a_save_killed_at_each_of_its_boundaries_leaves_a_run_that_resumes_exact
         env = {"FRAMEWORK_TEST_KILL_AT": f"{boundary}:2"}
         killed = run_cli(run, *PERIODIC, saving, "resume=auto", env=env, check=False)
         assert killed.returncode == -signal.SIGKILL, f"never reached {boundary}: {killed.stderr}"
-    run_cli(run, *PERIODIC, saving, "resume=auto")
+    train_in_process(run, *PERIODIC, saving, "resume=auto")  # the last requeue, in process: it runs to the end
     assert differences(periodic_straight, run) == []
     assert len(read_summary(run)["resumes"]) == len(boundaries)
     # A periodic file written but not yet listed when a run was killed is not left behind.
     assert [p.name for p in (run / "checkpoints").glob("step_*.pt")] == ["step_00000056.pt"]
-
-
-# One epoch of the MLP on two ranks (10 steps on each), last.pt and a periodic file every 4 steps.
-TWO_RANKS = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint.every_n_steps=4", "trainer.processes=2"]
-
-
-@pytest.fixture(scope="module")
-def two_ranks_straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("ranks") / "straight"
-    run_cli(run, *TWO_RANKS)
-    return run
-
-
-def test_two_ranks_killed_after_a_save_inside_an_epoch_resume_to_the_same_epoch_loss(two_ranks_straight, tmp_path):
-    """SIGKILL once last.pt of step 8 (of 10) is listed: the epoch's train/loss after the resume
-    is the mean over the ranks of each rank's own running sum, as in the run never stopped."""
-    run = tmp_path / "run"
-    killed = run_cli(run, *TWO_RANKS, env={KILL_ENV: "indexed:2"}, check=False)
-    assert killed.returncode != 0
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 8
-    run_cli(run, *TWO_RANKS, "resume=auto")
-    assert differences(two_ranks_straight, run) == []
-    ckpt = torch.load(run / "checkpoints" / "step_00000004.pt", weights_only=True)
-    sums = [own["epoch_loss_sum"] for own in ckpt["counters_per_rank"]]
-    assert sums[0] != sums[1] and ckpt["epoch_loss_sum"] == sum(sums) / 2
