@@ -16,10 +16,12 @@ from helpers import (
     ROOT,
     TEST_CONF,
     TESTS,
+    finish_together,
     read_jsonl,
     read_summary,
     run_cli,
     start_cli,
+    train_in_process,
     wait_for_step,
 )
 
@@ -144,22 +146,26 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(straight, stopped_
     if len(cpus) < 2:
         pytest.skip("needs two CPUs: the resuming process is given one, as on a smaller machine")
 
-    def one_cpu():
-        os.sched_setaffinity(0, {cpus[0]})
+    def one_cpu(cpu):
+        return lambda: os.sched_setaffinity(0, {cpu})
 
     threads = read_summary(straight)["determinism"]["num_threads"]
     assert threads == len(cpus)  # determinism.num_threads=null: every CPU the process may use
-    run = tmp_path / "mid"
-    shutil.copytree(stopped_mid, run)
-    proc = train(run, f"resume={run}", GO_ON, preexec_fn=one_cpu)
+    run, other = tmp_path / "mid", tmp_path / "other"
+    for copy in (run, other):
+        shutil.copytree(stopped_mid, copy)
+    # Teeth (other): this machine's own count would have given other bits. Both resumes started at
+    # once, each given a CPU of its own.
+    one_thread = ["determinism.num_threads=1", "allow_config_changes=true"]
+    started = {
+        copy: start_cli(copy, *EXACT, f"resume={copy}", GO_ON, *changes, extra_args=TEST_CONF, preexec_fn=one_cpu(cpu))
+        for copy, changes, cpu in ((run, [], cpus[0]), (other, one_thread, cpus[1]))
+    }
+    proc, teeth = finish_together(started).values()
+    assert proc.returncode == 0 and teeth.returncode == 0, proc.stderr + teeth.stderr
     assert f"{threads} intra-op threads (as the checkpoint ran)" in proc.stdout
     assert read_summary(run)["determinism"]["num_threads"] == threads
     assert differences(straight, run) == []
-
-    # Teeth: this machine's own count would have given other bits.
-    other = tmp_path / "other"
-    shutil.copytree(stopped_mid, other)
-    train(other, f"resume={other}", GO_ON, "determinism.num_threads=1", "allow_config_changes=true", preexec_fn=one_cpu)
     assert differences(straight, other) != []
 
 
@@ -181,19 +187,6 @@ def test_a_resume_needs_none_of_the_original_overrides(straight, stopped_mid, tm
 BASE = ["model=mlp", "trainer.max_epochs=2", "logger=none", "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=1"]
 
 
-@pytest.fixture
-def stopped(cli_trained_run):
-    """A run stopped at step 25 of 40, with last.pt, best.pt and step_00000020.pt (shared by the
-    whole test session: copy_of it to change it)."""
-    return cli_trained_run(*BASE, "trainer.max_steps=25")
-
-
-def copy_of(stopped, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(stopped, run)
-    return run
-
-
 def files_of(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -208,24 +201,39 @@ def test_a_fresh_start_replaces_the_history_of_an_attempt_that_saved_nothing(tmp
     assert proc.returncode == 143
     assert "nothing was saved" in out + err and "continue with resume=auto" not in out + err
 
-    run_cli(run, *unsaved)  # the requeue: same command, nothing to resume from, a fresh start
+    train_in_process(run, *unsaved)  # the requeue (in process): same command, nothing to resume from, a fresh start
     history = read_jsonl(run)  # one history, not the killed one and another after it
     assert [r["step"] for r in history if r["event"] == "step"] == [10, 20, 30, 40]  # logged every 10 steps
     assert [r["event"] for r in history if r["event"] != "step"] == ["epoch", "epoch", "test"]
 
 
-@pytest.mark.parametrize(
-    "change,says",
-    [
-        (["optimizer.lr=0.5"], "optimizer.lr: 0.1 -> 0.5"),  # refused by the config check
-        (["model.hidden=[32,32]", "allow_config_changes=true", GO_ON], "do not fit the model"),  # by the restore
-    ],
-)
-def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(stopped, tmp_path, change, says):
-    run = copy_of(stopped, tmp_path)
-    (run / "train.log").write_text("the first run's log\n")
-    before = files_of(run)
-    proc = run_cli(run, *BASE, f"resume={run}", *change, check=False)
+REFUSED = [
+    (["optimizer.lr=0.5"], "optimizer.lr: 0.1 -> 0.5"),  # refused by the config check
+    (["model.hidden=[32,32]", "allow_config_changes=true", GO_ON], "do not fit the model"),  # by the restore
+]
+
+
+@pytest.fixture(scope="module")
+def refused_resumes(cli_trained_run, tmp_path_factory) -> dict:
+    """Each change of REFUSED resumed with, in its own copy of a run stopped at step 25 of 40 (last.pt,
+    best.pt, step_00000020.pt, Hydra's record, and a train.log of the first run's), all started at
+    once (each pays for its own interpreter): the change, as a tuple -> (the copy, its files before,
+    the finished process)."""
+    stopped = cli_trained_run(*BASE, "trainer.max_steps=25")
+    folder = tmp_path_factory.mktemp("refused")
+    runs, before, started = {}, {}, {}
+    for i, (change, _) in enumerate(REFUSED):
+        run = runs[tuple(change)] = shutil.copytree(stopped, folder / f"run{i}")
+        (run / "train.log").write_text("the first run's log\n")
+        before[tuple(change)] = files_of(run)
+        started[tuple(change)] = start_cli(run, *BASE, f"resume={run}", *change)
+    done = finish_together(started)
+    return {change: (runs[change], before[change], done[change]) for change in started}
+
+
+@pytest.mark.parametrize("change,says", REFUSED)
+def test_a_refused_or_failed_resume_leaves_the_run_as_it_was(refused_resumes, change, says):
+    run, before, proc = refused_resumes[tuple(change)]
     assert proc.returncode == 1 and says in proc.stderr and "Traceback" not in proc.stderr
     assert files_of(run) == before  # status, history, checkpoints, .hydra/ and train.log untouched
 
