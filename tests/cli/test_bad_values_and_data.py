@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import read_jsonl, run_cli
+from helpers import finish_together, read_jsonl, run_cli, start_cli, train_in_process
 
 
 def strict_json(path):
@@ -42,11 +42,27 @@ def overrides_of(case, tmp_path):
     return npz(tmp_path, *make()), says
 
 
-@pytest.mark.parametrize("case", ["negative clip", "fractional labels"])
-def test_values_and_data_that_would_train_nonsense_get_one_line_from_the_command_line(tmp_path, case):
-    overrides, says = overrides_of(case, tmp_path)
-    run = tmp_path / "run"
-    proc = run_cli(run, *overrides, "trainer.max_epochs=1", "logger=none", check=False)
+CASES = ["negative clip", "fractional labels"]
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> dict:
+    """Each case's command, all started at once (each pays for its own interpreter): case -> (its run
+    directory, what the error must say, its finished process)."""
+    folder = tmp_path_factory.mktemp("nonsense")
+    runs, says, started = {}, {}, {}
+    for i, case in enumerate(CASES):
+        runs[case] = folder / f"case{i}" / "run"
+        runs[case].parent.mkdir()
+        overrides, says[case] = overrides_of(case, runs[case].parent)
+        started[case] = start_cli(runs[case], *overrides, "trainer.max_epochs=1", "logger=none")
+    done = finish_together(started)
+    return {case: (runs[case], says[case], done[case]) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_values_and_data_that_would_train_nonsense_get_one_line_from_the_command_line(refused, case):
+    run, says, proc = refused[case]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert says in proc.stderr
     assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # not one step trained
@@ -62,7 +78,7 @@ def test_a_loss_that_goes_non_finite_stops_the_run_and_every_json_file_stays_jso
     assert strict_json(tmp_path / "stopped" / "metrics.json")["status"] == "failed"
     assert not (tmp_path / "stopped" / "checkpoints" / "last.pt").exists()  # that state was never saved
 
-    run_cli(tmp_path / "on", *diverging, "trainer.stop_on_nonfinite_loss=false")
+    train_in_process(tmp_path / "on", *diverging, "trainer.stop_on_nonfinite_loss=false")  # the files it writes
     for name in ("metrics.json", "metrics.jsonl", "checkpoints/index.json"):
         strict_json(tmp_path / "on" / name)  # NaN written as null
     assert strict_json(tmp_path / "on" / "metrics.json")["metrics"]["train/loss"] is None

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
-    ROOT,
     TEST_CONF,
+    finish_together,
     read_summary,
     run_cli,
+    start_cli,
     train_in_process,
 )
 
@@ -55,30 +56,21 @@ def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
     assert meta["determinism"] == "strict" and meta["determinism_settings"] == settings
 
 
-def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "framework",
-            *TEST_CONF,
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "determinism=paranoid",
-            *QUICK,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    # Both started at once (each pays for its own interpreter).
+    proc, with_seed = finish_together(
+        {
+            "without": start_cli(tmp_path / "run", "determinism=paranoid", *QUICK, extra_args=TEST_CONF),
+            "with": start_cli(
+                tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF, env={"PYTHONHASHSEED": "7"}
+            ),
+        }
+    ).values()
     assert proc.returncode == 1
     assert "PYTHONHASHSEED" in proc.stderr and "PYTHONHASHSEED=0 python -m framework" in proc.stderr
-    with_seed = run_cli(
-        tmp_path / "run2", "determinism=paranoid", *QUICK, extra_args=TEST_CONF, env={"PYTHONHASHSEED": "7"}
-    )
-    assert with_seed.returncode == 0 and read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
+    assert with_seed.returncode == 0, with_seed.stderr
+    assert read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
 
 
 def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypatch):
@@ -105,10 +97,14 @@ def test_setting_the_hash_seed_inside_a_running_interpreter_is_not_enough():
 
 
 def test_an_op_without_a_deterministic_implementation_is_named_under_strict(tmp_path):
-    proc = run_cli(
-        tmp_path / "strict", "model=unpool", "determinism=strict", *QUICK[1:], extra_args=TEST_CONF, check=False
-    )
+    # Both started at once (each pays for its own interpreter).
+    proc, seeded = finish_together(
+        {
+            level: start_cli(tmp_path / level, "model=unpool", f"determinism={level}", *QUICK[1:], extra_args=TEST_CONF)
+            for level in ("strict", "seeded")
+        }
+    ).values()
     assert proc.returncode == 1
     assert "max_unpooling2d_forward_out has no deterministic implementation" in proc.stderr
     assert "determinism=seeded" in proc.stderr and "Traceback" not in proc.stderr
-    run_cli(tmp_path / "seeded", "model=unpool", "determinism=seeded", *QUICK[1:], extra_args=TEST_CONF)
+    assert seeded.returncode == 0, seeded.stderr
