@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TESTS, read_summary
+from helpers import TESTS, finish_together, read_summary, start_in
 from omegaconf import OmegaConf
 
 from framework.cli.compare import compare as differences
@@ -34,14 +34,19 @@ def recipe_cli(cwd: Path, *args: str, env: dict | None = None):
 
 
 def test_the_digits_recipe_runs_from_the_command_line_and_cfg_job_shows_it(tmp_path):
-    proc = framework_cli(tmp_path, "recipe=digits_cnn", "trainer.max_steps=3", "logger=none", "hydra.run.dir=run")
+    # The run and --cfg job started at once (each pays for its own interpreter).
+    proc, shown = finish_together(
+        {
+            "run": start_in(tmp_path, "recipe=digits_cnn", "trainer.max_steps=3", "logger=none", "hydra.run.dir=run"),
+            "cfg": start_in(tmp_path, "recipe=digits_cnn", "optimizer.lr=0.5", "--cfg", "job"),
+        }
+    ).values()
     assert proc.returncode == 0, proc.stderr
     summary = read_summary(tmp_path / "run")
     assert summary["status"] == "completed" and summary["global_step"] == 3
     saved = OmegaConf.create(torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["config"])
     assert saved.optimizer.lr == 3.0e-3 and list(saved.model.channels) == [32, 64]
 
-    shown = framework_cli(tmp_path, "recipe=digits_cnn", "optimizer.lr=0.5", "--cfg", "job")
     assert shown.returncode == 0, shown.stderr
     job = yaml.safe_load(shown.stdout)
     assert job["optimizer"]["lr"] == 0.5 and job["model"]["channels"] == [32, 64]
@@ -73,9 +78,9 @@ def test_list_new_and_the_refusals(tmp_path):
 
     # A recipe file that cannot be one, and a name that is nowhere: one line each, before Hydra.
     (tmp_path / "recipes/broken.yaml").write_text("model:\n  width: 3\n")
-    broken = framework_cli(tmp_path, "recipe=broken")
+    started = {name: start_in(tmp_path, f"recipe={name}") for name in ("broken", "nowhere")}  # side by side
+    broken, missing = finish_together(started).values()
     assert broken.returncode == 1 and "must open with '# @package _global_'" in broken.stderr
-    missing = framework_cli(tmp_path, "recipe=nowhere")
     assert missing.returncode == 1 and "recipe=nowhere: no such recipe" in missing.stderr
 
 
@@ -107,7 +112,9 @@ def test_a_new_recipe_from_each_template_runs_as_generated(tmp_path, source):
 @pytest.mark.slow
 def test_a_run_from_a_new_recipe_stopped_mid_epoch_resumes_without_its_overrides_to_the_same_bits(tmp_path):
     assert recipe_cli(tmp_path, "new", "mine").returncode == 0
-    common = ["recipe=mine", "trainer.max_epochs=2", "logger=none", "data.source.max_rotation=20"]
+    # The recipe's own model class, made small: the first command's overrides are what the resume must not need.
+    common = ["recipe=mine", "trainer.max_epochs=2", "logger=none", "data.source.max_rotation=20", "model.width=8",
+              "model.blocks=1"]  # fmt: skip
     straight = framework_cli(tmp_path, *common, "hydra.run.dir=straight")
     assert straight.returncode == 0, straight.stderr
     stopped = framework_cli(tmp_path, *common, "data.num_workers=2", "trainer.max_steps=27", "hydra.run.dir=run")
