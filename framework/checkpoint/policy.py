@@ -4,7 +4,7 @@ files are written, listed, read and deleted is the store's (framework/checkpoint
 Names follow Lightning's ModelCheckpoint where they overlap: `save_last`, `monitor`, `mode`,
 `every_n_epochs`, `every_n_steps`. Files:
     last.pt                newest state, written at every save point (always a full checkpoint)
-    best.pt                best value of `monitor` so far (epoch ends only: that is when it is measured)
+    best.pt                best value of `monitor` so far (at epoch ends, and at trainer.val_every_n_steps)
     epoch_0007.pt          periodic, every_n_epochs (counts completed epochs)
     step_00001200.pt       periodic, every_n_steps (may fall inside an epoch)
 Retention (`keep_last_n`) applies to the periodic files only, ordered by step number, never by
@@ -133,7 +133,7 @@ class Checkpointer:
         full_roles = []
         if cfg.save_last:
             full_roles.append(("last", layout.LAST))
-        if event == "epoch" and improved:
+        if improved:
             full_roles.append(("best", layout.BEST))
         if periodic and not cfg.model_only:
             full_roles.append(("periodic", periodic))

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from framework.config.errors import ConfigError
 from framework.config.schema import (
+    COMPILE_MODES,
     DETERMINISM_LEVELS,
     PRECISIONS,
     Config,
@@ -68,6 +69,23 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
             problems.append(f"trainer.stop_signals: {problem}")
     if t.eval_batch_size < 1:
         problems.append(f"trainer.eval_batch_size={t.eval_batch_size} must be at least 1")
+    if t.accumulate_grad_batches < 1:
+        problems.append(f"trainer.accumulate_grad_batches={t.accumulate_grad_batches} must be at least 1")
+    if not (isinstance(t.compile, bool) or t.compile in COMPILE_MODES):
+        problems.append(f"trainer.compile={t.compile!r} is not true, false or one of {COMPILE_MODES}")
+    if t.val_every_n_steps is not None and t.val_every_n_steps < 1:
+        problems.append(f"trainer.val_every_n_steps={t.val_every_n_steps} must be at least 1 (or null)")
+    if t.ema.decay is not None and not 0 < t.ema.decay < 1:
+        problems.append(f"trainer.ema.decay={t.ema.decay} must be between 0 and 1 (or null: off)")
+    e = t.early_stopping
+    if e.patience is not None and e.patience < 1:
+        problems.append(f"trainer.early_stopping.patience={e.patience} must be at least 1 (or null: off)")
+    if e.mode not in ("min", "max", None):
+        problems.append(f"trainer.early_stopping.mode={e.mode!r} is not min or max (or null: the metric's direction)")
+    if e.min_delta < 0:
+        problems.append(f"trainer.early_stopping.min_delta={e.min_delta} must be zero or positive")
+    if e.patience is not None and e.monitor is None:
+        problems.append("trainer.early_stopping.monitor=null: early stopping needs a metric to watch")
     # The built-in schedulers' counts (StepLR divides by step_size at its first step).
     for key, least in (("step_size", 1), ("T_max", 1), ("total_steps", 1), ("warmup_steps", 0), ("total_iters", 0)):
         value = cfg.scheduler.get(key) if isinstance(cfg.scheduler, DictConfig) else None

@@ -241,6 +241,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: Optional[float] = MISSING  # null: off
+    evaluate: bool = MISSING  # validate, test, choose best.pt and export with the average
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = MISSING  # validations without improvement; null: off
+    monitor: Optional[str] = MISSING
+    mode: Optional[str] = MISSING  # min or max; null: the metric's direction
+    min_delta: float = MISSING
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = MISSING
     max_steps: Optional[int] = MISSING  # a stopping point, not part of the schedule
@@ -252,6 +269,11 @@ class TrainerConfig:
     eval_batch_size: int = MISSING
     processes: int = MISSING  # from the command line: start this many through torchrun (framework/cli/launch_plan.py)
     stop_signals: Optional[List[str]] = MISSING  # null: framework/engine/preemption.py's STOP_SIGNALS
+    accumulate_grad_batches: int = MISSING  # micro-batches per optimizer step
+    compile: Any = MISSING  # false, true or one of COMPILE_MODES
+    val_every_n_steps: Optional[int] = MISSING
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -267,6 +289,8 @@ class Config:
     # (framework/tracking/sinks.py), one per option of the logger group; any name fits, a user's sink too.
     logger: Dict[str, Any] = MISSING
     trainer: TrainerConfig = MISSING
+    # The user's callbacks: name -> a section with its `_target_` (framework/engine/callbacks.py).
+    callbacks: Dict[str, Any] = MISSING
     seed: int = MISSING
     resume: Optional[str] = MISSING
     existing_run: str = MISSING  # refuse, archive or overwrite (framework/runs/run_dir.py)

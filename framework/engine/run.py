@@ -19,6 +19,7 @@ from framework.config.checks import check
 from framework.config.errors import ConfigError
 from framework.config.target_arguments import check_arguments
 from framework.engine.build import build_task
+from framework.engine.early_stopping import stopped_early
 from framework.engine.preemption import StopOnSignal
 from framework.engine.training import Training, check_metric_names
 from framework.runs import resume as resume_lib
@@ -182,6 +183,18 @@ def say_not_exact(point: resume_lib.ResumePoint) -> None:
 
 
 def say_nothing_left(ckpt: dict, cfg: DictConfig) -> None:
+    if stopped_early(ckpt):
+        stopping = ckpt["early_stopping"]
+        log.warning(
+            "nothing left to train: the run stopped early at step %d (trainer.early_stopping: %s did not improve "
+            "for %d validations; best %r at step %s). The run's results are kept as they are.",
+            ckpt["global_step"],
+            stopping.get("monitor"),
+            stopping["bad_validations"],
+            stopping["best"],
+            stopping["best_step"],
+        )
+        return
     log.warning(
         "nothing left to train: the checkpoint is at epoch %d, step %d, and the config stops there "
         "(trainer.max_epochs=%d, trainer.max_steps=%s). The run's results are kept as they are. To go on, "
@@ -194,8 +207,11 @@ def say_nothing_left(ckpt: dict, cfg: DictConfig) -> None:
 
 
 def nothing_left(ckpt: dict, cfg: DictConfig) -> bool:
-    """Whether a resumed run's config stops it where its checkpoint already is."""
+    """Whether a resumed run's config stops it where its checkpoint already is (or early stopping,
+    still on, had stopped it)."""
     max_steps = cfg.trainer.max_steps
+    if stopped_early(ckpt) and cfg.trainer.early_stopping.patience is not None:
+        return True
     return ckpt["epoch"] >= cfg.trainer.max_epochs or (max_steps is not None and ckpt["global_step"] >= max_steps)
 
 

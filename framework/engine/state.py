@@ -13,12 +13,17 @@ The checkpoint keeps the plain-PyTorch key names people know (`model_state_dict`
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from framework.engine.ema import N_AVERAGED
+
+log = logging.getLogger("framework")
 
 # Restoring happens in this order. The RNG streams come last: they must be set after anything
 # else that might draw from them (the loop also restores them only after the resumed epoch's
@@ -28,7 +33,10 @@ PIECES = (
     "optimizer",
     "scheduler",
     "scaler",
+    "ema",
     "counters",
+    "early_stopping",
+    "callbacks",
     "data_order",
     "data_position",
     "python_rng",
@@ -76,7 +84,8 @@ def strip_prefixes(state_dict: dict) -> dict:
 
 
 class TrainState:
-    """The model, optimizer, scheduler and scaler, plus the loop's counters and data position."""
+    """The model, optimizer, scheduler and scaler, the loop's counters and data position, and the
+    optional pieces: the weights' moving average, early stopping, the user's callbacks."""
 
     def __init__(
         self,
@@ -84,8 +93,12 @@ class TrainState:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler,
+        ema=None,  # torch.optim.swa_utils.AveragedModel (engine/ema.py), or None: off
+        early_stopping=None,  # engine/early_stopping.py's EarlyStopping, or None: off
+        callbacks=None,  # engine/callbacks.py's Callbacks, or None: none
     ):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.ema, self.early_stopping, self.callbacks = ema, early_stopping, callbacks
         self.epoch = 0  # completed epochs
         self.global_step = 0  # optimizer steps taken
         self.data_epoch = 0  # the epoch whose shuffle the train loader uses
@@ -168,6 +181,46 @@ class TrainState:
     def _restore_scaler(self, ckpt, strict):
         if ckpt["scaler_state_dict"]:  # a disabled scaler has an empty state
             self.scaler.load_state_dict(ckpt["scaler_state_dict"])
+
+    # ---- the optional pieces: a checkpoint written without one (off, or an older version) has None --
+    def average_weights(self) -> dict | None:
+        """The moving average's entry: the model's own keys (export loads them into the plain
+        model) and the count of updates; None without one."""
+        if self.ema is None:
+            return None
+        weights = strip_prefixes(self.ema.module.state_dict())
+        return {**weights, N_AVERAGED: self.ema.n_averaged.detach().clone()}
+
+    def _capture_ema(self):
+        return {"ema_state_dict": self.average_weights()}
+
+    def _restore_ema(self, ckpt, strict):
+        saved = ckpt.get("ema_state_dict")
+        if self.ema is None:
+            return
+        if saved is None:
+            # The first update after resuming copies the weights: the average starts there.
+            self.ema.n_averaged.zero_()
+            log.warning("the checkpoint has no moving average of the weights: it starts from the restored weights")
+            return
+        notes = load_model_weights(self.ema.module, {k: v for k, v in saved.items() if k != N_AVERAGED}, strict)
+        self.ema.n_averaged.copy_(saved[N_AVERAGED])
+        return notes
+
+    def _capture_early_stopping(self):
+        return {"early_stopping": self.early_stopping.state_dict() if self.early_stopping else None}
+
+    def _restore_early_stopping(self, ckpt, strict):
+        saved = ckpt.get("early_stopping")
+        if self.early_stopping is not None and saved is not None:
+            self.early_stopping.load_state_dict(saved)
+
+    def _capture_callbacks(self):
+        return {"callbacks_state": self.callbacks.state_dict() if self.callbacks else {}}
+
+    def _restore_callbacks(self, ckpt, strict):
+        if self.callbacks is not None:
+            self.callbacks.load_state_dict(ckpt.get("callbacks_state") or {})
 
     # ---- the loop's counters and the data position -------------------------------------------
     def _capture_counters(self):

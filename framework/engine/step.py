@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from framework import distributed
 from framework.engine.preemption import signals_held
 from framework.engine.state import TrainState
-from framework.tasks.task import to_device
+from framework.tasks.task import samples_in, to_device
 
 
 class RunStopped(Exception):
@@ -34,27 +34,44 @@ def stop_if_not_finite(loss: float, state: TrainState, stop: bool) -> None:
 def train_step(
     model: torch.nn.Module,
     task,
-    batch,
+    micro_batches: list,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     autocast: Callable[[], contextlib.AbstractContextManager],
     clip_norm: float | None,
     before_update: Callable[[], None] = lambda: None,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """One optimizer step on the task's loss of `batch` (on the device already). `before_update`
-    runs just before the weights change: a save in the background may still be copying them
+    """One optimizer step on the task's loss of `micro_batches` (on the device already): their
+    gradients add up before the step (gradient accumulation). Each micro-batch's loss counts by
+    its share of the samples, so that N micro-batches of b make the gradient of one batch of N*b,
+    a short last one included; the returned loss is theirs, weighted alike. `no_sync`: under
+    DDP, the micro-batches before the last skip the gradient all-reduce. `before_update` runs
+    just before the weights change: a save in the background may still be copying them
     (Checkpointer.wait_for_snapshot)."""
-    with autocast():
-        loss = task.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    if len(micro_batches) == 1:
+        shares = [None]  # one batch: its loss as it is, the bits of a step without accumulation
+    else:
+        sizes = [samples_in(batch) for batch in micro_batches]
+        shares = [size / sum(sizes) if sum(sizes) else 1 / len(sizes) for size in sizes]
+    total = None
+    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else no_sync():
+            with autocast():
+                loss = task.loss(model, batch)
+            if share is not None:
+                loss = loss * share
+            scaler.scale(loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
     if clip_norm:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     before_update()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return total
 
 
 @torch.no_grad()

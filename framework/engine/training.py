@@ -4,8 +4,10 @@ end it, validate, test, save, restore). All state that survives a checkpoint liv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,9 @@ from framework.checkpoint import Checkpointer, CheckpointError, storage
 from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
 from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
+from framework.engine.callbacks import Callbacks
+from framework.engine.early_stopping import EarlyStopping
+from framework.engine.ema import build_ema
 from framework.engine.preemption import StopOnSignal, signals_held
 from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
 from framework.engine.step import evaluate, mixed_precision, stop_if_not_finite, train_step
@@ -69,6 +74,7 @@ class Training:
         self.logger: MetricsLogger | None = None
         self.progress = Progress(every=t.log_every_n_steps, enabled=distributed.is_main())
         self.restore_rng_from: dict | None = None
+        self.compiled = False  # whether the first step of a compiled model ran (and compiled it)
 
         self.task = build_task(cfg.task)
         splits = build_data(cfg.data, cfg.seed, self.task)
@@ -78,15 +84,21 @@ class Training:
         self.model = build_model(cfg.model, facts).to(device)
         # What trains: the model itself, or under torchrun its DistributedDataParallel wrapper
         # (checkpoints hold the model's own state dict: no `module.` prefix).
-        self.net = self.model
+        self.net, self.no_sync = self.model, contextlib.nullcontext
         if self.world_size > 1:
             # Same initial weights on every rank (DDP also broadcasts rank 0's); then each rank
             # its own random streams (dropout), from (seed, rank).
             seed_everything(data_lib.keyed_seed(cfg.seed, RANK_STREAMS, self.rank) % 2**63)
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+            self.no_sync = self.net.no_sync
+        if t.compile:
+            # Compiled lazily, at the first step (timed there). Evaluation runs the plain module.
+            self.net = torch.compile(self.net, **({} if t.compile is True else {"mode": t.compile}))
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
-        # data.batch_size is per rank: each rank takes its shard of the epoch in batches of it.
-        self.steps_per_epoch = steps_per_epoch(len(splits.train), self.world_size, cfg.data.batch_size)
+        # data.batch_size is per rank and per micro-batch: each rank takes its shard of the epoch
+        # in batches of it, and steps once every trainer.accumulate_grad_batches of them.
+        self.batches_per_epoch = batches_per_epoch(len(splits.train), self.world_size, cfg.data.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.accumulate_grad_batches)
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
         self.autocast, self.scaler = mixed_precision(t.precision, device)
@@ -104,12 +116,25 @@ class Training:
             self.steps_per_epoch,
             device,
         )
-        self.state = TrainState(self.model, self.optimizer, self.scheduler, self.scaler)
+        ema = build_ema(self.model, t.ema["decay"])
+        # What validation, test, best.pt's metric and a resume's check evaluate.
+        self.evaluated = ema.module if ema is not None and t.ema["evaluate"] else self.model
+        stopping = t.early_stopping
+        early_stopping = None
+        if stopping["patience"] is not None:
+            early_stopping = EarlyStopping(
+                stopping["monitor"], stopping["mode"], stopping["patience"], stopping["min_delta"]
+            )
+        self.callbacks = Callbacks(cfg.get("callbacks"), self)
+        self.latest: dict = {}  # the newest metrics, as a callback sees them
+        self.state = TrainState(
+            self.model, self.optimizer, self.scheduler, self.scaler, ema, early_stopping, self.callbacks
+        )
         self.checkpointer = Checkpointer(
             cfg.checkpoint,
             storage.for_run(cfg, run_dir),
             resumed_from=resume_point.path if resume_point else None,
-            state_bytes=expected_state_bytes(self.model),
+            state_bytes=expected_state_bytes(self.model, with_average=ema is not None),
         )
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.run_dir = run_dir
@@ -170,21 +195,29 @@ class Training:
                 t.max_steps,
                 state.global_step,
             )
+        if state.early_stopping is not None and state.early_stopping.stopped:
+            stopped_by = "early_stopping"  # a resumed run that had stopped early: nothing to train
+        self.callbacks.call("on_fit_start")
         while state.epoch < t.max_epochs and stopped_by == "max_epochs":
             stopped_by, loss_sum = self.train_epoch(preemption)
             self.end_epoch(loss_sum)
+            if state.early_stopping is not None and state.early_stopping.stopped:
+                stopped_by = "early_stopping"
         self.checkpointer.wait()  # the last save (in the background, maybe) is durable before the run is recorded
+        self.callbacks.call("on_fit_end")
         return stopped_by
 
     def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor]:
-        """The steps of one epoch from the state's position, until its end or a stop; saves
-        the step checkpoints that fall inside it. Returns what stopped it and the loss sum."""
+        """The optimizer steps of one epoch from the state's position, until its end or a stop;
+        validates and saves where the config asks inside it. Returns what stopped it and the
+        loss sum."""
         t, state, progress = self.t, self.state, self.progress
         self.model.train()
         loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=self.device)
-        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=state.position)
+        micro = t.accumulate_grad_batches
+        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=math.ceil(state.position / micro))
         # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
-        state.position = min(state.position, self.steps_per_epoch)
+        state.position = min(state.position, self.batches_per_epoch)
         cfg = self.cfg
         loader = data_lib.train_loader(
             self.train_set,
@@ -197,26 +230,18 @@ class Training:
             world_size=self.world_size,
         )
         with signals_held():  # its workers start here
-            batches = iter(loader) if state.position < self.steps_per_epoch else iter(())
+            batches = iter(loader) if state.position < self.batches_per_epoch else iter(())
         if self.restore_rng_from is not None:
             # Only now: anything that creating the iterator drew must not shift the streams.
             state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
             self.restore_rng_from = None
         stopped_by, loss = "max_epochs", None
-        for batch in batches:
-            loss = train_step(
-                self.net,
-                self.task,
-                to_device(batch, self.device),
-                self.optimizer,
-                self.scaler,
-                self.autocast,
-                t.gradient_clip_val,
-                self.checkpointer.wait_for_snapshot,
-            )
-            self.scheduler.step()
+        # A stop signal that lands among a step's micro-batches is seen after its optimizer step:
+        # saves happen at optimizer steps only, so a checkpoint never holds half-added gradients.
+        for micro_batches in in_groups(batches, micro):
+            loss = self.optimizer_step(micro_batches)
             state.global_step += 1
-            state.position += 1
+            state.position += len(micro_batches)
             loss_sum += loss
             logged = None
             if state.global_step % t.log_every_n_steps == 0:
@@ -226,20 +251,72 @@ class Training:
                 self.logger.log("step", state.epoch, state.global_step, {"train/loss": logged, "lr": lr})
             progress.step(state.global_step, logged, current_lr(self.optimizer))
             self.checkpointer.raise_if_failed()  # a background save that failed stops the run here
+            self.callbacks.call("on_step_end")
             if t.max_steps is not None and state.global_step >= t.max_steps:
                 stopped_by = "max_steps"
             if self.stop_requested(preemption):
                 stopped_by = "signal"
-            if state.position == self.steps_per_epoch or stopped_by != "max_epochs":
-                break  # the epoch end or the stop saves what is due
-            if self.checkpointer.step_due(state.global_step):
+            if state.position == self.batches_per_epoch or stopped_by != "max_epochs":
+                break  # the epoch end or the stop validates and saves what is due
+            val, improved = None, False
+            if t.val_every_n_steps and state.global_step % t.val_every_n_steps == 0:
+                val, improved = self.validate_inside_epoch()
+                if state.early_stopping is not None and state.early_stopping.stopped:
+                    stopped_by = "early_stopping"
+                    break  # the stop saves, as a stop by max_steps does
+            if self.checkpointer.step_due(state.global_step) or improved:
                 state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
                 stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
-                self.save("step", self.validate())
+                self.save("step", val if val is not None else self.validate(), improved)
         progress.end_epoch()
         if loss is not None:
             state.last_loss = loss.item()
         return stopped_by, loss_sum
+
+    def optimizer_step(self, micro_batches: list) -> torch.Tensor:
+        """One optimizer step on a group of micro-batches, the schedule's step and the average's
+        update; the first step of a compiled model compiles it, and says how long that took."""
+        t = self.t
+        started = time.perf_counter() if t.compile and not self.compiled else None
+        loss = train_step(
+            self.net,
+            self.task,
+            [to_device(batch, self.device) for batch in micro_batches],
+            self.optimizer,
+            self.scaler,
+            self.autocast,
+            t.gradient_clip_val,
+            self.checkpointer.wait_for_snapshot,
+            self.no_sync,
+        )
+        self.scheduler.step()
+        if self.state.ema is not None:
+            self.state.ema.update_parameters(self.model)
+        if started is not None:
+            self.compiled = True
+            log.info("torch.compile: the first step took %.1f s (compiling)", time.perf_counter() - started)
+        return loss
+
+    def validate_inside_epoch(self) -> tuple[dict, bool]:
+        """trainer.val_every_n_steps: validate, log it, keep the best (best.pt, at the save that
+        follows) and tell early stopping. Returns the metrics and whether the monitor improved."""
+        state = self.state
+        val = self.validate()
+        self.logger.log("val", state.epoch, state.global_step, val)
+        monitor = self.cfg.checkpoint.monitor
+        improved = self.checkpointer.improves(val.get(monitor), state.best_metric)
+        if improved:
+            state.best_metric = val[monitor]
+        self.validated(val)
+        return val, improved
+
+    def validated(self, metrics: dict) -> None:
+        """After a validation that counts (an epoch's end, or val_every_n_steps): early stopping
+        and the callbacks see it."""
+        self.latest = dict(metrics)
+        if self.state.early_stopping is not None:
+            self.state.early_stopping.update(metrics, self.state.global_step)
+        self.callbacks.call("on_validation_end")
 
     def stop_requested(self, preemption: StopOnSignal) -> bool:
         """Whether a stop signal came. Under torchrun the ranks must stop at one step, so they
@@ -248,7 +325,7 @@ class Training:
         if self.world_size == 1:
             return preemption.stop_requested()
         state = self.state
-        if state.global_step % STOP_CHECK_EVERY and state.position != self.steps_per_epoch:
+        if state.global_step % STOP_CHECK_EVERY and state.position != self.batches_per_epoch:
             return False
         return distributed.any_rank(preemption.stop_requested())
 
@@ -258,7 +335,8 @@ class Training:
         state.epoch_loss_sum = loss_sum.item()  # this rank's: a checkpoint keeps every rank's
         epoch_loss_sum = distributed.mean(state.epoch_loss_sum)
         stop_if_not_finite(epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
-        metrics = {"train/loss": epoch_loss_sum / state.position, "lr": current_lr(self.optimizer)}
+        steps_in_epoch = math.ceil(state.position / t.accumulate_grad_batches)
+        metrics = {"train/loss": epoch_loss_sum / steps_in_epoch, "lr": current_lr(self.optimizer)}
         metrics.update(self.validate())
         self.metrics = metrics
         log.info(
@@ -268,7 +346,7 @@ class Training:
             state.global_step,
             " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
         )
-        if state.position == self.steps_per_epoch:
+        if state.position == self.batches_per_epoch:
             self.logger.log("epoch", state.epoch, state.global_step, metrics)
             state.epoch += 1
             state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
@@ -276,6 +354,7 @@ class Training:
             improved = self.checkpointer.improves(metrics.get(monitor), state.best_metric)
             if improved:
                 state.best_metric = metrics[monitor]
+            self.validated(metrics)
             self.save("epoch", metrics, improved)
         else:
             # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics go on
@@ -293,18 +372,19 @@ class Training:
         return test
 
     def evaluate(self, loader: DataLoader) -> dict:
-        return evaluate(self.model, self.task, loader, self.device, self.autocast, self.rank, self.world_size)
+        return evaluate(self.evaluated, self.task, loader, self.device, self.autocast, self.rank, self.world_size)
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
         """Every rank gives its own state (random streams, losses); the ranks the checkpoint store
         names write (rank 0, for local files); all wait until it is done."""
         every_rank = distributed.gather(self.state.own_state()) if self.world_size > 1 else None
-        self.save_here(event, val, improved, every_rank)
+        written = self.save_here(event, val, improved, every_rank)
+        self.callbacks.call("on_save", saved=written)
 
-    def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> None:
+    def save_here(self, event: str, val: dict, improved: bool, every_rank: list | None) -> list[str]:
         state = self.state
-        self.checkpointer.save(
+        return self.checkpointer.save(
             lambda kind: self.payload(kind, {k: v for k, v in val.items() if k.startswith("val/")}, every_rank),
             event=event,
             epoch=state.epoch,
@@ -331,6 +411,7 @@ class Training:
                 "epoch": self.state.epoch,
                 "global_step": self.state.global_step,
                 "model_state_dict": self.state.model_weights(),
+                "ema_state_dict": self.state.average_weights(),
                 "config": self.config_yaml,
                 "meta": meta,
             }
@@ -356,10 +437,14 @@ class Training:
 
 
 def check_metric_names(cfg: DictConfig, task) -> None:
-    """checkpoint.monitor and optimized_metric must be metrics the task reports; the monitor's
-    mode, left null, is its direction (and recorded so in the run's config)."""
+    """checkpoint.monitor, early stopping's monitor and optimized_metric must be metrics the task
+    reports; a monitor's mode, left null, is its direction (and recorded so in the run's config)."""
     reported = metric_names(task)
-    for key in ("checkpoint.monitor", "optimized_metric"):
+    stopping = cfg.trainer.early_stopping
+    watched = ["checkpoint.monitor", "optimized_metric"]
+    if stopping.patience is not None:
+        watched.append("trainer.early_stopping.monitor")
+    for key in watched:
         name = OmegaConf.select(cfg, key)
         if name is not None and name not in reported:
             raise ConfigError(
@@ -367,6 +452,8 @@ def check_metric_names(cfg: DictConfig, task) -> None:
             )
     if cfg.checkpoint.mode is None:
         cfg.checkpoint.mode = reported[cfg.checkpoint.monitor] if cfg.checkpoint.monitor is not None else "min"
+    if stopping.patience is not None and stopping.mode is None:
+        stopping.mode = reported[stopping.monitor]
 
 
 def check_augmentation(augment: DictConfig, first) -> None:
@@ -395,15 +482,29 @@ def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
             )
 
 
-def steps_per_epoch(train_samples: int, world_size: int, batch_size: int) -> int:
-    """Optimizer steps in an epoch: each rank's shard in batches of data.batch_size (per rank)."""
+def batches_per_epoch(train_samples: int, world_size: int, batch_size: int) -> int:
+    """Batches in an epoch: each rank's shard in batches of data.batch_size (per rank)."""
     return math.ceil(data_lib.shard_size(train_samples, world_size) / batch_size)
 
 
-def expected_state_bytes(model: torch.nn.Module) -> int:
-    """About how large a full checkpoint of this model gets: its weights and up to two optimizer
-    buffers per weight (Adam's moments)."""
-    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+def in_groups(batches, size: int):
+    """Lists of `size` consecutive batches (the micro-batches of an optimizer step); the last
+    list of an epoch holds what is left."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def expected_state_bytes(model: torch.nn.Module, with_average: bool = False) -> int:
+    """About how large a full checkpoint of this model gets: its weights, up to two optimizer
+    buffers per weight (Adam's moments), and the weights' moving average when there is one."""
+    copies = 4 if with_average else 3
+    return copies * sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 # The tag of each rank's own random streams (framework/data/keyed.py: tags 1-7).

@@ -37,12 +37,14 @@ SAFE_TO_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",
     "data.num_workers",
+    "trainer.val_every_n_steps",  # validation draws no random numbers: the trajectory is the same
+    "callbacks",  # they watch; a callback's state the checkpoint lacks starts fresh
 )
 # How this invocation resumes, not what the experiment is: never compared.
 NOT_COMPARED = ("resume", "allow_config_changes", "repeat", "existing_run")
 # Keys a run fills in when left null, and records: the model's from the data (engine/build.py),
-# the monitor's mode from the task's direction (engine/training.py check_metric_names).
-FILLED_FROM_DATA = (*(f"model.{key}" for key in FROM_DATA), "checkpoint.mode")
+# the monitors' modes from the task's direction (engine/training.py check_metric_names).
+FILLED_FROM_DATA = (*(f"model.{key}" for key in FROM_DATA), "checkpoint.mode", "trainer.early_stopping.mode")
 # Scheduler keys that, left null, are filled from max_epochs: then max_epochs shapes the schedule.
 LENGTH_KEYS = ("T_max", "total_steps")
 

@@ -76,6 +76,19 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+def samples_in(batch) -> int:
+    """How many samples a batch holds: the first dimension of its first tensor (a loss that is a
+    mean over samples, or over tokens of equal-length windows, counts by it in accumulation)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for value in values:
+        count = samples_in(value)
+        if count:
+            return count
+    return 0
+
+
 def pair(batch, task: str, where: str | None = None) -> tuple:
     """The (inputs, target) of a tuple batch; a dict batch needs a task of the user's own.
     `where`: the sample being checked, named in the refusal."""

@@ -1,0 +1,71 @@
+"""Early stopping (`trainer.early_stopping`): the run ends, completed, once the monitored metric
+has not improved by more than `min_delta` for `patience` validations in a row.
+
+Validations are those at epoch ends and, with `trainer.val_every_n_steps`, those inside epochs.
+Its state (the best value, where it was seen, the validations since, whether it stopped) is a
+piece of TrainState: a resumed run counts on from where the checkpoint was taken, and a run that
+stopped early has nothing left to train.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("framework")
+
+
+class EarlyStopping:
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_validations = 0  # validations in a row without an improvement
+        self.stopped = False
+
+    def improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, metrics: dict, step: int) -> bool:
+        """After a validation: whether the run should stop now."""
+        value = metrics.get(self.monitor)
+        if value is None or self.stopped:
+            return self.stopped
+        if self.improves(value):
+            self.best, self.best_step, self.bad_validations = value, step, 0
+        else:
+            self.bad_validations += 1
+        if self.bad_validations >= self.patience:
+            self.stopped = True
+            log.info(
+                "early stopping at step %d: %s has not improved by more than %g for %d validations "
+                "(best %.6g at step %d)",
+                step,
+                self.monitor,
+                self.min_delta,
+                self.bad_validations,
+                self.best,
+                self.best_step,
+            )
+        return self.stopped
+
+    def state_dict(self) -> dict:
+        return {
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.best, self.best_step = saved["best"], saved["best_step"]
+        self.bad_validations, self.stopped = saved["bad_validations"], saved["stopped"]
+
+
+def stopped_early(ckpt: dict) -> bool:
+    """Whether a checkpoint's run had stopped early when it was saved."""
+    return bool((ckpt.get("early_stopping") or {}).get("stopped"))
