@@ -13,7 +13,7 @@ from framework.config.errors import ConfigError
 @pytest.mark.parametrize(
     "override, section",
     [
-        ("+trainer.accumulate_grad_batches=4", "trainer"),
+        ("+trainer.accumulate_grad=4", "trainer"),
         ("+trainer.ema_decay=0.9", "trainer"),
         ("+checkpoint.patience=3", "checkpoint"),
         ("+determinism.threads=2", "determinism"),
