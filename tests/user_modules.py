@@ -257,3 +257,23 @@ class MinimalTask:
 
     def metrics_from(self, sums):
         return {"loss": sums["loss"] / sums["count"]}
+
+
+class StepTally:
+    """A stateful callback (engine/callbacks.py): counts optimizer steps and keeps a running sum of
+    numbers drawn from its own generator, so its state has a plain value and a tensor to restore."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+        self.steps = 0
+        self.total = torch.zeros(3)
+
+    def on_step_end(self, run) -> None:
+        self.steps += 1
+        self.total += self.scale * torch.rand(3, generator=run.generator())
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "total": self.total.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.total = state["steps"], state["total"].clone()
