@@ -256,14 +256,17 @@ class Training:
                 stopped_by = "max_steps"
             if self.stop_requested(preemption):
                 stopped_by = "signal"
-            if state.position == self.batches_per_epoch or stopped_by != "max_epochs":
-                break  # the epoch end or the stop validates and saves what is due
+            if state.position == self.batches_per_epoch:
+                break  # the epoch's end validates and saves what is due
             val, improved = None, False
             if t.val_every_n_steps and state.global_step % t.val_every_n_steps == 0:
+                # Before a stop breaks off too: the run resumed from its checkpoint must count this
+                # validation (early stopping, best.pt, callbacks), as a run never stopped does.
                 val, improved = self.validate_inside_epoch()
                 if state.early_stopping is not None and state.early_stopping.stopped:
                     stopped_by = "early_stopping"
-                    break  # the stop saves, as a stop by max_steps does
+            if stopped_by != "max_epochs":
+                break  # the stop validates and saves (end_epoch)
             if self.checkpointer.step_due(state.global_step) or improved:
                 state.last_loss, state.epoch_loss_sum = loss.item(), loss_sum.item()
                 stop_if_not_finite(state.epoch_loss_sum, state, t.stop_on_nonfinite_loss)
