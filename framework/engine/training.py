@@ -410,11 +410,12 @@ class Training:
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }
         if kind == "model":
+            average = self.state.average_weights()
             return {
                 "epoch": self.state.epoch,
                 "global_step": self.state.global_step,
                 "model_state_dict": self.state.model_weights(),
-                "ema_state_dict": self.state.average_weights(),
+                **({"ema_state_dict": average} if average is not None else {}),  # export picks either
                 "config": self.config_yaml,
                 "meta": meta,
             }
