@@ -199,18 +199,19 @@ class Training:
             stopped_by = "early_stopping"  # a resumed run that had stopped early: nothing to train
         self.callbacks.call("on_fit_start")
         while state.epoch < t.max_epochs and stopped_by == "max_epochs":
-            stopped_by, loss_sum = self.train_epoch(preemption)
-            self.end_epoch(loss_sum)
+            stopped_by, loss_sum, improved = self.train_epoch(preemption)
+            self.end_epoch(loss_sum, improved)
             if state.early_stopping is not None and state.early_stopping.stopped:
                 stopped_by = "early_stopping"
         self.checkpointer.wait()  # the last save (in the background, maybe) is durable before the run is recorded
         self.callbacks.call("on_fit_end")
         return stopped_by
 
-    def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor]:
+    def train_epoch(self, preemption: StopOnSignal) -> tuple[str, torch.Tensor, bool]:
         """The optimizer steps of one epoch from the state's position, until its end or a stop;
-        validates and saves where the config asks inside it. Returns what stopped it and the
-        loss sum."""
+        validates and saves where the config asks inside it. Returns what stopped it, the loss
+        sum, and whether a validation at the stopping step improved the monitor (best.pt is then
+        the stop's to write)."""
         t, state, progress = self.t, self.state, self.progress
         self.model.train()
         loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=self.device)
@@ -235,10 +236,11 @@ class Training:
             # Only now: anything that creating the iterator drew must not shift the streams.
             state.restore(self.restore_rng_from, RNG_PIECES, strict=cfg.checkpoint.strict_load)
             self.restore_rng_from = None
-        stopped_by, loss = "max_epochs", None
+        stopped_by, loss, improved = "max_epochs", None, False
         # A stop signal that lands among a step's micro-batches is seen after its optimizer step:
         # saves happen at optimizer steps only, so a checkpoint never holds half-added gradients.
         for micro_batches in in_groups(batches, micro):
+            val, improved = None, False
             loss = self.optimizer_step(micro_batches)
             state.global_step += 1
             state.position += len(micro_batches)
@@ -258,7 +260,6 @@ class Training:
                 stopped_by = "signal"
             if state.position == self.batches_per_epoch:
                 break  # the epoch's end validates and saves what is due
-            val, improved = None, False
             if t.val_every_n_steps and state.global_step % t.val_every_n_steps == 0:
                 # Before a stop breaks off too: the run resumed from its checkpoint must count this
                 # validation (early stopping, best.pt, callbacks), as a run never stopped does.
@@ -274,7 +275,7 @@ class Training:
         progress.end_epoch()
         if loss is not None:
             state.last_loss = loss.item()
-        return stopped_by, loss_sum
+        return stopped_by, loss_sum, improved and stopped_by != "max_epochs"
 
     def optimizer_step(self, micro_batches: list) -> torch.Tensor:
         """One optimizer step on a group of micro-batches, the schedule's step and the average's
@@ -332,7 +333,7 @@ class Training:
             return False
         return distributed.any_rank(preemption.stop_requested())
 
-    def end_epoch(self, loss_sum: torch.Tensor) -> None:
+    def end_epoch(self, loss_sum: torch.Tensor, improved_at_stop: bool = False) -> None:
         """Validate and save where the epoch ended: at its last step, or where a stop came."""
         t, state = self.t, self.state
         state.epoch_loss_sum = loss_sum.item()  # this rank's: a checkpoint keeps every rank's
@@ -362,7 +363,7 @@ class Training:
         else:
             # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics go on
             # from here; then report the stop.
-            self.save("stop", metrics)
+            self.save("stop", metrics, improved_at_stop)
             self.logger.log("stop", state.epoch, state.global_step, metrics)
 
     def validate(self) -> dict:
