@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from types import MappingProxyType
 
@@ -120,7 +121,24 @@ class Callbacks:
                 ) from e
 
     def state_dict(self) -> dict:
-        return {name: cb.state_dict() for name, cb in self.named.items() if hasattr(cb, "state_dict")}
+        """Each stateful callback's state, by its name; one that a checkpoint cannot hold is refused
+        here, naming the callback, rather than written into a file that would not load."""
+        states = {}
+        for name, cb in self.named.items():
+            if not hasattr(cb, "state_dict"):
+                continue
+            where = f"callback {name} ({type(cb).__name__}) failed in state_dict at step {self.views[name].step}"
+            try:
+                states[name] = cb.state_dict()
+            except Exception as e:
+                raise CallbackFailed(f"{where}: {type(e).__name__}: {one_line(e)}") from e
+            odd = not_plain(states[name])
+            if odd is not None:
+                raise CallbackFailed(
+                    f"{where}: its state holds {odd}, which a checkpoint cannot hold "
+                    "(torch.load(weights_only=True) reads tensors, numbers, strings, lists, tuples and dicts of them)"
+                )
+        return states
 
     def load_state_dict(self, saved: dict) -> None:
         """Each stateful callback takes its saved state; one the checkpoint has no state for
@@ -140,16 +158,26 @@ class Callbacks:
                 ) from e
 
 
-def build_callbacks(section: DictConfig | None) -> dict[str, object]:
-    """The `callbacks` section's entries, built; a wrong key, an import error or a failing
-    constructor is refused in one line naming `callbacks.NAME`."""
-    built = {}
+def check_callbacks(section: DictConfig | None) -> dict[str, DictConfig]:
+    """The `callbacks` section's entries that are on (null or false: off), each a section with an
+    importable `_target_` that takes its other keys; refused in one line naming `callbacks.NAME`.
+    Nothing is built: the run checks this before it loads any data."""
+    chosen = {}
     for name, node in (section or {}).items():
         if node is None or node is False:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"callbacks.{name}={node!r}: a callback is a section with a _target_ (a class)")
         check_arguments(f"callbacks.{name}", node)
+        chosen[str(name)] = node
+    return chosen
+
+
+def build_callbacks(section: DictConfig | None) -> dict[str, object]:
+    """The `callbacks` section's entries, built; a wrong key, an import error or a failing
+    constructor is refused in one line naming `callbacks.NAME`."""
+    built = {}
+    for name, node in check_callbacks(section).items():
         try:
             built[name] = instantiate(node)
         except InstantiationException as e:
@@ -157,3 +185,31 @@ def build_callbacks(section: DictConfig | None) -> dict[str, object]:
                 f"callbacks.{name}._target_={node._target_}: cannot build it ({one_line(e.__cause__ or e)})"
             ) from e
     return built
+
+
+# What torch.load(weights_only=True) reads back: these exact types (a subclass, such as NumPy's
+# float64, is pickled as its own class and refused), tensors, and these containers of them.
+PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes)
+PLAIN_TORCH = (torch.Tensor, torch.dtype, torch.Size, torch.device)
+CONTAINERS = (list, tuple, set, dict, OrderedDict)
+
+
+def not_plain(value: object, path: str = "") -> str | None:
+    """The first value inside `value` that a weights_only checkpoint cannot hold, in words (its type
+    and where it is); None if there is none."""
+    if type(value) in PLAIN_VALUES or isinstance(value, PLAIN_TORCH):
+        return None
+    kind = type(value)
+    if kind not in CONTAINERS:
+        return f"a {kind.__module__}.{kind.__qualname__} at {path or 'its top'}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = not_plain(key, f"{path}[{key!r}] (the key)") or not_plain(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    for index, item in enumerate(value):
+        found = not_plain(item, f"{path}[{index}]")
+        if found:
+            return found
+    return None
