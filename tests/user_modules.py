@@ -277,3 +277,92 @@ class StepTally:
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.total = state["steps"], state["total"].clone()
+
+
+class CallRecorder:
+    """A callback that writes down each call it gets (engine/callbacks.py): the point and what the
+    run's view showed then, one JSON line a call in RUN_DIR/callback_calls.jsonl."""
+
+    def _write(self, point: str, run) -> None:
+        import json
+
+        seen = {
+            "point": point,
+            "step": run.step,
+            "epoch": run.epoch,
+            "metrics": dict(run.metrics),
+            "model": type(run.model).__name__,
+            "run_dir": str(run.run_dir),
+            "is_main": run.is_main,
+            "saved": list(run.saved),
+        }
+        with open(run.run_dir / "callback_calls.jsonl", "a") as calls:
+            calls.write(json.dumps(seen) + "\n")
+
+    def on_fit_start(self, run) -> None:
+        self._write("on_fit_start", run)
+
+    def on_step_end(self, run) -> None:
+        self._write("on_step_end", run)
+
+    def on_validation_end(self, run) -> None:
+        self._write("on_validation_end", run)
+
+    def on_save(self, run) -> None:
+        self._write("on_save", run)
+
+    def on_fit_end(self, run) -> None:
+        self._write("on_fit_end", run)
+
+
+class RandomDraws:
+    """A stateful callback that draws a number from its own generator at every step: its state is
+    the steps it saw and the numbers it drew, in order."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.draws = torch.zeros(0)
+
+    def on_step_end(self, run) -> None:
+        self.steps.append(run.step)
+        self.draws = torch.cat([self.draws, torch.rand(1, generator=run.generator())])
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "draws": self.draws.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.draws = list(state["steps"]), state["draws"].clone()
+
+
+class FailsAtStep:
+    """A callback that raises at one optimizer step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, run) -> None:
+        if run.step == self.step:
+            raise ValueError(f"step {run.step} is not one I like")
+
+
+class SeenAt:
+    """A plain Python object: torch.load(weights_only=True) does not read it back."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+
+class KeepsAnObject:
+    """A callback whose state holds an object that a weights_only checkpoint cannot hold."""
+
+    def __init__(self):
+        self.last = SeenAt(0)
+
+    def on_step_end(self, run) -> None:
+        self.last = SeenAt(run.step)
+
+    def state_dict(self) -> dict:
+        return {"last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last = state["last"]
