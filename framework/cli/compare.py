@@ -20,7 +20,7 @@ from framework.checkpoint.io import CheckpointError, safe_load
 from framework.runs.layout import CHECKPOINTS, HISTORY, LAST, RECORD, RunLayout
 from framework.runs.reproducibility import why_runs_differ
 
-HISTORY_EVENTS = ("step", "epoch", "stop")
+HISTORY_EVENTS = ("step", "epoch", "val", "stop")
 
 
 class CannotCompare(Exception):
@@ -37,7 +37,7 @@ def read_summary(run_dir: Path) -> dict:
 
 
 def read_history(run_dir: Path) -> list[dict]:
-    """The step, epoch and stop lines of metrics.jsonl: each must be a JSON object with an `event`."""
+    """The step, epoch, val and stop lines of metrics.jsonl: each must be a JSON object with an `event`."""
     path = RunLayout(run_dir).history
     history = []
     for number, line in enumerate(text_of(path).splitlines(), start=1):

@@ -45,7 +45,8 @@ class MetricSink:
       Return False if it cannot; the run then says so in its log.
     - `log_config(config_yaml, step)`: the resolved config, at the step the run starts from.
     - `log(event, epoch, step, metrics)`: `event` is "step" (every trainer.log_every_n_steps),
-      "epoch" (an epoch's end, with its validation), "stop" (a stop inside an epoch) or "test";
+      "epoch" (an epoch's end, with its validation), "val" (a validation inside an epoch,
+      trainer.val_every_n_steps), "stop" (a stop inside an epoch) or "test";
       `step` is the global step; `metrics` maps names (`train/loss`, `lr`, `val/acc`, ...) to floats.
     - `log_final(metrics, hparams, step)`: a completed run's final metrics (as metrics.json holds
       them) and the keys its command line set; metrics.json is written by then.
