@@ -19,6 +19,7 @@ from framework.config.checks import check
 from framework.config.errors import ConfigError
 from framework.config.target_arguments import check_arguments
 from framework.engine.build import build_task
+from framework.engine.callbacks import check_callbacks
 from framework.engine.early_stopping import stopped_early
 from framework.engine.preemption import StopOnSignal
 from framework.engine.training import Training, check_metric_names
@@ -144,6 +145,7 @@ def resolve_config(
         if noise_drawn_otherwise(resume_point.ckpt, cfg):
             follows_original = False
     check_arguments(cfg)  # before any data is loaded
+    check_callbacks(cfg.get("callbacks"))  # each callbacks.NAME's target and arguments, as the components'
     check_metric_names(cfg, build_task(cfg.task))
     if distributed.is_main():
         chosen_sinks(cfg.get("logger"))  # a sink's wrong key or missing package, before anything is written
