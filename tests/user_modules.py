@@ -366,3 +366,34 @@ class KeepsAnObject:
 
     def load_state_dict(self, state: dict) -> None:
         self.last = state["last"]
+
+
+class SignalsMidAccumulation:
+    """Classification's loss; at its k-th call (k from the environment variable SIGTERM_AT_LOSS_CALL,
+    unset: never) it sends SIGTERM to its own process, so that the signal lands among an optimizer
+    step's micro-batches at a known one. A resumed run, a new process without it, never signals."""
+
+    metrics = {"loss": "min", "acc": "max"}
+
+    def __init__(self):
+        from framework.tasks.classification import Classification
+
+        self.plain = Classification()
+        self.calls, self.signal_at = 0, int(os.environ.get("SIGTERM_AT_LOSS_CALL", "0"))
+
+    def loss(self, model, batch):
+        import signal
+
+        self.calls += 1
+        if self.calls == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.plain.loss(model, batch)
+
+    def sums(self, model, batch):
+        return self.plain.sums(model, batch)
+
+    def metrics_from(self, sums):
+        return self.plain.metrics_from(sums)
+
+    def model_facts(self, splits):
+        return self.plain.model_facts(splits)
