@@ -3,7 +3,8 @@
     python -m framework.ckpt inspect PATH [--config]   what a file holds; --config: its config YAML only
     python -m framework.ckpt verify PATH|RUN_DIR       check every file of a checkpoints folder
     python -m framework.ckpt diff A B                  config, counters and tensors that differ
-    python -m framework.ckpt export PATH OUT           model-only weights and config (.pt or .safetensors)
+    python -m framework.ckpt export PATH OUT [--weights ema|raw]
+                                                       model-only weights and config (.pt or .safetensors)
     python -m framework.ckpt migrate SRC DST [OVERRIDES] [--unpickle-numpy SRC]
                                                        an older file of ours, or another program's
                                                        (framework/checkpoint/migrate.py)
@@ -18,7 +19,8 @@ Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a tr
   0  ok, or identical (diff)
   1  diff: the files differ
   2  usage: a wrong argument (argparse's own), an export extension other than .pt or
-     .safetensors, an export over an existing file without --force
+     .safetensors, an export over an existing file without --force, an export of the
+     moving average from a checkpoint that has none
   3  no such file, not a regular file (a named pipe is never opened), or one that cannot be read or written
   4  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
   5  unsafe: it pickles code or objects, so it needs more than torch.load(weights_only=True)
@@ -52,6 +54,7 @@ from framework.checkpoint.io import (
 )
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
+from framework.engine.ema import N_AVERAGED, without_count
 from framework.file_kind import not_a_regular_file
 from framework.runs import layout
 
@@ -222,7 +225,23 @@ def describe(ckpt: dict, cfg: dict) -> list[tuple[str, str]]:
     ]
     if "origin" in meta:
         lines.append(("origin", origin(meta)))
+    average = moving_average(ckpt, cfg)
+    if average:
+        lines.append(("ema", average))
     return lines
+
+
+def moving_average(ckpt: dict, cfg: dict) -> str | None:
+    """The moving average of the weights a file holds (or an export of it is), in words; None
+    where there is none."""
+    ema = (cfg.get("trainer") or {}).get("ema") or {}
+    decay = ema.get("decay", "-")
+    if ckpt.get("ema_state_dict") is not None:
+        used = "evaluated with" if ema.get("evaluate") else "not evaluated with (trainer.ema.evaluate false)"
+        return f"{int(ckpt['ema_state_dict'][N_AVERAGED])} updates averaged, decay {decay}; {used}"
+    if ckpt["meta"].get("weights") == "ema":
+        return f"model_state_dict is the moving average ({ckpt['meta'].get(N_AVERAGED, '-')} updates, decay {decay})"
+    return None
 
 
 def monitored(ckpt: dict, cfg: dict) -> str:
@@ -497,7 +516,8 @@ def export_command(args) -> int:
     if out.exists() and not args.force:
         raise UsageProblem(f"{out} exists; pass --force to replace it")
     ckpt, _ = load(source)
-    payload = model_payload(ckpt)
+    weights = args.weights or weights_evaluated(ckpt, source)
+    payload = model_payload(ckpt, weights, weights_to_export(ckpt, weights, source))
     try:
         if out.suffix == layout.SUFFIX:
             io.write(payload, out)
@@ -506,21 +526,56 @@ def export_command(args) -> int:
     except CheckpointError as e:  # io.write says a full disk or an unwritable folder this way
         raise FileProblem(one_line(e)) from e
     count, values, _ = tensor_totals(payload["model_state_dict"])
+    chosen = "the moving average" if weights == "ema" else "the raw weights"
     print(
-        f"wrote {out}: model-only, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes "
+        f"wrote {out}: model-only, {chosen}, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes "
         f"(from {source}, epoch {payload['epoch']} step {payload['global_step']})"
     )
     return OK
 
 
-def model_payload(ckpt: dict) -> dict:
-    """What a model-only checkpoint holds (io.MODEL_KEYS), the source's meta marked model-only."""
+def held_weights(ckpt: dict) -> str:
+    """What model_state_dict is: the raw weights, except in an export of the moving average."""
+    return ckpt["meta"].get("weights", "raw")
+
+
+def weights_evaluated(ckpt: dict, path: Path) -> str:
+    """The weights the run validated and tested with: its moving average where it has one and
+    its config's trainer.ema.evaluate is true, else the raw weights (an export: the ones it holds)."""
+    if ckpt.get("ema_state_dict") is None:
+        return held_weights(ckpt)
+    ema = (parsed_config(ckpt, path).get("trainer") or {}).get("ema") or {}
+    return "ema" if ema.get("evaluate", True) else "raw"
+
+
+def weights_to_export(ckpt: dict, weights: str, path: Path) -> dict:
+    """The state dict of the chosen weights ("ema" or "raw"), under the plain model's keys."""
+    if weights == "ema" and ckpt.get("ema_state_dict") is not None:
+        return without_count(ckpt["ema_state_dict"])
+    if weights == held_weights(ckpt):
+        return ckpt["model_state_dict"]
+    if weights == "ema":
+        raise UsageProblem(
+            f"{path} holds no moving average of the weights (its run had trainer.ema.decay null, or it is "
+            "an export of the raw weights): export them with --weights raw"
+        )
+    raise UsageProblem(f"{path} is an export of the moving average: the raw weights are not in it")
+
+
+def model_payload(ckpt: dict, weights: str, state_dict: dict) -> dict:
+    """What a model-only checkpoint holds (io.MODEL_KEYS), the source's meta marked model-only
+    and naming the weights ("raw" or "ema", with the average's count of updates)."""
+    meta = {k: v for k, v in ckpt["meta"].items() if k != N_AVERAGED}
+    meta.update(kind="model", weights=weights)
+    if weights == "ema":
+        average = ckpt.get("ema_state_dict")
+        meta[N_AVERAGED] = int(average[N_AVERAGED]) if average is not None else ckpt["meta"].get(N_AVERAGED)
     return {
         "epoch": ckpt["epoch"],
         "global_step": ckpt["global_step"],
-        "model_state_dict": ckpt["model_state_dict"],
+        "model_state_dict": state_dict,
         "config": ckpt["config"],
-        "meta": {**ckpt["meta"], "kind": "model"},
+        "meta": meta,
     }
 
 
@@ -638,11 +693,20 @@ def build_parser() -> argparse.ArgumentParser:
         export_command,
         "the model's weights and config, for inference or fine-tuning",
         "OUT.pt: a model-only checkpoint that torch.load(weights_only=True) reads. "
-        "OUT.safetensors: the weights, with config and meta in its metadata.",
+        "OUT.safetensors: the weights, with config and meta in its metadata. Either holds one set "
+        "of weights under the plain model's keys (--weights): meta.weights says which.",
     )
     export.add_argument("path", metavar="PATH", help="a checkpoint file")
     export.add_argument("out", metavar="OUT", help="the file to write, ending in .pt or .safetensors")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    export.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        help="ema: the moving average of the weights (trainer.ema); raw: the weights the optimizer trained. "
+        "Default: the weights the run validated and tested with, which its val/test metrics and best.pt "
+        "describe: ema where the checkpoint has an average and its config's trainer.ema.evaluate is true, "
+        "else raw",
+    )
 
     migrate_ = command(
         "migrate",
