@@ -528,7 +528,7 @@ def export_command(args) -> int:
     count, values, _ = tensor_totals(payload["model_state_dict"])
     chosen = "the moving average" if weights == "ema" else "the raw weights"
     print(
-        f"wrote {out}: model-only, {chosen}, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes "
+        f"wrote {out}: model-only, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes, {chosen} "
         f"(from {source}, epoch {payload['epoch']} step {payload['global_step']})"
     )
     return OK
