@@ -12,12 +12,11 @@ import torch
 from helpers import read_jsonl, read_summary, train_in_process
 
 from framework.cli.compare import compare as differences
-from framework.cli.compare import read_history
 
 RUN = ["model=noisy", "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "logger=none"]  # 20 steps
 EVERY = 4  # step 20 ends the epoch: validated there once, as the epoch's end
 VALIDATED = [*RUN, f"trainer.val_every_n_steps={EVERY}"]
-STOP = 14
+STOP = 12  # a stop at a step that validates: the resumed run must have counted that validation
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +38,13 @@ def val_lines(run) -> list[dict]:
     return [line for line in read_jsonl(run) if line["event"] == "val"]
 
 
+def training_lines(run) -> list[dict]:
+    return [line for line in read_jsonl(run) if line["event"] in ("step", "epoch")]
+
+
 def test_validating_inside_epochs_leaves_the_trajectory_unchanged(plain, validated):
     assert read_summary(validated)["fingerprint"] == read_summary(plain)["fingerprint"]
-    assert read_history(validated) == read_history(plain)  # every step's train/loss and lr, every epoch's line
-    assert differences(plain, validated) == []
+    assert training_lines(validated) == training_lines(plain)  # every step's train/loss and lr, every epoch's
 
 
 def test_val_events_come_every_n_optimizer_steps_but_at_epoch_ends(plain, validated):
