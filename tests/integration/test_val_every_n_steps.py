@@ -68,3 +68,16 @@ def test_a_stopped_run_that_validates_by_steps_resumes_exactly(validated, stoppe
     assert differences(validated, run) == []
     assert read_summary(run)["fingerprint"] == read_summary(validated)["fingerprint"]
     assert val_lines(run) == val_lines(validated)
+
+
+def test_a_resume_may_change_val_every_n_steps_and_keeps_the_trajectory(plain, stopped, tmp_path):
+    """A key safe to change on resume: no allow_config_changes, and the bits of the runs above."""
+    run = tmp_path / "rarer"
+    shutil.copytree(stopped, run)
+    train_in_process(run, *RUN, "trainer.val_every_n_steps=5", f"resume={run}", "trainer.max_steps=null",
+                     test_conf=True)  # fmt: skip
+    summary = read_summary(run)
+    assert summary["fingerprint"] == read_summary(plain)["fingerprint"]
+    assert summary["follows_original_trajectory"] is True
+    assert training_lines(run) == training_lines(plain)
+    assert [line["step"] for line in val_lines(run)] == [4, 8, 12, 15]
