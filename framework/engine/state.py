@@ -199,7 +199,9 @@ class TrainState:
         if self.ema is None:
             return
         if saved is None:
-            # The first update after resuming copies the weights: the average starts there.
+            # The average starts at the restored weights (the model is restored before it): the
+            # resume check validates it, and the first update after resuming copies them anyway.
+            load_model_weights(self.ema.module, self.model_weights(), strict=True)
             self.ema.n_averaged.zero_()
             log.warning("the checkpoint has no moving average of the weights: it starts from the restored weights")
             return
