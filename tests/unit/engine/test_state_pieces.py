@@ -145,8 +145,10 @@ def test_a_checkpoint_of_an_older_version_starts_the_optional_pieces_fresh(caplo
     assert "callback tally has no state in the checkpoint" in caplog.text
     assert resumed.early_stopping.state_dict() == EarlyStopping("val/loss", "min", patience=3).state_dict()
     assert resumed.callbacks.named["tally"].steps == 0
-    # The restored weights are the older run's; the first update after resuming copies them.
+    # The average starts at the restored weights (what a resume's check validates), and the
+    # first update after resuming copies them.
     assert_same(resumed.model_weights(), older["model_state_dict"])
+    assert_same(resumed.average_weights(), {**older["model_state_dict"], N_AVERAGED: torch.tensor(0)})
     resumed.ema.update_parameters(resumed.model)
     assert_same(resumed.average_weights(), {**older["model_state_dict"], N_AVERAGED: torch.tensor(1)})
 
