@@ -56,8 +56,8 @@ class RunView:
     """What a callback sees of the run: read it, do not change it (the model is the live one;
     changing its weights would change the trajectory that resume and reproducibility promise)."""
 
-    def __init__(self, name: str, training):
-        self._name, self._training = name, training
+    def __init__(self, name: str, training, callbacks: Callbacks):
+        self._name, self._training, self._callbacks = name, training, callbacks
         self.saved: list[str] = []  # on_save: the files that save point wrote
 
     @property
@@ -72,8 +72,9 @@ class RunView:
 
     @property
     def metrics(self) -> MappingProxyType:
-        """The newest metrics: an epoch's end's (train/loss, lr, val/...), or a validation's inside an epoch."""
-        return MappingProxyType(dict(self._training.latest))
+        """The newest validation's metrics: an epoch's end's (train/loss, lr, val/...), or those of a
+        validation inside an epoch (val/...); empty before the first."""
+        return MappingProxyType(dict(self._callbacks.latest))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -105,8 +106,15 @@ class Callbacks:
 
     def __init__(self, section: DictConfig | None, training):
         self.named: dict[str, object] = build_callbacks(section)
-        self.views = {name: RunView(name, training) for name in self.named}
+        self.views = {name: RunView(name, training, self) for name in self.named}
         self.wanted = {point: [n for n, cb in self.named.items() if hasattr(cb, point)] for point in POINTS}
+        # The newest validation's metrics, as the views show them (in checkpoints: engine/state.py).
+        self.latest: dict = {}
+
+    def validated(self, metrics: dict) -> None:
+        """After a validation that counts: the views show its metrics, and on_validation_end is called."""
+        self.latest = dict(metrics)
+        self.call("on_validation_end")
 
     def call(self, point: str, saved: list[str] | None = None) -> None:
         for name in self.wanted[point]:

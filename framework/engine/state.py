@@ -218,11 +218,15 @@ class TrainState:
             self.early_stopping.load_state_dict(saved)
 
     def _capture_callbacks(self):
-        return {"callbacks_state": self.callbacks.state_dict() if self.callbacks else {}}
+        if self.callbacks is None:
+            return {"callbacks_state": {}}
+        # The metrics the callbacks' views show: a resumed run's show the newest validation's too.
+        return {"callbacks_state": self.callbacks.state_dict(), "callbacks_metrics": dict(self.callbacks.latest)}
 
     def _restore_callbacks(self, ckpt, strict):
         if self.callbacks is not None:
             self.callbacks.load_state_dict(ckpt.get("callbacks_state") or {})
+            self.callbacks.latest = dict(ckpt.get("callbacks_metrics") or {})
 
     # ---- the loop's counters and the data position -------------------------------------------
     def _capture_counters(self):

@@ -126,7 +126,6 @@ class Training:
                 stopping["monitor"], stopping["mode"], stopping["patience"], stopping["min_delta"]
             )
         self.callbacks = Callbacks(cfg.get("callbacks"), self)
-        self.latest: dict = {}  # the newest metrics, as a callback sees them
         self.state = TrainState(
             self.model, self.optimizer, self.scheduler, self.scaler, ema, early_stopping, self.callbacks
         )
@@ -317,10 +316,9 @@ class Training:
     def validated(self, metrics: dict) -> None:
         """After a validation that counts (an epoch's end, or val_every_n_steps): early stopping
         and the callbacks see it."""
-        self.latest = dict(metrics)
         if self.state.early_stopping is not None:
             self.state.early_stopping.update(metrics, self.state.global_step)
-        self.callbacks.call("on_validation_end")
+        self.callbacks.validated(metrics)
 
     def stop_requested(self, preemption: StopOnSignal) -> bool:
         """Whether a stop signal came. Under torchrun the ranks must stop at one step, so they

@@ -25,7 +25,6 @@ def fake_training(step: int = 3, seed: int = 0) -> SimpleNamespace:
     """What a RunView reads of Training."""
     return SimpleNamespace(
         state=SimpleNamespace(global_step=step, epoch=1),
-        latest={"val/loss": 0.5},
         model=MODEL,
         run_dir=Path("/somewhere"),
         rank=0,
@@ -92,6 +91,13 @@ def test_an_exception_becomes_one_line_naming_the_callback_the_point_and_the_ste
 
 
 # ---- state ------------------------------------------------------------------------------
+def test_the_views_show_the_newest_validation():
+    callbacks = Callbacks(section(calls={"_target_": "user_modules.RandomDraws"}), fake_training())
+    assert callbacks.views["calls"].metrics == {}
+    callbacks.validated({"val/loss": 0.25})
+    assert callbacks.views["calls"].metrics == {"val/loss": 0.25}
+
+
 def test_only_callbacks_with_a_state_dict_are_saved():
     training = fake_training()
     callbacks = Callbacks(
@@ -165,16 +171,17 @@ def test_what_weights_only_refuses_is_named_with_where_it_is(state, says, tmp_pa
 # ---- the view ---------------------------------------------------------------------------
 def test_the_view_shows_the_run_and_its_metrics_cannot_be_changed():
     training = fake_training(step=5)
-    view = RunView("mine", training)
+    shown = SimpleNamespace(latest={"val/loss": 0.5})  # the Callbacks whose view it is
+    view = RunView("mine", training, shown)
     assert (view.step, view.epoch, view.run_dir, view.rank, view.is_main) == (5, 1, Path("/somewhere"), 0, True)
     assert view.model is training.model and view.saved == []
     with pytest.raises(TypeError):
         view.metrics["val/loss"] = 0.0
-    assert training.latest == {"val/loss": 0.5}
+    assert view.metrics == {"val/loss": 0.5} and shown.latest == {"val/loss": 0.5}
 
 
 def draw(name: str = "mine", step: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.rand(4, generator=RunView(name, fake_training(step=step, seed=seed)).generator())
+    return torch.rand(4, generator=RunView(name, fake_training(step=step, seed=seed), None).generator())
 
 
 def test_the_generator_is_keyed_by_seed_name_and_step_and_leaves_the_global_streams_alone():
@@ -189,6 +196,6 @@ def test_the_generator_is_keyed_by_seed_name_and_step_and_leaves_the_global_stre
 def test_random_draws_records_one_number_a_step():
     draws = RandomDraws()
     for step in (1, 2):
-        draws.on_step_end(RunView("d", fake_training(step=step)))
+        draws.on_step_end(RunView("d", fake_training(step=step), None))
     assert draws.steps == [1, 2] and draws.draws.shape == (2,)
     assert FailsAtStep(5).step == 5
