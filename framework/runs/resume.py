@@ -37,7 +37,6 @@ SAFE_TO_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",
     "data.num_workers",
-    "trainer.val_every_n_steps",  # validation draws no random numbers: the trajectory is the same
     "callbacks",  # they watch; a callback's state the checkpoint lacks starts fresh
 )
 # How this invocation resumes, not what the experiment is: never compared.
@@ -202,6 +201,10 @@ def is_sink(key: str) -> bool:
 def is_safe(key: str, old: DictConfig) -> bool:
     if any(key == s or key.startswith(s + ".") for s in SAFE_TO_CHANGE):
         return True
+    if key == "trainer.val_every_n_steps":
+        # Validation draws no random numbers, so the weights follow the same trajectory; but with
+        # early stopping on, which validations count decides where the run ends.
+        return OmegaConf.select(old, "trainer.early_stopping.patience", default=None) is None
     if key == "trainer.max_epochs":
         # Safe unless the schedule's length is derived from it.
         scheduler = old.get("scheduler") or {}
