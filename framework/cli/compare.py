@@ -80,18 +80,19 @@ def first_divergence(a: list[dict], b: list[dict]) -> str | None:
 
 
 def tensor_differences(ckpt_a: dict, ckpt_b: dict) -> list[str]:
-    """Names of the model/optimizer tensors that differ (value, dtype or shape), the scheduler
-    state and counters if they differ."""
+    """Names of the model/optimizer/moving-average tensors that differ (value, dtype or shape),
+    the scheduler state, early stopping's state and counters if they differ."""
     found = []
     for key in ("epoch", "global_step"):
         if ckpt_a.get(key) != ckpt_b.get(key):
             found.append(f"{key}: {ckpt_a.get(key)} vs {ckpt_b.get(key)}")
-    for section in ("model_state_dict", "optimizer_state_dict"):
-        for name, x, y in _paired_tensors(section, ckpt_a.get(section, {}), ckpt_b.get(section, {})):
+    for section in ("model_state_dict", "optimizer_state_dict", "ema_state_dict"):
+        for name, x, y in _paired_tensors(section, ckpt_a.get(section) or {}, ckpt_b.get(section) or {}):
             if x is None or y is None or x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x, y):
                 found.append(name)
-    if ckpt_a.get("scheduler_state_dict") != ckpt_b.get("scheduler_state_dict"):
-        found.append("scheduler_state_dict")
+    for key in ("scheduler_state_dict", "early_stopping"):
+        if ckpt_a.get(key) != ckpt_b.get(key):
+            found.append(key)
     return found
 
 

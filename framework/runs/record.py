@@ -125,7 +125,7 @@ class RunRecord:
             epochs_completed=training.state.epoch,
             global_step=training.state.global_step,
             metrics=metrics,
-            fingerprint=fingerprint(training.model.state_dict(), training.optimizer.state_dict()),
+            fingerprint=fingerprint(training.model.state_dict(), training.optimizer.state_dict(), *averaged(training)),
         )
         training.logger.log_final(metrics, summary["hparams"], training.state.global_step)
         log.info("done in %.1fs: %s", summary["wall_time_s"], self.path)
@@ -168,3 +168,10 @@ def previous_summary(run_dir: Path) -> dict:
         return {}
     old.pop("error", None)
     return old
+
+
+def averaged(training: Training) -> list[dict]:
+    """The moving average's state, when the run keeps one: part of the final state the fingerprint
+    covers (a run without one keeps the fingerprint it always had)."""
+    average = training.state.average_weights()
+    return [average] if average is not None else []
