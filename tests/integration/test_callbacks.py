@@ -2,17 +2,21 @@
 stateful callback resumed exactly; a callback's random numbers disturb nothing and repeat at the
 same step across a resume; the example of docs/callbacks.md runs as written.
 
-The callbacks are tests/user_modules.py's: CallRecorder writes each call it gets to
-RUN_DIR/callback_calls.jsonl, RandomDraws keeps one number a step from run.generator()."""
+The callbacks are tests/user_modules.py's (CallRecorder writes each call it gets to
+RUN_DIR/callback_calls.jsonl, RandomDraws keeps one number a step from run.generator()) and the
+blocks of docs/callbacks.md marked `<!-- example: my_callbacks.py`, written to a file of that
+name as they are (WeightHistogram, BestAccuracy), so that the page cannot drift from the code."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 
 import pytest
 import torch
-from helpers import read_jsonl, read_summary, train_in_process
+from helpers import ROOT, read_jsonl, read_summary, train_in_process
 
 from framework.cli.compare import compare as differences
 
@@ -23,8 +27,28 @@ CALLBACKS = [
     "trainer.val_every_n_steps=5",
     "logger=none",
 ]
-WITH = ["+callbacks.calls._target_=user_modules.CallRecorder", "+callbacks.draws._target_=user_modules.RandomDraws"]
+WITH = [
+    "+callbacks.calls._target_=user_modules.CallRecorder",
+    "+callbacks.draws._target_=user_modules.RandomDraws",
+    "+callbacks.weights._target_=my_callbacks.WeightHistogram",  # docs/callbacks.md's
+    "+callbacks.weights.every_n_steps=10",
+    "+callbacks.best._target_=my_callbacks.BestAccuracy",
+]
 GO_ON = "trainer.max_steps=null"
+EXAMPLE = re.compile(r"<!-- example: my_callbacks.py .*?-->\n```python\n(.*?)```", re.DOTALL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def doc_example(tmp_path_factory):
+    """docs/callbacks.md's example blocks, importable as my_callbacks while this module's tests run."""
+    blocks = EXAMPLE.findall((ROOT / "docs" / "callbacks.md").read_text())
+    assert len(blocks) == 2, "docs/callbacks.md: the two example blocks, each after its marker"
+    folder = tmp_path_factory.mktemp("docs_example")
+    (folder / "my_callbacks.py").write_text("\n\n".join(blocks))
+    sys.path.insert(0, str(folder))
+    yield
+    sys.path.remove(str(folder))
+    sys.modules.pop("my_callbacks", None)
 
 
 def calls(run_dir) -> list[dict]:
@@ -87,7 +111,7 @@ def test_a_callback_drawing_random_numbers_every_step_leaves_training_as_it_was(
 
 
 @pytest.fixture(scope="module")
-def stopped(trained_run, tmp_path_factory):
+def stopped(tmp_path_factory):
     """Stopped by max_steps mid-epoch, at step 23 (copy it to resume it)."""
     run = tmp_path_factory.mktemp("stopped") / "run"
     train_in_process(run, *CALLBACKS, *WITH, "trainer.max_steps=23")
@@ -109,6 +133,41 @@ def test_a_stateful_callback_is_resumed_exactly(straight, stopped, tmp_path):
     assert mine["steps"] == theirs["steps"] == list(range(1, 41))
     assert torch.equal(mine["draws"], theirs["draws"])  # the same numbers at the same steps, after the resume too
     assert after_the_resume(calls(run), run) == after_the_resume(calls(straight), straight)
+    # docs/callbacks.md's examples: each histogram once (the resumed writer purged nothing it needed)
+    # and the same as the straight run's; the best accuracy carried across the resume.
+    mine, theirs = weight_histograms(run), weight_histograms(straight)
+    assert {t: [(e.step, e.histogram_value) for e in events] for t, events in mine.items()} == {
+        t: [(e.step, e.histogram_value) for e in events] for t, events in theirs.items()
+    }
+    assert last_state(run)["callbacks_state"]["best"] == last_state(straight)["callbacks_state"]["best"]
+
+
+def test_the_documented_example_writes_the_weights_histograms_every_n_steps(straight):
+    final = last_state(straight)["model_state_dict"]  # at step 40
+    histograms = weight_histograms(straight)
+    assert sorted(histograms) == sorted(final)  # every parameter (MLP has no buffers)
+    for name, events in histograms.items():
+        assert [event.step for event in events] == [10, 20, 30, 40]
+        last = events[-1].histogram_value
+        weights = final[name].double()
+        assert last.num == weights.numel() and (last.min, last.max) == (weights.min().item(), weights.max().item())
+        assert last.sum == pytest.approx(weights.sum().item(), rel=1e-6, abs=1e-6)
+
+
+def test_the_documented_stateful_example_keeps_the_best_accuracy(straight):
+    seen = [(line["step"], line["val/acc"]) for line in read_jsonl(straight) if line["event"] in ("val", "epoch")]
+    best = max(value for _, value in seen)
+    first = next(step for step, value in seen if value == best)
+    assert last_state(straight)["callbacks_state"]["best"] == {"best": best, "step": first}
+
+
+def weight_histograms(run_dir) -> dict[str, list]:
+    """What TensorBoard's own reader finds in the example's folder: tag -> its histogram events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard" / "weights"), size_guidance={"histograms": 0})
+    events.Reload()
+    return {tag: events.Histograms(tag) for tag in events.Tags()["histograms"]}
 
 
 def after_the_resume(seen: list[dict], run_dir) -> list[dict]:
