@@ -23,6 +23,7 @@ from framework.config import recipes as recipe
 from framework.config.errors import ConfigError
 from framework.config.folders import CONF_DIR
 from framework.engine.build import build_task
+from framework.engine.callbacks import CallbackFailed
 from framework.engine.preemption import exit_code
 from framework.engine.run import run
 from framework.engine.step import RunStopped
@@ -76,6 +77,8 @@ def single_run(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.Held
         settle_failed(held, e)
         if distributed.is_main():  # one message for the job, not one per rank
             print(f"Error: {e}", file=sys.stderr)
+        elif isinstance(e, CallbackFailed):  # this rank's own: rank 0 may only see a broken collective
+            print(f"Error on rank {distributed.rank()}: {e}", file=sys.stderr)
         sys.exit(1)
     if summary["status"] in STOPPED:  # not finished: a scheduler must not take it for done
         sys.exit(exit_code(signal.Signals[summary["signal"]]))
