@@ -10,6 +10,9 @@ stopped early has nothing left to train.
 from __future__ import annotations
 
 import logging
+import math
+
+from framework.config.errors import ConfigError
 
 log = logging.getLogger("framework")
 
@@ -23,6 +26,8 @@ class EarlyStopping:
         self.stopped = False
 
     def improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False  # a NaN never becomes the best, or nothing after it could improve on it
         if self.best is None:
             return True
         if self.mode == "min":
@@ -69,3 +74,19 @@ class EarlyStopping:
 def stopped_early(ckpt: dict) -> bool:
     """Whether a checkpoint's run had stopped early when it was saved."""
     return bool((ckpt.get("early_stopping") or {}).get("stopped"))
+
+
+def check_monitor(monitor: str, val_samples: int) -> None:
+    """Early stopping sees the validations' metrics (val/..., and train/loss at epoch ends): refuse,
+    before training, a monitor it would never see, which would let the run go on to its end."""
+    key = f"trainer.early_stopping.monitor={monitor}"
+    if monitor.startswith("test/"):
+        raise ConfigError(
+            f"{key}: early stopping watches the validations (val/... metrics, or train/loss at epoch ends); "
+            "the test split is evaluated once, after training. Watch a val/ metric."
+        )
+    if monitor.startswith("val/") and val_samples == 0:
+        raise ConfigError(
+            f"{key}: the validation split is empty, so early stopping would never see it. Give "
+            "data.val_fraction a share of the data, or trainer.early_stopping.patience=null."
+        )

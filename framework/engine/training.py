@@ -24,7 +24,7 @@ from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
 from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
 from framework.engine.callbacks import Callbacks
-from framework.engine.early_stopping import EarlyStopping
+from framework.engine.early_stopping import EarlyStopping, check_monitor
 from framework.engine.ema import build_ema
 from framework.engine.preemption import StopOnSignal, signals_held
 from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
@@ -122,6 +122,7 @@ class Training:
         stopping = t.early_stopping
         early_stopping = None
         if stopping["patience"] is not None:
+            check_monitor(stopping["monitor"], len(splits.val))
             early_stopping = EarlyStopping(
                 stopping["monitor"], stopping["mode"], stopping["patience"], stopping["min_delta"]
             )

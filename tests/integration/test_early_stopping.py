@@ -139,6 +139,12 @@ def test_a_rerun_of_a_run_that_stopped_early_has_nothing_left(straight, tmp_path
     assert tree(run) == before  # the run record, history and checkpoints as they were
 
 
+def test_an_empty_validation_split_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer.early_stopping.monitor=val/loss: the validation split is empty"):
+        train_in_process(tmp_path / "run", *STOPPING, "data.val_fraction=0")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_monitor_the_task_does_not_report_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"^trainer.early_stopping.monitor=val/f1: task \S+ does not report it"):
         train_in_process(tmp_path / "run", *STOPPING, "trainer.early_stopping.monitor=val/f1")

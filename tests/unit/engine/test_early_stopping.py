@@ -3,6 +3,8 @@ checks that put its mode in force (tests/integration/test_early_stopping.py trai
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from helpers import compose_config
 from omegaconf import OmegaConf
@@ -10,7 +12,7 @@ from omegaconf import OmegaConf
 from framework.config.checks import check
 from framework.config.errors import ConfigError
 from framework.engine.build import build_task
-from framework.engine.early_stopping import EarlyStopping, stopped_early
+from framework.engine.early_stopping import EarlyStopping, check_monitor, stopped_early
 from framework.engine.run import nothing_left
 from framework.engine.training import check_metric_names
 
@@ -66,6 +68,12 @@ def test_restored_state_counts_on_where_it_was():
     assert resumed.state_dict() == straight.state_dict()
 
 
+def test_a_nan_is_never_an_improvement():
+    stopping = EarlyStopping("val/loss", "min", patience=2)
+    assert stop_index(stopping, [float("nan"), 1.0, 0.5, float("nan"), float("nan")]) == 4
+    assert (stopping.best, stopping.best_step) == (0.5, 30)
+
+
 def test_once_stopped_it_stays_stopped():
     stopping = EarlyStopping("val/loss", "min", patience=1)
     stop_index(stopping, [1.0, 2.0])
@@ -118,3 +126,17 @@ def test_bad_values_are_refused_naming_their_keys():
         check(cfg)
     for key in ("patience=0", "mode='up'", "min_delta=-1"):
         assert f"trainer.early_stopping.{key}" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "monitor, val_samples, says",
+    [
+        ("test/acc", 100, "trainer.early_stopping.monitor=test/acc: early stopping watches the validations"),
+        ("val/loss", 0, "trainer.early_stopping.monitor=val/loss: the validation split is empty"),
+    ],
+)
+def test_a_monitor_early_stopping_would_never_see_is_refused(monitor, val_samples, says):
+    with pytest.raises(ConfigError, match="^" + re.escape(says)):
+        check_monitor(monitor, val_samples)
+    check_monitor("val/loss", 1)
+    check_monitor("train/loss", 0)  # at epoch ends
