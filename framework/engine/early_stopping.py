@@ -45,15 +45,14 @@ class EarlyStopping:
             self.bad_validations += 1
         if self.bad_validations >= self.patience:
             self.stopped = True
+            best = "none: every value was NaN" if self.best is None else f"{self.best:.6g} at step {self.best_step}"
             log.info(
-                "early stopping at step %d: %s has not improved by more than %g for %d validations "
-                "(best %.6g at step %d)",
+                "early stopping at step %d: %s has not improved by more than %g for %d validations (best %s)",
                 step,
                 self.monitor,
                 self.min_delta,
                 self.bad_validations,
-                self.best,
-                self.best_step,
+                best,
             )
         return self.stopped
 

@@ -3,6 +3,7 @@ checks that put its mode in force (tests/integration/test_early_stopping.py trai
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -72,6 +73,14 @@ def test_a_nan_is_never_an_improvement():
     stopping = EarlyStopping("val/loss", "min", patience=2)
     assert stop_index(stopping, [float("nan"), 1.0, 0.5, float("nan"), float("nan")]) == 4
     assert (stopping.best, stopping.best_step) == (0.5, 30)
+
+
+def test_a_stop_is_logged_with_the_best_value_even_when_there_is_none(caplog):
+    with caplog.at_level(logging.INFO, logger="framework"):
+        stop_index(EarlyStopping("val/loss", "min", patience=2), [float("nan")] * 2)
+        stop_index(EarlyStopping("val/loss", "min", patience=1, min_delta=0.5), [1.0, 0.9])
+    assert "val/loss has not improved by more than 0 for 2 validations (best none: every value was NaN)" in caplog.text
+    assert "at step 20: val/loss has not improved by more than 0.5 for 1 validations (best 1 at step 10)" in caplog.text
 
 
 def test_once_stopped_it_stays_stopped():
