@@ -51,6 +51,12 @@ def doc_example(tmp_path_factory):
     sys.modules.pop("my_callbacks", None)
 
 
+def test_the_readme_shows_the_same_callback_as_the_docs():
+    """The README's callback written from scratch is docs/callbacks.md's first block, which runs here."""
+    readme = EXAMPLE.findall((ROOT / "README.md").read_text())
+    assert readme == EXAMPLE.findall((ROOT / "docs" / "callbacks.md").read_text())[:1]
+
+
 def calls(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "callback_calls.jsonl").read_text().splitlines()]
 
