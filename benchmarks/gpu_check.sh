@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one script for a machine lent with one (see the device tool's
 # README): exact resume on CUDA with background saves (pinned-memory snapshots, the copy on a
-# stream of its own), then the benchmarks on the GPU. Prints everything; writes the log to
-# $OUT/gpu_check.log when OUT is set.
+# stream of its own) and with trainer.compile, then the benchmarks on the GPU. Prints everything;
+# writes the log to $OUT/gpu_check.log when OUT is set.
 #
 # That machine's python has torch but not hydra-core, omegaconf or antlr4. Before the call,
 # here, in the repository's root (Python 3.12 there; antlr4 4.9.3 has no wheel on the index):
@@ -53,9 +53,23 @@ train hydra.run.dir=$runs/big-resumed "${big[@]}" resume=$runs/big-resumed/check
 python3 -m framework.compare $runs/big-sync $runs/big-resumed
 python3 -m framework.ckpt verify $runs/big-async | tail -1
 
-# 3. The benchmarks (tables for the README).
+# 3. trainer.compile: a compiled run stopped mid-epoch and resumed in a new process ends as one
+#    never stopped, at seeded (inductor may benchmark kernels as it compiles, and could choose
+#    others in the new process) and at strict (torch's deterministic algorithms put inductor in its
+#    deterministic mode, which skips the choices that change the numbers).
+for level in seeded strict; do
+    compiled=(model=mlp "model.hidden=[1024,1024]" trainer.max_epochs=2 trainer.compile=true determinism=$level)
+    train hydra.run.dir=$runs/compiled-$level "${compiled[@]}"
+    train hydra.run.dir=$runs/compiled-stopped-$level "${compiled[@]}" trainer.max_steps=30
+    train hydra.run.dir=$runs/compiled-stopped-$level "${compiled[@]}" resume=auto trainer.max_steps=null
+    echo "compiled, determinism=$level:"
+    python3 -m framework.compare $runs/compiled-$level $runs/compiled-stopped-$level
+done
+
+# 4. The benchmarks (tables for the README).
 [ "${GPU_CHECK_SKIP_BENCHMARKS:-}" ] && exit 0
 python3 benchmarks/overhead.py --device $device
 python3 benchmarks/overhead.py --device $device --data-on-device
 python3 benchmarks/async_save.py --device $device
 python3 benchmarks/checkpoint_io.py
+python3 benchmarks/compile.py --device $device
