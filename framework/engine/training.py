@@ -93,6 +93,9 @@ class Training:
             self.no_sync = self.net.no_sync
         if t.compile:
             # Compiled lazily, at the first step (timed there). Evaluation runs the plain module.
+            # A fresh start, as a new process has: sweep jobs in one process would otherwise reuse
+            # an earlier job's graphs and count towards dynamo's limit on recompiles.
+            torch._dynamo.reset()
             self.net = torch.compile(self.net, **({} if t.compile is True else {"mode": t.compile}))
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         # data.batch_size is per rank and per micro-batch: each rank takes its shard of the epoch
