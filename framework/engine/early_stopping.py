@@ -70,6 +70,14 @@ class EarlyStopping:
         self.bad_validations, self.stopped = saved["bad_validations"], saved["stopped"]
 
 
+def build_early_stopping(section: dict, val_samples: int) -> EarlyStopping | None:
+    """From the trainer.early_stopping section (its mode filled in already); None: off."""
+    if section["patience"] is None:
+        return None
+    check_monitor(section["monitor"], val_samples)
+    return EarlyStopping(section["monitor"], section["mode"], section["patience"], section["min_delta"])
+
+
 def stopped_early(ckpt: dict) -> bool:
     """Whether a checkpoint's run had stopped early when it was saved."""
     return bool((ckpt.get("early_stopping") or {}).get("stopped"))

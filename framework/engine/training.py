@@ -24,7 +24,7 @@ from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
 from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
 from framework.engine.callbacks import Callbacks
-from framework.engine.early_stopping import EarlyStopping, check_monitor
+from framework.engine.early_stopping import build_early_stopping
 from framework.engine.ema import build_ema
 from framework.engine.preemption import StopOnSignal, signals_held
 from framework.engine.state import PIECES, RNG_PIECES, TrainState, as_rank_restores_it
@@ -122,13 +122,7 @@ class Training:
         ema = build_ema(self.model, t.ema["decay"])
         # What validation, test, best.pt's metric and a resume's check evaluate.
         self.evaluated = ema.module if ema is not None and t.ema["evaluate"] else self.model
-        stopping = t.early_stopping
-        early_stopping = None
-        if stopping["patience"] is not None:
-            check_monitor(stopping["monitor"], len(splits.val))
-            early_stopping = EarlyStopping(
-                stopping["monitor"], stopping["mode"], stopping["patience"], stopping["min_delta"]
-            )
+        early_stopping = build_early_stopping(t.early_stopping, len(splits.val))
         self.callbacks = Callbacks(cfg.get("callbacks"), self)
         self.state = TrainState(
             self.model, self.optimizer, self.scheduler, self.scaler, ema, early_stopping, self.callbacks
