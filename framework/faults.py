@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections import Counter
 
 KILL_ENV = "FRAMEWORK_TEST_KILL_AT"
@@ -29,4 +30,6 @@ def boundary(name: str) -> None:
             continue
         _reached[env] += 1
         if _reached[env] == int(nth or 1):
-            os.kill(os.getpid(), signum)
+            # To this thread: sent to the process, the signal may be taken by another thread, and
+            # this one (a background writer) would go on writing before the whole process stops.
+            signal.pthread_kill(threading.get_ident(), signum)
