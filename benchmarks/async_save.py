@@ -65,7 +65,7 @@ class Loop:
 
     def step(self, checkpointer: Checkpointer) -> float:
         start = time.perf_counter()
-        train_step(self.model, self.task, (self.x, self.y), self.optimizer, self.scaler, contextlib.nullcontext, None,
+        train_step(self.model, self.task, [(self.x, self.y)], self.optimizer, self.scaler, contextlib.nullcontext, None,
                    lambda: self.wait_for_snapshot(checkpointer))  # fmt: skip
         if self.on_gpu:
             torch.cuda.synchronize()  # the step's time on the GPU, not the time to queue it

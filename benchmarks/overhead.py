@@ -158,7 +158,7 @@ def measure_interleaved(name: str, cfg, rounds: int) -> tuple:
 
     def framework_step():
         batch = to_device(next(batches), device)
-        train_step(model, task, batch, optimizer, scaler, autocast, cfg.trainer.gradient_clip_val)
+        train_step(model, task, [batch], optimizer, scaler, autocast, cfg.trainer.gradient_clip_val)
 
     def nanogpt_step():
         starts = torch.randint(len(tokens) - block, (batch_size,))
