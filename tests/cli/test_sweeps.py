@@ -39,6 +39,11 @@ def multirun(cwd: Path, *overrides: str, sweep_dir: Path | None = None, timeout=
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def start_multirun(*overrides: str, sweep_dir: Path) -> subprocess.Popen:
+    """multirun's command from ROOT, started in the background (for finish_together)."""
+    return start_in(ROOT, *TEST_CONF, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}")
+
+
 def assert_summary_files(sweep: Path) -> dict:
     summary = json.loads((sweep / "summary.json").read_text())
     table = (sweep / "summary.md").read_text()
@@ -131,7 +136,14 @@ def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, trained_ru
 
 @pytest.mark.slow
 def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_path):
-    good = multirun(ROOT, "seed=0,1", "repeat=0,1", *QUICK, sweep_dir=tmp_path / "good")
+    # The two sweeps are independent: started side by side, one on each CPU.
+    done = finish_together(
+        {
+            "good": start_multirun("seed=0,1", "repeat=0,1", *QUICK, sweep_dir=tmp_path / "good"),
+            "bad": start_multirun("seed=0", "repeat=0,1", *QUICK, "model=unseeded", sweep_dir=tmp_path / "bad"),
+        }
+    )
+    good, bad = done["good"], done["bad"]
     assert good.returncode == 0, good.stderr
     summary = json.loads((tmp_path / "good" / "summary.json").read_text())
     assert summary["all_reproduce"] is True and len(summary["reproducibility"]) == 2
@@ -139,7 +151,6 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
     assert summary["metrics"]["test/acc"]["n"] == 2  # identical repeats are not counted twice
     assert "every seed reproduces" in (tmp_path / "good" / "summary.md").read_text()
 
-    bad = multirun(ROOT, "seed=0", "repeat=0,1", *QUICK, "model=unseeded", sweep_dir=tmp_path / "bad")
     assert bad.returncode == 1
     assert "did not reproduce" in bad.stderr
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
