@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,20 +22,19 @@ from helpers import (
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
 
-def fingerprint_of(run_dir: Path, *overrides: str, **kwargs) -> str:
-    run_cli(run_dir, *QUICK, *overrides, **kwargs)
-    return read_summary(run_dir)["fingerprint"]
-
-
 @pytest.mark.slow
 def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path):
-    seed0 = fingerprint_of(tmp_path / "a", "seed=0")
-    # In this process, another one (after whatever other tests left behind), same bits.
-    assert train_in_process(tmp_path / "in", *QUICK, "seed=0")["fingerprint"] == seed0
+    # A process of its own; meanwhile, on the other CPU, the runs in this one.
+    alone = start_cli(tmp_path / "a", *QUICK, "seed=0")
+    # In this process, another one (after whatever other tests left behind).
+    seed0 = train_in_process(tmp_path / "in", *QUICK, "seed=0")["fingerprint"]
     assert train_in_process(tmp_path / "c", *QUICK, "seed=1")["fingerprint"] != seed0
     # The batches do not depend on which worker process loads them.
     for workers in (1, 2, 4):
         assert train_in_process(tmp_path / f"w{workers}", *QUICK, f"data.num_workers={workers}")["fingerprint"] == seed0
+    done = finish_together({"alone": alone})["alone"]
+    assert done.returncode == 0, done.stderr
+    assert read_summary(tmp_path / "a")["fingerprint"] == seed0
 
 
 def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
