@@ -22,6 +22,8 @@ from helpers import (
     start_in,
 )
 
+from framework.cli.sweep import main as sweep_main
+
 QUICK = ["model=mlp", "trainer.max_epochs=1", "logger=none", "checkpoint=off"]
 
 
@@ -73,13 +75,11 @@ def test_a_basic_multirun_of_three_seeds_is_summarized(tmp_path):
         assert r["fingerprint"][:16] in table
     assert summary["reproducibility_checked"] is False
 
-    # The same summary, rebuilt from disk by the command.
+    # The same summary, rebuilt from disk by the command's main, in process (`python -m framework.sweep`
+    # itself: test_sweep_command_says_when_a_folder_is_not_a_sweep).
     for name in ("summary.json", "summary.md", "val_curves.png"):
         (sweep / name).unlink()
-    rebuilt = subprocess.run(
-        [sys.executable, "-m", "framework.sweep", str(sweep)], capture_output=True, text=True, timeout=120
-    )
-    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert sweep_main([str(sweep)]) == 0
     assert json.loads((sweep / "summary.json").read_text())["metrics"] == summary["metrics"]
 
 
@@ -135,7 +135,7 @@ def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, trained_ru
 
 
 @pytest.mark.slow
-def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_path):
+def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_path, capsys):
     # The two sweeps are independent: started side by side, one on each CPU.
     done = finish_together(
         {
@@ -156,10 +156,9 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
     assert summary["all_reproduce"] is False
     assert len(summary["reproducibility"]) == 1 and not summary["reproducibility"][0]["reproduces"]
-    rebuilt = subprocess.run(
-        [sys.executable, "-m", "framework.sweep", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120
-    )
-    assert rebuilt.returncode == 1 and "did not reproduce" in rebuilt.stderr
+    capsys.readouterr()
+    assert sweep_main([str(tmp_path / "bad")]) == 1  # the command's main, in process
+    assert "did not reproduce" in capsys.readouterr().err
 
 
 @pytest.mark.slow
