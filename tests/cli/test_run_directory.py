@@ -48,15 +48,22 @@ def files_of(folder):
 
 
 def test_a_new_run_where_one_is_refused_and_the_old_one_kept(stopped, tmp_path):
-    run = copy_of(stopped, tmp_path)
+    run, kept = copy_of(stopped, tmp_path), copy_of(stopped, tmp_path / "refused")
     before = files_of(run)
-    proc = run_cli(run, *BASE, check=False)
+    # The refusal on a copy of its own, side by side with the archiving: one on each CPU.
+    done = finish_together(
+        {
+            "refused": start_cli(kept, *BASE),
+            "archived": start_cli(run, *BASE, "existing_run=archive", "trainer.max_steps=5"),
+        }
+    )
+    proc, archived = done["refused"], done["archived"]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "already holds a run (status 'completed', step 25)" in proc.stderr
     assert "resume=auto" in proc.stderr and "existing_run=archive" in proc.stderr
-    assert files_of(run) == before  # not even Hydra's .hydra/ or train.log
+    assert files_of(kept) == before  # not even Hydra's .hydra/ or train.log
 
-    archived = run_cli(run, *BASE, "existing_run=archive", "trainer.max_steps=5")
+    assert archived.returncode == 0, archived.stderr
     (aside,) = tmp_path.glob("run.archived-*")
     assert files_of(aside) == before and "is now in" in archived.stderr
     fresh = read_summary(run)
