@@ -136,7 +136,7 @@ def test_sigterm_stops_with_a_checkpoint_at_that_step_and_resume_is_exact(straig
     assert summary["status"] == "preempted" and summary["stopped_by"] == "signal"
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["global_step"] == summary["global_step"] and ckpt["loader_state"]["position"] != 0
-    run_cli(run, *EXACT, "resume=auto", extra_args=TEST_CONF)
+    train_in_process(run, *EXACT, "resume=auto", test_conf=True)  # the requeue, in process: it runs to the end
     assert read_summary(run)["resumes"][-1]["global_step"] == ckpt["global_step"]
     assert differences(straight, run) == []
 
