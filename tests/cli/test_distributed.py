@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS, read_summary, run_cli, train_in_process
+from helpers import ROOT, TESTS, finish_together, read_summary, run_cli, train_in_process
 
 from framework.cli.compare import compare as differences
 from framework.config.errors import ConfigError
@@ -34,11 +34,22 @@ def torchrun(run_dir: Path, *overrides: str, background: bool = False):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    run = tmp_path_factory.mktemp("ddp") / "straight"
-    proc = torchrun(run, *RUN)
-    assert proc.returncode == 0, proc.stderr
-    return run
+def first_runs(tmp_path_factory) -> dict:
+    """The straight run and the one stopped at the first epoch's end, started side by side (each
+    pays for its own interpreters and process group): name -> its folder."""
+    folder = tmp_path_factory.mktemp("ddp")
+    started = {
+        "straight": torchrun(folder / "straight", *RUN, background=True),
+        "stopped": torchrun(folder / "stopped", *RUN, "trainer.max_steps=10", background=True),
+    }
+    for proc in finish_together(started).values():
+        assert proc.returncode == 0, proc.stderr
+    return {name: folder / name for name in started}
+
+
+@pytest.fixture(scope="module")
+def straight(first_runs):
+    return first_runs["straight"]
 
 
 def test_two_ranks_write_one_run_directory_with_one_set_of_files(straight):
@@ -63,11 +74,8 @@ def test_two_ranks_write_one_run_directory_with_one_set_of_files(straight):
 
 
 @pytest.fixture(scope="module")
-def stopped_at_epoch_end(tmp_path_factory):
-    run = tmp_path_factory.mktemp("ddp") / "stopped"
-    proc = torchrun(run, *RUN, "trainer.max_steps=10")
-    assert proc.returncode == 0, proc.stderr
-    return run
+def stopped_at_epoch_end(first_runs):
+    return first_runs["stopped"]
 
 
 def test_two_ranks_stopped_at_an_epoch_end_resume_exactly(straight, stopped_at_epoch_end, tmp_path):
