@@ -84,29 +84,46 @@ def test_list_new_and_the_refusals(tmp_path):
     assert missing.returncode == 1 and "recipe=nowhere: no such recipe" in missing.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("source", SHIPPED)
-def test_a_new_recipe_from_each_template_runs_as_generated(tmp_path, source):
-    made = recipe_cli(tmp_path, "new", "mine", "--from", source)
-    assert made.returncode == 0, made.stderr
+def as_generated(source: str) -> list[str]:
+    """The command that runs a new recipe made from `source`, shortened."""
     short = ["trainer.max_steps=2", "logger=none"]
     if source == "char_lm":  # its validation and test on 1% of the text each, not 5%
         short += ["data.val_fraction=0.01", "data.test_fraction=0.01"]
     if source == "seed_study":  # a multirun from the recipe alone; one seed of it here
-        proc = framework_cli(tmp_path, "recipe=mine", "seed=0", *short, "hydra.sweep.dir=sweep")
-        assert proc.returncode == 0, proc.stderr
-        summary = json.loads((tmp_path / "sweep/summary.json").read_text())
+        return ["recipe=mine", "seed=0", *short, "hydra.sweep.dir=sweep"]
+    if source == "lr_search":
+        return ["recipe=mine", "hydra.sweeper.n_trials=2", *short, "hydra.sweep.dir=study"]
+    return ["recipe=mine", *short, "hydra.run.dir=run"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict:
+    """source -> (its project folder, `recipe new mine --from SOURCE` there, the run of it): each in
+    a folder of its own, the runs all started at once (each pays for its own interpreter)."""
+    folders = {source: tmp_path_factory.mktemp(source) for source in SHIPPED}
+    made = {source: recipe_cli(folder, "new", "mine", "--from", source) for source, folder in folders.items()}
+    started = {
+        source: start_in(folders[source], *as_generated(source)) for source in SHIPPED if made[source].returncode == 0
+    }
+    done = finish_together(started)
+    return {source: (folders[source], made[source], done.get(source)) for source in SHIPPED}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", SHIPPED)
+def test_a_new_recipe_from_each_template_runs_as_generated(generated, source):
+    folder, made, proc = generated[source]
+    assert made.returncode == 0, made.stderr
+    assert proc.returncode == 0, proc.stderr
+    if source == "seed_study":
+        summary = json.loads((folder / "sweep/summary.json").read_text())
         assert summary["jobs"] == 2 and summary["all_reproduce"] is True
     elif source == "lr_search":
-        proc = framework_cli(tmp_path, "recipe=mine", "hydra.sweeper.n_trials=2", *short, "hydra.sweep.dir=study")
-        assert proc.returncode == 0, proc.stderr
-        best = yaml.safe_load((tmp_path / "study/optimization_results.yaml").read_text())
+        best = yaml.safe_load((folder / "study/optimization_results.yaml").read_text())
         assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay"}
         assert f"best val/acc {best['best_value']}" in proc.stdout
     else:
-        proc = framework_cli(tmp_path, "recipe=mine", *short, "hydra.run.dir=run")
-        assert proc.returncode == 0, proc.stderr
-        assert read_summary(tmp_path / "run")["status"] == "completed"
+        assert read_summary(folder / "run")["status"] == "completed"
 
 
 @pytest.mark.slow
