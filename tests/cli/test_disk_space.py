@@ -5,21 +5,49 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import read_jsonl, read_summary, run_cli, start_cli, train_in_process, wait_until_stopped
+from helpers import finish_together, read_jsonl, read_summary, start_cli, train_in_process, wait_until_stopped
 
 from framework.cli.compare import compare as differences
 from framework.faults import STOP_ENV
 
+NO_ROOM = [("16m", 10000, "not enough free disk space"), ("256m", 10, "free inodes")]
 
-@pytest.mark.parametrize(
-    "size,inodes,says", [("16m", 10000, "not enough free disk space"), ("256m", 10, "free inodes")]
-)
-def test_no_room_for_checkpoints_is_found_before_training_and_recorded(small_disk, size, inodes, says):
-    run = small_disk(size, inodes) / "run"
-    proc = run_cli(run, "model=mlp", "trainer.max_epochs=1", "logger=none", check=False)
+
+@pytest.fixture(scope="module")
+def no_room(tmp_path_factory):
+    """(size, inodes) -> (the run, its finished command): each case's run on a real, small file
+    system (tmpfs, as conftest's small_disk mounts), the commands started at once (each pays for
+    its own interpreter)."""
+    folder, disks = tmp_path_factory.mktemp("no_room"), {}
+    try:
+        for size, inodes, _ in NO_ROOM:
+            disk = folder / f"{size}-{inodes}"
+            disk.mkdir()
+            options = f"size={size},nr_inodes={inodes}"
+            mounted = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True, text=True
+            )
+            if mounted.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+            disks[size, inodes] = disk
+        started = {
+            key: start_cli(disk / "run", "model=mlp", "trainer.max_epochs=1", "logger=none")
+            for key, disk in disks.items()
+        }
+        done = finish_together(started)
+        yield {key: (disk / "run", done[key]) for key, disk in disks.items()}
+    finally:
+        for disk in disks.values():
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("size,inodes,says", NO_ROOM)
+def test_no_room_for_checkpoints_is_found_before_training_and_recorded(no_room, size, inodes, says):
+    run, proc = no_room[size, inodes]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert says in proc.stderr
     assert read_summary(run)["status"] == "failed"  # not left at "running"
