@@ -36,22 +36,18 @@ def rebuilt(config_text: str, state_dict: dict) -> torch.nn.Module:
     return model
 
 
-def test_the_checkpoint_and_tensorboard_record_the_values_filled_in_from_the_data(run):
+def test_the_checkpoint_and_tensorboard_record_the_values_filled_in_from_the_data(run, capsys):
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     recorded = yaml.safe_load(ckpt["config"])["model"]
     assert {k: recorded[k] for k in FILLED} == FILLED
     assert sum(p.numel() for p in rebuilt(ckpt["config"], ckpt["model_state_dict"]).parameters()) > 0
     (text,) = read_tensorboard(run)["text"]
     assert yaml.safe_load(textwrap.dedent(text))["model"] == recorded
-    shown = subprocess.run(
-        [sys.executable, "-m", "framework.ckpt", "inspect", str(run / "checkpoints" / "last.pt"), "--config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert {k: yaml.safe_load(shown.stdout)["model"][k] for k in FILLED} == FILLED
+    capsys.readouterr()
+    # The ckpt tool's main, in process (its command line: tests/cli/test_ckpt_tool.py).
+    assert ckpt_tool.main(["inspect", str(run / "checkpoints" / "last.pt"), "--config"]) == 0
+    shown = capsys.readouterr().out
+    assert {k: yaml.safe_load(shown)["model"][k] for k in FILLED} == FILLED
     # What Hydra composed from the command line stays as the user gave it.
     assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["model"]["input_shape"] is None
 
