@@ -89,7 +89,11 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path, trained
     # and each job's randomness must start from its own seed.
     sweep = tmp_path / "sweep"
     # Hydra's sweep syntax: the strict re-launch (PYTHONHASHSEED) must see strict inside it.
-    proc = multirun(ROOT, "determinism=choice(strict,seeded)", "seed=0", *QUICK, sweep_dir=sweep)
+    started = start_multirun("determinism=choice(strict,seeded)", "seed=0", *QUICK, sweep_dir=sweep)
+    # Meanwhile, on the other CPU: the single runs the jobs must equal.
+    one_thread = fingerprint_of(trained_run, "seed=0", "determinism.num_threads=1")
+    expected = [one_thread, fingerprint_of(trained_run, "seed=0")]
+    proc = finish_together({"sweep": started})["sweep"]
     assert proc.returncode == 0, proc.stderr
     first, second = (read_summary(sweep / str(i)) for i in (0, 1))
     assert first["determinism"]["deterministic_algorithms"] is True
@@ -98,8 +102,7 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path, trained
     assert first["determinism"]["num_threads"] == 1
     assert first["determinism"]["pythonhashseed"] == os.environ.get("PYTHONHASHSEED", "0")  # re-launched
     assert second["determinism"]["num_threads"] == len(os.sched_getaffinity(0))
-    assert first["fingerprint"] == fingerprint_of(trained_run, "seed=0", "determinism.num_threads=1")
-    assert second["fingerprint"] == fingerprint_of(trained_run, "seed=0")
+    assert [first["fingerprint"], second["fingerprint"]] == expected
 
 
 @pytest.mark.slow
