@@ -57,10 +57,24 @@ def assert_summary_files(sweep: Path) -> dict:
     # strict across processes: test_jobs_in_one_process_do_not_leak_state_into_each_other.
 
 
+# Two sweeps of the basic launcher (its jobs one after the other in one process): name -> overrides.
+BASIC = {
+    "seeds": ["seed=0,1,2", *QUICK, "trainer.max_epochs=2"],
+    "failing": ["seed=0", "optimizer.lr=0.1,-1,0.05", *QUICK],
+}
+
+
+@pytest.fixture(scope="module")
+def basic_sweeps(tmp_path_factory) -> dict:
+    """name -> (its sweep's folder, its finished command): the sweeps of BASIC, started side by side."""
+    folder = tmp_path_factory.mktemp("basic")
+    started = {name: start_multirun(*overrides, sweep_dir=folder / name) for name, overrides in BASIC.items()}
+    return {name: (folder / name, proc) for name, proc in finish_together(started).items()}
+
+
 @pytest.mark.slow
-def test_a_basic_multirun_of_three_seeds_is_summarized(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = multirun(ROOT, "seed=0,1,2", *QUICK, "trainer.max_epochs=2", sweep_dir=sweep)
+def test_a_basic_multirun_of_three_seeds_is_summarized(basic_sweeps):
+    sweep, proc = basic_sweeps["seeds"]
     assert proc.returncode == 0, proc.stderr
     summary = assert_summary_files(sweep)
     assert (summary["jobs"], summary["completed"], summary["failed"]) == (3, 3, 0)
@@ -106,9 +120,8 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path, trained
 
 
 @pytest.mark.slow
-def test_a_sweep_with_a_failing_job_still_summarizes_the_others(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = multirun(ROOT, "seed=0", "optimizer.lr=0.1,-1,0.05", *QUICK, sweep_dir=sweep)
+def test_a_sweep_with_a_failing_job_still_summarizes_the_others(basic_sweeps):
+    sweep, proc = basic_sweeps["failing"]
     assert proc.returncode == 1  # a failed job makes the sweep fail, after the summary
     assert "1 of 3 jobs failed" in proc.stderr
     summary = assert_summary_files(sweep)
