@@ -241,7 +241,7 @@ def build_state(cfg: DictConfig) -> tuple[TrainState, int]:
     its number of steps per epoch on one process."""
     from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
     from framework.engine.step import mixed_precision
-    from framework.engine.training import batches_per_epoch
+    from framework.engine.training import batches_per_epoch, steps_in
 
     seed_everything(cfg.seed)
     task = build_task(cfg.task)
@@ -249,7 +249,7 @@ def build_state(cfg: DictConfig) -> tuple[TrainState, int]:
     model = build_model(cfg.model, task.model_facts(splits))
     optimizer = build_optimizer(cfg.optimizer, model)
     batches = batches_per_epoch(len(splits.train), 1, cfg.data.batch_size)
-    steps = math.ceil(batches / cfg.trainer.accumulate_grad_batches)
+    steps = steps_in(batches, cfg.trainer.accumulate_grad_batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=cfg.trainer.max_epochs * steps)
     _, scaler = mixed_precision(cfg.trainer.precision, torch.device("cpu"))
     return TrainState(model, optimizer, scheduler, scaler), steps

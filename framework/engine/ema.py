@@ -26,5 +26,5 @@ def build_ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | No
 
 
 def without_count(saved: dict) -> dict:
-    """An `ema_state_dict` as the plain model's state dict (for export)."""
+    """An `ema_state_dict` as the plain model's state dict (to load into the average, or to export)."""
     return {k: v for k, v in saved.items() if k != N_AVERAGED}

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from framework.engine.ema import N_AVERAGED
+from framework.engine.ema import N_AVERAGED, without_count
 
 log = logging.getLogger("framework")
 
@@ -205,7 +205,7 @@ class TrainState:
             self.ema.n_averaged.zero_()
             log.warning("the checkpoint has no moving average of the weights: it starts from the restored weights")
             return
-        notes = load_model_weights(self.ema.module, {k: v for k, v in saved.items() if k != N_AVERAGED}, strict)
+        notes = load_model_weights(self.ema.module, without_count(saved), strict)
         self.ema.n_averaged.copy_(saved[N_AVERAGED])
         return notes
 

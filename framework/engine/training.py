@@ -101,7 +101,7 @@ class Training:
         # data.batch_size is per rank and per micro-batch: each rank takes its shard of the epoch
         # in batches of it, and steps once every trainer.accumulate_grad_batches of them.
         self.batches_per_epoch = batches_per_epoch(len(splits.train), self.world_size, cfg.data.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.accumulate_grad_batches)
+        self.steps_per_epoch = steps_in(self.batches_per_epoch, t.accumulate_grad_batches)
         # The schedule's length comes from max_epochs only: max_steps is a stopping point.
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=t.max_epochs * self.steps_per_epoch)
         self.autocast, self.scaler = mixed_precision(t.precision, device)
@@ -213,7 +213,7 @@ class Training:
         self.model.train()
         loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=self.device)
         micro = t.accumulate_grad_batches
-        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=math.ceil(state.position / micro))
+        progress.start_epoch(state.epoch, t.max_epochs, self.steps_per_epoch, done=steps_in(state.position, micro))
         # A resumed epoch can have nothing left when allow_config_changes made the batches larger.
         state.position = min(state.position, self.batches_per_epoch)
         cfg = self.cfg
@@ -304,19 +304,21 @@ class Training:
         state = self.state
         val = self.validate()
         self.logger.log("val", state.epoch, state.global_step, val)
-        monitor = self.cfg.checkpoint.monitor
-        improved = self.checkpointer.improves(val.get(monitor), state.best_metric)
-        if improved:
-            state.best_metric = val[monitor]
-        self.validated(val)
-        return val, improved
+        return val, self.validated(val)
 
-    def validated(self, metrics: dict) -> None:
-        """After a validation that counts (an epoch's end, or val_every_n_steps): early stopping
-        and the callbacks see it."""
-        if self.state.early_stopping is not None:
-            self.state.early_stopping.update(metrics, self.state.global_step)
+    def validated(self, metrics: dict) -> bool:
+        """After a validation that counts (an epoch's end, or val_every_n_steps): keep the best
+        value of checkpoint.monitor, then early stopping and the callbacks see it. Returns whether
+        the monitor improved (best.pt is then the next save's to write)."""
+        state = self.state
+        monitor = self.cfg.checkpoint.monitor
+        improved = self.checkpointer.improves(metrics.get(monitor), state.best_metric)
+        if improved:
+            state.best_metric = metrics[monitor]
+        if state.early_stopping is not None:
+            state.early_stopping.update(metrics, state.global_step)
         self.callbacks.validated(metrics)
+        return improved
 
     def stop_requested(self, preemption: StopOnSignal) -> bool:
         """Whether a stop signal came. Under torchrun the ranks must stop at one step, so they
@@ -335,8 +337,8 @@ class Training:
         state.epoch_loss_sum = loss_sum.item()  # this rank's: a checkpoint keeps every rank's
         epoch_loss_sum = distributed.mean(state.epoch_loss_sum)
         stop_if_not_finite(epoch_loss_sum, state, t.stop_on_nonfinite_loss)  # before anything is saved
-        steps_in_epoch = math.ceil(state.position / t.accumulate_grad_batches)
-        metrics = {"train/loss": epoch_loss_sum / steps_in_epoch, "lr": current_lr(self.optimizer)}
+        steps_done = steps_in(state.position, t.accumulate_grad_batches)
+        metrics = {"train/loss": epoch_loss_sum / steps_done, "lr": current_lr(self.optimizer)}
         metrics.update(self.validate())
         self.metrics = metrics
         log.info(
@@ -350,12 +352,7 @@ class Training:
             self.logger.log("epoch", state.epoch, state.global_step, metrics)
             state.epoch += 1
             state.data_epoch, state.position, state.epoch_loss_sum = state.data_epoch + 1, 0, 0.0
-            monitor = self.cfg.checkpoint.monitor
-            improved = self.checkpointer.improves(metrics.get(monitor), state.best_metric)
-            if improved:
-                state.best_metric = metrics[monitor]
-            self.validated(metrics)
-            self.save("epoch", metrics, improved)
+            self.save("epoch", metrics, self.validated(metrics))
         else:
             # Stopped inside an epoch: checkpoint first, so that a resumed run's metrics go on
             # from here; then report the stop.
@@ -486,6 +483,11 @@ def check_metric_exists(metric: str | None, splits: data_lib.Splits) -> None:
 def batches_per_epoch(train_samples: int, world_size: int, batch_size: int) -> int:
     """Batches in an epoch: each rank's shard in batches of data.batch_size (per rank)."""
     return math.ceil(data_lib.shard_size(train_samples, world_size) / batch_size)
+
+
+def steps_in(batches: int, accumulate: int) -> int:
+    """Optimizer steps over `batches` micro-batches: one per `accumulate`, a short last one included."""
+    return math.ceil(batches / accumulate)
 
 
 def in_groups(batches, size: int):
