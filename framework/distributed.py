@@ -73,26 +73,27 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
+# `group` below: a process group of its own (a background save's), or None: the default one.
+def barrier(group=None) -> None:
     if is_distributed():
-        dist.barrier()
+        dist.barrier(group)
 
 
-def from_main(value):
+def from_main(value, group=None):
     """Rank 0's `value`, on every rank (a picklable object: a path, a decision)."""
     if not is_distributed():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 
-def gather(value) -> list:
+def gather(value, group=None) -> list:
     """Every rank's `value`, in rank order, on every rank."""
     if not is_distributed():
         return [value]
     out = [None] * world_size()
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, value, group=group)
     return out
 
 

@@ -58,6 +58,12 @@ def entry_problem(entry: object) -> str | None:
         return f"xxh3_128 {xxh3!r} is not a hex digest"
     if not isinstance(entry.get("time", 0.0), (int, float)):
         return "time is not a number"
+    files = entry.get("files", {})  # a sharded checkpoint's: each of its directory's files
+    if not isinstance(files, dict):
+        return "files is not an object"
+    for name, digests in files.items():
+        if not is_plain_name(name) or not isinstance(digests, dict):
+            return f"files lists {name!r}, not a plain file name with its checksums"
     return None
 
 

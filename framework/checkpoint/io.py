@@ -219,6 +219,17 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_digests(path: Path) -> dict:
+    """A file's size, sha256 and xxh3 (128 bits), from one read."""
+    sha256, xxh3, size = hashlib.sha256(), xxhash.xxh3_128(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            sha256.update(block)
+            xxh3.update(block)
+            size += len(block)
+    return {"size": size, "sha256": sha256.hexdigest(), "xxh3_128": xxh3.hexdigest()}
+
+
 def xxh3_of(path: Path) -> str:
     """The xxh3 (128 bits) of a file, read through a memory map: the pages torch.load maps too."""
     # (MAP_POPULATE, which maps every page up front, made it slower: 0.9 ms for 10 MB, not 0.6.)
@@ -239,12 +250,7 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
     tmp = folder / layout.temporary(path.name)
     replaced = None
     try:
-        with open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
-            hashing = HashingWriter(f, pool, payload)
-            hashing.save(payload)
-            f.flush()
-            os.fsync(f.fileno())  # the hashing thread goes on meanwhile
-            written = {"size": hashing.size, **hashing.digests()}
+        written = save_hashed(payload, tmp)
         faults.boundary("written")
         verify(tmp, payload["meta"]["kind"])
         replaced = set_aside(path)
@@ -263,6 +269,16 @@ def write(payload: dict, path: Path, discard: ThreadPoolExecutor | None = None) 
         else:
             discard.submit(replaced.unlink, missing_ok=True)
     return written
+
+
+def save_hashed(payload: dict, path: Path) -> dict:
+    """torch.save `payload` as the new file `path`, hashed on the way, fsynced; its size and digests."""
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
+        hashing = HashingWriter(f, pool, payload)
+        hashing.save(payload)
+        f.flush()
+        os.fsync(f.fileno())  # the hashing thread goes on meanwhile
+        return {"size": hashing.size, **hashing.digests()}
 
 
 def write_failure(path: Path, error: OSError) -> str:
@@ -371,7 +387,9 @@ def verify(path: Path, kind: str) -> dict:
 
 
 def check_keys(ckpt: dict, path: Path, kind: str) -> None:
-    missing = [k for k in required_keys(kind) if k not in ckpt]
+    # A sharded checkpoint's train_state.pt names the entries its shards hold (directories.py).
+    elsewhere = ckpt.get("sharded_keys", ())
+    missing = [k for k in required_keys(kind) if k not in ckpt and k not in elsewhere]
     if missing:
         raise DamagedCheckpoint(f"{path} is missing required keys: {', '.join(missing)}")
 
@@ -408,7 +426,12 @@ def load_checked(path: Path, listed: dict | None = None, sha256: bool = False) -
     if fields:
         named = fields[0] if len(fields) == 1 else f"{', '.join(fields[:-1])} and {fields[-1]}"
         passed.append(f"its {named} in index.json")
-    passed = " and ".join(passed)
+    return checked_contents(ckpt, path, " and ".join(passed))
+
+
+def checked_contents(ckpt: dict, path: Path, passed: str = "") -> tuple[dict, str]:
+    """A loaded checkpoint (whose bytes were checked) in the current format, with its keys and
+    their types checked; `passed` with its upgrade said, if any."""
     ckpt, upgraded_from = formats.upgrade(ckpt, path)
     if upgraded_from:
         passed += f"; upgraded in memory from format {upgraded_from[0]} to {formats.FORMAT_VERSION}"
@@ -476,14 +499,15 @@ def check_types(ckpt: dict, path: Path) -> None:
     problems = [f"{k} is {ckpt.get(k)!r}, not a count" for k in ("epoch", "global_step") if not count(ckpt.get(k))]
     if not isinstance(ckpt.get("config"), str):
         problems.append("config is not YAML text")
-    if not isinstance(ckpt.get("model_state_dict"), dict):
+    elsewhere = ckpt.get("sharded_keys", ())
+    if not isinstance(ckpt.get("model_state_dict"), dict) and "model_state_dict" not in elsewhere:
         problems.append("model_state_dict is not a dict")
     if ckpt["meta"].get("kind", "full") == "full":
         loader = ckpt.get("loader_state")
         if not (isinstance(loader, dict) and count(loader.get("epoch")) and count(loader.get("position"))):
             problems.append(f"loader_state is {loader!r}, not {{'epoch': count, 'position': count}}")
         for key in ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict"):
-            if not isinstance(ckpt.get(key), dict):
+            if not isinstance(ckpt.get(key), dict) and key not in elsewhere:
                 problems.append(f"{key} is not a dict")
         if not isinstance(ckpt.get("epoch_loss_sum", 0.0), (int, float)):
             problems.append("epoch_loss_sum is not a number")

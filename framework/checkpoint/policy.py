@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from framework import faults
+from framework import distributed, faults
 from framework.checkpoint import io
 from framework.checkpoint.storage import CheckpointStore, LocalFiles
 from framework.runs import layout
@@ -71,6 +71,8 @@ class Checkpointer:
         protected = self.store.name_of(resumed_from) if resumed_from is not None else None
         self.protected = {protected} if protected is not None else set()
         self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None
+        if self.background is not None and cfg.enabled:
+            self.store.saving_in_background()
         self.in_flight: Future | None = None
         self.copying: Future | None = None  # the in-flight save's copy of `copy_later`
         self.staging: dict = {}  # the last snapshot of each kind of payload, reused by the next
@@ -125,16 +127,16 @@ class Checkpointer:
         cfg = self.cfg
         if not cfg.enabled:
             return []
-        periodic = None
+        periodic, suffix = None, self.store.suffix
         if event == "epoch" and cfg.every_n_epochs and epoch % cfg.every_n_epochs == 0:
-            periodic = layout.epoch_file(epoch)
+            periodic = layout.epoch_file(epoch, suffix)
         elif self.step_due(step):
-            periodic = layout.step_file(step)
+            periodic = layout.step_file(step, suffix)
         full_roles = []
         if cfg.save_last:
-            full_roles.append(("last", layout.LAST))
+            full_roles.append(("last", layout.alias("last", suffix)))
         if improved:
-            full_roles.append(("best", layout.BEST))
+            full_roles.append(("best", layout.alias("best", suffix)))
         if periodic and not cfg.model_only:
             full_roles.append(("periodic", periodic))
         facts = {"epoch": epoch, "step": step, "position": position, "metric": metric}
@@ -147,7 +149,11 @@ class Checkpointer:
         later = {t.data_ptr() for t in copy_later}
         payloads, pending = {}, []
         for kind in kinds:
-            payloads[kind], copies = snapshot(make_payload(kind), reuse=self.staging.get(kind), later=later)
+            payload = make_payload(kind)
+            own = self.store.own_copy(payload)  # a sharded store's shards, copied by DCP's stager
+            rest = {key: value for key, value in payload.items() if key not in own}
+            copied, copies = snapshot(rest, reuse=self.staging.get(kind), later=later)
+            payloads[kind] = {**copied, **own}
             pending += copies
         self.staging.update(payloads)
         ready = None  # on a GPU: the point in the loop's stream where the state is the save point's
@@ -191,7 +197,8 @@ class Checkpointer:
         if periodic:
             self._apply_retention()
             faults.boundary("retained")
-        log.info("checkpoint at epoch %d step %d: %s", facts["epoch"], facts["step"], ", ".join(written))
+        if distributed.is_main():  # a sharded store's saves run on every rank
+            log.info("checkpoint at epoch %d step %d: %s", facts["epoch"], facts["step"], ", ".join(written))
         return written
 
     def wait_for_snapshot(self) -> None:

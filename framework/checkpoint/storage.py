@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from framework import distributed, faults
-from framework.checkpoint import io
+from framework.checkpoint import io, sharded
 from framework.checkpoint.errors import CheckpointError
 from framework.checkpoint.index import Index, is_plain_name, stays_inside
 from framework.runs import layout
@@ -74,6 +75,8 @@ class CheckpointStore(ABC):
     Errors a user can act on (no room, a damaged file) are CheckpointErrors: one line, no traceback.
     """
 
+    suffix = layout.SUFFIX  # of its names: "last.pt", "step_00001200.pt" (a directory's: none)
+
     # ---- before the first save ------------------------------------------------------------
     @abstractmethod
     def prepare(self, expected_bytes: int) -> None:
@@ -90,6 +93,16 @@ class CheckpointStore(ABC):
     def collectively(self, save: Callable[[], T]) -> T | None:
         """Run one save point's writes on the ranks that write (`save`'s result there, None on
         the others), and return on every rank only once they are done."""
+
+    def saving_in_background(self) -> None:
+        """Called once before the first save when saves run in a background thread
+        (checkpoint.async_save): set up what that needs."""
+        return None
+
+    def own_copy(self, payload: dict) -> dict:
+        """At a background save's save point: the entries of `payload` that this store copies
+        itself (a sharded store's, with DCP's stager), copied. The policy copies the rest."""
+        return {}
 
     # ---- writing ----------------------------------------------------------------------------
     @abstractmethod
@@ -160,6 +173,8 @@ class CheckpointStore(ABC):
 class LocalFiles(CheckpointStore):
     """One torch.save file per checkpoint in a folder of the local disk, with the folder's
     index.json (framework/checkpoint/index.py) beside them; under torchrun rank 0 alone writes.
+    It reads the sharded checkpoints' directories too (framework/checkpoint/sharded.py): what a
+    checkpoint is, a file or a directory, is told by what is on disk, not by its name.
 
     A write goes through io.write (temporary file, hashed while written, fsync, verified, renamed,
     folder fsynced), then the index; an alias is a hard link (a copy where the file system has
@@ -191,7 +206,10 @@ class LocalFiles(CheckpointStore):
         self.index  # noqa: B018 (read now: what is wrong with it is said before training)
         # Half-written temporary files of a run that was killed mid-write: never valid, only in the way.
         for leftover in folder.glob(layout.TEMPORARIES):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         if self.discard is None:
             self.discard = ThreadPoolExecutor(1, thread_name_prefix="discard")
 
@@ -235,26 +253,41 @@ class LocalFiles(CheckpointStore):
             self.discard = None
 
     def list(self) -> list[Stored]:
-        """Those index.json lists, and the `.pt` files it does not (a run killed before it listed
+        """Those index.json lists, and the checkpoints it does not (a run killed before it listed
         them, or a lost index), described by their own meta."""
         entries = self.index.entries
         found = [Stored(e["file"], e["role"], e["kind"], (e.get("time", 0.0), e["step"])) for e in entries.values()]
-        for path in sorted(self.folder.glob(layout.CHECKPOINT_FILES)):
-            if path.name not in entries and self.holds(path.name):
-                found.append(described_by_itself(path))
+        for name in self.on_disk():
+            if name not in entries and self.holds(name):
+                found.append(described_by_itself(self.folder / name))
         return found
 
+    def on_disk(self) -> list[str]:
+        """The checkpoints in the folder: `.pt` files, and directories named as the policy names
+        them (last, best, step_00001200, ...), which sharded checkpoints are."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            path.name
+            for path in self.folder.iterdir()
+            if path.name.endswith(layout.SUFFIX)
+            or (layout.role_of(path.name) != "other" and path.is_dir() and not path.is_symlink())
+        )
+
     def empty(self) -> bool:
-        return not any(self.folder.glob(layout.CHECKPOINT_FILES))
+        return not self.on_disk()
 
     def names(self) -> list[str]:
-        return sorted({p.name for p in self.folder.glob(layout.CHECKPOINT_FILES)} | set(self.index.entries))
+        return sorted(set(self.on_disk()) | set(self.index.entries))
 
     def entry(self, name: str) -> dict | None:
         return self.index.entries.get(name)
 
     def read(self, name: str, sha256: bool = False) -> tuple[dict, str]:
-        return io.load_checked(self.where(name), self.entry(name), sha256=sha256)
+        path = self.where(name)
+        if path.is_dir():
+            return sharded.read_directory(path, self.entry(name), sha256=sha256)
+        return io.load_checked(path, self.entry(name), sha256=sha256)
 
     def where(self, name: str) -> Path:
         return self.folder / name
@@ -266,19 +299,22 @@ class LocalFiles(CheckpointStore):
         return str(self.folder)
 
     def holds(self, name: str) -> bool:
-        """A regular file of this folder (a link that leads out is refused, with a warning)."""
+        """A regular file or a directory of this folder (a link that leads out is refused, with a warning)."""
         if not stays_inside(self.folder, name):
             log.warning("ignoring %s: it leads out of %s", self.folder / name, self.folder)
             return False
-        return (self.folder / name).is_file()
+        path = self.folder / name
+        return path.is_file() or (path.is_dir() and not path.is_symlink())
 
 
 def described_by_itself(path: Path) -> Stored:
-    """What an unindexed file's own meta says (read memory-mapped: the tensors stay on disk). An
-    unreadable one sorts oldest: it is tried last and is the first a retention removes."""
+    """What an unindexed checkpoint's own meta says (read memory-mapped: the tensors stay on disk;
+    a directory's, from its train_state.pt). An unreadable one sorts oldest: it is tried last and
+    is the first a retention removes."""
     role = layout.role_of(path.name)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        file = path / sharded.REST if path.is_dir() else path
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         saved = datetime.fromisoformat(ckpt["meta"]["timestamp"]).timestamp()
         return Stored(path.name, role, ckpt["meta"].get("kind", "full"), (saved, int(ckpt["global_step"])))
     except Exception:  # tried anyway, so that the reason it is skipped is logged
@@ -288,7 +324,11 @@ def described_by_itself(path: Path) -> Stored:
 def for_folder(folder: Path, cfg: DictConfig | None = None) -> CheckpointStore:
     """The store that keeps the checkpoints of `folder` (a run's checkpoints/, or any folder of
     checkpoint files). `cfg`: the run's config, where a run's settings choose another kind of
-    store; the one place where a store is chosen."""
+    store; the one place where a store is chosen. Both read files and directories alike."""
+    if cfg is not None and OmegaConf.select(cfg, "trainer.strategy", default=None) == "fsdp":
+        from framework.checkpoint.directories import ShardedDirectories  # it builds on LocalFiles
+
+        return ShardedDirectories(folder)
     return LocalFiles(folder)
 
 

@@ -14,6 +14,7 @@ from framework.config.schema import (
     COMPILE_MODES,
     DETERMINISM_LEVELS,
     PRECISIONS,
+    STRATEGIES,
     Config,
     DataConfig,
 )
@@ -77,6 +78,14 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
         problems.append(f"trainer.val_every_n_steps={t.val_every_n_steps} must be at least 1 (or null)")
     if t.ema.decay is not None and not 0 < t.ema.decay < 1:
         problems.append(f"trainer.ema.decay={t.ema.decay} must be between 0 and 1 (or null: off)")
+    if t.strategy not in STRATEGIES:
+        problems.append(f"trainer.strategy={t.strategy!r} is not one of {STRATEGIES}")
+    if t.strategy == "fsdp":
+        # Not built yet for sharded models: said before anything runs.
+        if t.ema.decay is not None:
+            problems.append("trainer.ema.decay: the moving average is not available with trainer.strategy=fsdp yet")
+        if t.precision == "16-mixed":
+            problems.append("trainer.precision=16-mixed: use bf16 with trainer.strategy=fsdp (no sharded loss scaler)")
     e = t.early_stopping
     if e.patience is not None and e.patience < 1:
         problems.append(f"trainer.early_stopping.patience={e.patience} must be at least 1 (or null: off)")

@@ -255,6 +255,7 @@ class EarlyStoppingConfig:
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+STRATEGIES = ("ddp", "fsdp")  # framework/engine/strategy.py
 
 
 @dataclass
@@ -267,6 +268,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = MISSING
     log_every_n_steps: int = MISSING
     eval_batch_size: int = MISSING
+    strategy: str = MISSING  # one of STRATEGIES: how the model is spread over the ranks
     processes: int = MISSING  # from the command line: start this many through torchrun (framework/cli/launch_plan.py)
     stop_signals: Optional[List[str]] = MISSING  # null: framework/engine/preemption.py's STOP_SIGNALS
     accumulate_grad_batches: int = MISSING  # micro-batches per optimizer step

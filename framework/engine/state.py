@@ -21,7 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from framework.checkpoint import sharded
 from framework.engine.ema import N_AVERAGED, without_count
+from framework.engine.strategy import is_sharded
 
 log = logging.getLogger("framework")
 
@@ -98,6 +100,10 @@ class TrainState:
         callbacks=None,  # engine/callbacks.py's Callbacks, or None: none
     ):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        # Sharded (trainer.strategy=fsdp): the model's and the optimizer's state are each rank's
+        # shards, keyed by parameter name (torch.distributed.checkpoint.state_dict), written by
+        # every rank into a checkpoint directory.
+        self.sharded = is_sharded(model)
         self.ema, self.early_stopping, self.callbacks = ema, early_stopping, callbacks
         self.epoch = 0  # completed epochs
         self.global_step = 0  # optimizer steps taken
@@ -140,24 +146,44 @@ class TrainState:
 
     # ---- model -------------------------------------------------------------------------------
     def model_weights(self) -> dict:
-        """The weights without wrapper prefixes: they load into the plain model anywhere."""
+        """The weights without wrapper prefixes: they load into the plain model anywhere (sharded:
+        this rank's shards, as DTensors)."""
+        if self.sharded:
+            return sharded_state().model_state(self.model)
         return strip_prefixes(unwrap(self.model).state_dict())
 
+    def whole_state(self) -> tuple[dict, dict]:
+        """The model's and the optimizer's state dicts, whole (sharded: gathered on rank 0, and
+        every rank must call this; the optimizer's keyed by parameter name)."""
+        if self.sharded:
+            return sharded_state().whole_state(self.model, self.optimizer)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
     def stepped_tensors(self) -> list[torch.Tensor]:
-        return stepped_tensors(self.model, self.optimizer)
+        """For a background save's later copy (sharded: none, DCP's stager copies the shards)."""
+        return [] if self.sharded else stepped_tensors(self.model, self.optimizer)
 
     def _capture_model(self):
         return {"model_state_dict": self.model_weights()}
 
     def _restore_model(self, ckpt, strict):
-        return load_model_weights(unwrap(self.model), ckpt["model_state_dict"], strict)
+        saved, model = ckpt["model_state_dict"], unwrap(self.model)
+        if self.sharded or isinstance(saved, sharded.Shards):  # shards into any model, or any weights into shards
+            saved = saved if isinstance(saved, sharded.Shards) else strip_prefixes(saved)
+            return sharded_state().load_model(model, saved, lambda own, theirs: weight_problems(own, theirs, strict))
+        return load_model_weights(model, saved, strict)
 
     # ---- optimizer, scheduler, scaler --------------------------------------------------------
     def _capture_optimizer(self):
+        if self.sharded:
+            return {"optimizer_state_dict": sharded_state().optimizer_state(self.model, self.optimizer)}
         return {"optimizer_state_dict": self.optimizer.state_dict()}
 
     def _restore_optimizer(self, ckpt, strict):
         saved = ckpt["optimizer_state_dict"]
+        if self.sharded or isinstance(saved, sharded.Shards):
+            sharded_state().load_optimizer(unwrap(self.model), self.optimizer, saved)
+            return
         problem = optimizer_mismatch(self.optimizer, saved)
         if problem is None:
             try:
@@ -304,6 +330,14 @@ class TrainState:
             torch.cuda.set_rng_state_all(states)
 
 
+def sharded_state():
+    """framework/engine/sharded_state.py, imported at its first use: torch.distributed.checkpoint
+    takes a second to import, which a run that shards nothing should not pay."""
+    from framework.engine import sharded_state as module
+
+    return module
+
+
 def per_rank_entries(every_rank: list[dict]) -> dict:
     """The checkpoint's entries for the state that differs per rank, from each rank's
     `own_state()`: every rank's streams and counters, and under the counters' plain names their
@@ -346,19 +380,15 @@ def optimizer_mismatch(optimizer: torch.optim.Optimizer, saved: dict) -> str | N
     return None
 
 
-def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -> list[str]:
-    """Load weights, listing every missing key, unexpected key and shape difference.
-
-    strict: any difference raises, naming them all. Not strict: load what fits, return notes.
-    """
-    state_dict = strip_prefixes(state_dict)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+def weight_problems(own: dict, saved: dict, strict: bool) -> list[str]:
+    """Every missing key, unexpected key and shape difference between the model's weights and a
+    checkpoint's (each by name: its shape). strict: any of them raises, naming them all."""
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
     shapes = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if state_dict[k].shape != own[k].shape
+        f"{k}: checkpoint {tuple(saved[k])} vs model {tuple(own[k])}"
+        for k in set(own) & set(saved)
+        if tuple(saved[k]) != tuple(own[k])
     )
     problems = (
         ([f"missing keys: {', '.join(missing)}"] if missing else [])
@@ -367,6 +397,19 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -
     )
     if problems and strict:
         raise RuntimeError("the checkpoint's weights do not fit the model: " + " | ".join(problems))
+    return problems
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: dict, strict: bool) -> list[str]:
+    """Load weights, listing every missing key, unexpected key and shape difference.
+
+    strict: any difference raises, naming them all. Not strict: load what fits, return notes.
+    """
+    state_dict = strip_prefixes(state_dict)
+    own = model.state_dict()
+    problems = weight_problems(
+        {k: v.shape for k, v in own.items()}, {k: v.shape for k, v in state_dict.items()}, strict
+    )
     fits = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fits, strict=not problems)
     return problems

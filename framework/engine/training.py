@@ -4,7 +4,6 @@ end it, validate, test, save, restore). All state that survives a checkpoint liv
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ from framework import distributed
 from framework.checkpoint import Checkpointer, CheckpointError, storage
 from framework.checkpoint.formats import FORMAT_VERSION
 from framework.config.errors import ConfigError
+from framework.engine import strategy
 from framework.engine.build import build_data, build_model, build_optimizer, build_scheduler, build_task
 from framework.engine.callbacks import Callbacks
 from framework.engine.early_stopping import build_early_stopping
@@ -82,15 +82,14 @@ class Training:
         check_augmentation(cfg.data.augment, splits.first)
         facts = self.task.model_facts(splits)
         self.model = build_model(cfg.model, facts).to(device)
-        # What trains: the model itself, or under torchrun its DistributedDataParallel wrapper
-        # (checkpoints hold the model's own state dict: no `module.` prefix).
-        self.net, self.no_sync = self.model, contextlib.nullcontext
+        # Same initial weights on every rank (DDP also broadcasts rank 0's; FSDP shards them);
+        # then each rank its own random streams (dropout), from (seed, rank).
         if self.world_size > 1:
-            # Same initial weights on every rank (DDP also broadcasts rank 0's); then each rank
-            # its own random streams (dropout), from (seed, rank).
             seed_everything(data_lib.keyed_seed(cfg.seed, RANK_STREAMS, self.rank) % 2**63)
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
-            self.no_sync = self.net.no_sync
+        self.owns_group = t.strategy == "fsdp" and strategy.one_process_group()
+        # What trains: the model itself, its DistributedDataParallel wrapper, or the model sharded
+        # in place (engine/strategy.py). Checkpoints hold the model's own keys: no `module.` prefix.
+        self.net, self.no_sync = strategy.spread(self.model, t.strategy, device)
         if t.compile:
             # Compiled lazily, at the first step (timed there). Evaluation runs the plain module.
             # A fresh start, as a new process has: sweep jobs in one process would otherwise reuse
@@ -369,7 +368,9 @@ class Training:
         return test
 
     def evaluate(self, loader: DataLoader) -> dict:
-        return evaluate(self.evaluated, self.task, loader, self.device, self.autocast, self.rank, self.world_size)
+        # A sharded model's forward gathers each block from every rank: all ranks run every batch.
+        rank, world_size = (0, 1) if self.state.sharded else (self.rank, self.world_size)
+        return evaluate(self.evaluated, self.task, loader, self.device, self.autocast, rank, world_size)
 
     # ---- save ----------------------------------------------------------------------------
     def save(self, event: str, val: dict, improved: bool = False) -> None:
@@ -432,6 +433,8 @@ class Training:
         finally:
             if self.logger is not None:
                 self.logger.close(status)
+            if self.owns_group:
+                torch.distributed.destroy_process_group()
 
 
 def check_metric_names(cfg: DictConfig, task) -> None:

@@ -14,6 +14,8 @@
             best.pt         the alias `best`: the best value of checkpoint.monitor
             epoch_0007.pt   periodic, every_n_epochs (zero-padded: names sort in order)
             step_00001200.pt periodic, every_n_steps
+            last/, step_00001200/, ...  the same names without `.pt`: sharded checkpoints
+                            (trainer.strategy=fsdp), a directory each (framework/checkpoint/directories.py)
 
 A file is written under a temporary name beside its real one (`temporary`), then renamed: a
 name matching TEMPORARIES is never a finished file, and a killed run's ones are removed.
@@ -56,33 +58,40 @@ CHECKPOINT_FILES = f"*{SUFFIX}"  # a glob: every checkpoint file of a folder
 # The file each alias names; an alias is another name for the same bytes.
 ALIASES = {"last": f"last{SUFFIX}", "best": f"best{SUFFIX}"}
 LAST, BEST = ALIASES["last"], ALIASES["best"]
-PERIODIC = re.compile(rf"(epoch_\d+|step_\d+){re.escape(SUFFIX)}")
+PERIODIC = re.compile(rf"(epoch_\d+|step_\d+)({re.escape(SUFFIX)})?")
 
 TEMPORARY_MARK = ".tmp-"
 TEMPORARIES = f".*{TEMPORARY_MARK}*"  # a glob: every temporary name of a folder
 
 
-def epoch_file(epoch: int) -> str:
+# `suffix` below: a checkpoint file's (SUFFIX), or "" for a sharded checkpoint's directory.
+def alias(role: str, suffix: str = SUFFIX) -> str:
+    """The name of the alias `role` ("last" or "best")."""
+    return f"{role}{suffix}"
+
+
+def epoch_file(epoch: int, suffix: str = SUFFIX) -> str:
     """The periodic checkpoint of a completed epoch (every_n_epochs)."""
-    return f"epoch_{epoch:04d}{SUFFIX}"
+    return f"epoch_{epoch:04d}{suffix}"
 
 
-def step_file(step: int) -> str:
+def step_file(step: int, suffix: str = SUFFIX) -> str:
     """The periodic checkpoint of an optimizer step (every_n_steps)."""
-    return f"step_{step:08d}{SUFFIX}"
+    return f"step_{step:08d}{suffix}"
 
 
 def role_of(name: str) -> str:
-    """What a checkpoint's file name says it is: "last", "best", "periodic" or "other"."""
-    for role, file in ALIASES.items():
-        if name == file:
+    """What a checkpoint's name says it is: "last", "best", "periodic" or "other"."""
+    for role in ALIASES:
+        if name in (alias(role), alias(role, "")):
             return role
     return "periodic" if PERIODIC.fullmatch(name) else "other"
 
 
-def temporary(name: str, suffix: str = "") -> str:
-    """The name this process writes `name` under before renaming it (`suffix`: a second one)."""
-    return f".{name}{TEMPORARY_MARK}{os.getpid()}{suffix}"
+def temporary(name: str, suffix: str = "", owner: int | None = None) -> str:
+    """The name this process writes `name` under before renaming it (`suffix`: a second one).
+    `owner`: whose it is, when several processes write into it (rank 0's pid); this process's pid."""
+    return f".{name}{TEMPORARY_MARK}{os.getpid() if owner is None else owner}{suffix}"
 
 
 def is_temporary_of(file: str, name: str) -> bool:

@@ -125,7 +125,7 @@ class RunRecord:
             epochs_completed=training.state.epoch,
             global_step=training.state.global_step,
             metrics=metrics,
-            fingerprint=fingerprint(training.model.state_dict(), training.optimizer.state_dict(), *averaged(training)),
+            fingerprint=fingerprint(*training.state.whole_state(), *averaged(training)),
         )
         training.logger.log_final(metrics, summary["hparams"], training.state.global_step)
         log.info("done in %.1fs: %s", summary["wall_time_s"], self.path)

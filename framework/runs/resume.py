@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.checkpoint import CheckpointError, storage
+from framework.checkpoint import CheckpointError, sharded, storage
 from framework.checkpoint.storage import CheckpointStore
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
@@ -66,9 +66,9 @@ def find(resume: str | None, run_dir: Path, cfg: DictConfig | None = None) -> Re
             return None
         return newest_valid(store)
     path = Path(resume).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not sharded.is_checkpoint_directory(path):
         return newest_valid(storage.for_folder(layout.checkpoints_in(path), cfg))
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise ConfigError(f"resume={resume}: no such checkpoint file or run directory")
     try:
         ckpt, passed = storage.for_folder(path.parent, cfg).read(path.name)

@@ -19,6 +19,7 @@ PROBE = textwrap.dedent(
     from pathlib import Path
 
     import hydra, numpy, omegaconf, torch
+    import torch.distributed.checkpoint.staging, torch.distributed.checkpoint.state_dict, torch.distributed.fsdp
     from hydra.core.config_store import ConfigStore
     from omegaconf.basecontainer import BaseContainer
 

@@ -1,0 +1,80 @@
+"""Saving and loading a sharded checkpoint's tensors with torch.distributed.checkpoint (DCP), with
+nothing in the directory run: `.metadata` read by framework/checkpoint/sharded.py's unpickler,
+every non-tensor value with torch.load(weights_only=True). Imported only where a directory is
+written or its tensors loaded (DCP takes a second to import)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._nested_dict import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata
+
+from framework.checkpoint.errors import DamagedCheckpoint
+from framework.checkpoint.sharded import SHARDED_KEYS, read_metadata
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader, with `.metadata` read by MetadataUnpickler."""
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        return read_metadata(Path(self.path))
+
+
+class SafeBytes:
+    """A planner's non-tensor values, read with torch.load(weights_only=True)."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+class SafePlanner(SafeBytes, DefaultLoadPlanner):
+    """Loads into a given state dict (sharded or not)."""
+
+
+class SafeFullPlanner(SafeBytes, _EmptyStateDictLoadPlanner):
+    """Builds the whole state from the metadata, in one process (the tools)."""
+
+
+def save(state: dict, folder: Path, group=None, no_dist: bool = False) -> None:
+    """Every rank writes its shard of `state` into `folder`; `.metadata` last (DCP writes it to a
+    temporary name, then renames it). Each file is fsynced."""
+    dcp.save(state, storage_writer=FileSystemWriter(folder, sync_files=True), process_group=group, no_dist=no_dist)
+
+
+def load_into(state: dict, folder: Path) -> None:
+    """Fill `state` (each rank's own shards, or whole tensors) in place from `folder`."""
+    try:
+        dcp.load(state, storage_reader=SafeReader(folder), planner=SafePlanner())
+    except CheckpointException as e:  # a BaseException: every rank's failures, by rank
+        raise DamagedCheckpoint(f"cannot read the shards of {folder}: {first_failure(e)}") from e
+
+
+def first_failure(e: CheckpointException) -> str:
+    failures = list(e.failures.values())
+    cause = failures[0] if failures else e
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
+    """The entries `keys` of `folder` as plain, whole tensors and values, in this process alone."""
+    present = {fqn.split(".", 1)[0] for fqn in read_metadata(folder).state_dict_metadata}
+    state: dict = {}
+    try:
+        dcp.load(
+            state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True
+        )
+    except CheckpointException as e:
+        raise DamagedCheckpoint(f"cannot read the shards of {folder}: {first_failure(e)}") from e
+    return state
