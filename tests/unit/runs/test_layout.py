@@ -26,6 +26,18 @@ def test_a_names_role():
     ]
 
 
+def test_a_sharded_checkpoints_directory_has_the_same_names_without_the_suffix():
+    names = [layout.alias("last", ""), layout.alias("best", ""), layout.epoch_file(7, ""), layout.step_file(40, "")]
+    assert names == ["last", "best", "epoch_0007", "step_00000040"]
+    assert [layout.role_of(n) for n in names] == ["last", "best", "periodic", "periodic"]
+    assert layout.role_of("checkpoints") == "other" and layout.role_of("last.ptx") == "other"
+
+
+def test_the_ranks_of_a_sharded_save_agree_on_its_temporary_name_by_its_owner():
+    assert layout.temporary("last", owner=1234) == f".last{layout.TEMPORARY_MARK}1234"
+    assert fnmatch(layout.temporary("step_00000040", "-deleted", owner=1), layout.TEMPORARIES)
+
+
 def test_every_temporary_name_is_hidden_and_found_by_the_cleanup_glob_and_no_real_name_is():
     for name in (layout.LAST, layout.INDEX, layout.RECORD):
         for temporary in (layout.temporary(name), layout.temporary(name, "-replaced")):
