@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one script for a machine lent with one (see the device tool's
 # README): exact resume on CUDA with background saves (pinned-memory snapshots, the copy on a
-# stream of its own) and with trainer.compile, then the benchmarks on the GPU. Prints everything;
+# stream of its own), with trainer.compile and with trainer.strategy=fsdp on NCCL, then the
+# benchmarks on the GPU. Prints everything;
 # writes the log to $OUT/gpu_check.log when OUT is set.
 #
 # That machine's python has torch but not hydra-core, omegaconf or antlr4. Before the call,
@@ -66,7 +67,21 @@ for level in seeded strict; do
     python3 -m framework.compare $runs/compiled-$level $runs/compiled-stopped-$level
 done
 
-# 4. The benchmarks (tables for the README).
+# 4. trainer.strategy=fsdp on NCCL (one GPU: a one-rank group): stopped mid-epoch, with background
+#    saves too, resumed from its checkpoint directory, it ends as a run never stopped; the directory
+#    verifies and converts to one file.
+sharded=(model=mlp "model.hidden=[1024,1024]" trainer.max_epochs=2 trainer.strategy=fsdp determinism=strict)
+train hydra.run.dir=$runs/fsdp "${sharded[@]}"
+for save in false true; do
+    train hydra.run.dir=$runs/fsdp-stopped-$save "${sharded[@]}" checkpoint.async_save=$save trainer.max_steps=30
+    train hydra.run.dir=$runs/fsdp-stopped-$save "${sharded[@]}" resume=auto trainer.max_steps=null
+    echo "fsdp, async_save=$save:"
+    python3 -m framework.compare $runs/fsdp $runs/fsdp-stopped-$save
+done
+python3 -m framework.ckpt verify $runs/fsdp | tail -1
+python3 -m framework.ckpt convert $runs/fsdp/checkpoints/last $runs/fsdp-last.pt && echo "converted to one file"
+
+# 5. The benchmarks (tables for the README).
 [ "${GPU_CHECK_SKIP_BENCHMARKS:-}" ] && exit 0
 python3 benchmarks/overhead.py --device $device
 python3 benchmarks/overhead.py --device $device --data-on-device

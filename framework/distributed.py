@@ -44,10 +44,13 @@ def init() -> None:
     """Join torchrun's process group (once; nothing without torchrun)."""
     if not is_distributed() or dist.is_initialized():
         return
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    dist.init_process_group(backend=backend(), timeout=TIMEOUT)
+
+
+def backend() -> str:
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
 def join_cluster_tasks() -> None:

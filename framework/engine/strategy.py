@@ -80,5 +80,5 @@ def one_process_group() -> bool:
     whether it was made (the caller then ends it)."""
     if dist.is_initialized():
         return False
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group(distributed.backend(), store=dist.HashStore(), rank=0, world_size=1)
     return True
