@@ -241,7 +241,7 @@ class Checkpointer:
 
     def _apply_retention(self) -> None:
         n = self.cfg.keep_last_n
-        if not n:
+        if not n or not distributed.is_main():  # rank 0 deletes (a sharded store's saves run on every rank)
             return
         # The most recent saves are kept, those the index lists and those a killed run wrote
         # without listing them (else they would pile up past keep_last_n).
