@@ -6,6 +6,8 @@ written or its tensors loaded (DCP takes a second to import)."""
 from __future__ import annotations
 
 import io
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _Em
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata
 
-from framework.checkpoint.errors import DamagedCheckpoint
+from framework.checkpoint.errors import CheckpointError, DamagedCheckpoint, UnsafeCheckpoint
 from framework.checkpoint.sharded import SHARDED_KEYS, read_metadata
 
 
@@ -57,14 +59,32 @@ def load_into(state: dict, folder: Path) -> None:
     try:
         dcp.load(state, storage_reader=SafeReader(folder), planner=SafePlanner())
     except CheckpointException as e:  # a BaseException: every rank's failures, by rank
-        raise DamagedCheckpoint(f"cannot read the shards of {folder}: {first_failure(e)}") from e
+        raise refusal(e, folder) from e
 
 
-def first_failure(e: CheckpointException) -> str:
-    failures = list(e.failures.values())
-    cause = failures[0] if failures else e
+def refusal(e: CheckpointException, folder: Path) -> CheckpointError:
+    """What the first rank's failure to read `folder` says, in one line: a refusal of ours as it
+    is; a value weights_only refuses, named (never torch's advice to load it with
+    weights_only=False); anything else, damage."""
+    cause = first_failure(e)
+    if isinstance(cause, CheckpointError):
+        return cause
+    needs = re.findall(r"GLOBAL (\S+)", str(cause))[:1] if isinstance(cause, pickle.UnpicklingError) else []
+    if needs:
+        return UnsafeCheckpoint(
+            f"{folder} needs more than torch.load(weights_only=True): a value in its shards pickles {needs[0]}. "
+            "Nothing of it was run",
+            needs,
+        )
     lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    return DamagedCheckpoint(f"cannot read the shards of {folder}: {type(cause).__name__}: {lines[0] if lines else ''}")
+
+
+def first_failure(e: CheckpointException) -> BaseException:
+    """The exception of the first rank that failed (DCP keeps each with its traceback's frames)."""
+    failures = [e.failures[rank] for rank in sorted(e.failures)]
+    cause = failures[0] if failures else e
+    return cause[0] if isinstance(cause, tuple) else cause
 
 
 def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
@@ -76,5 +96,5 @@ def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
             state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True
         )
     except CheckpointException as e:
-        raise DamagedCheckpoint(f"cannot read the shards of {folder}: {first_failure(e)}") from e
+        raise refusal(e, folder) from e
     return state

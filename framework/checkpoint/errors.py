@@ -16,9 +16,9 @@ class DamagedCheckpoint(CheckpointError):
 class UnsafeCheckpoint(CheckpointError):
     """Needs more than torch.load(weights_only=True): it pickles code or objects (`needs`)."""
 
-    def __init__(self, message: str, needs: list[str]):
+    def __init__(self, message: str, needs: list[str] | None = None):  # None: as pickle rebuilds it
         super().__init__(message)
-        self.needs = needs
+        self.needs = needs or []
 
 
 class ForeignCheckpoint(CheckpointError):
