@@ -124,16 +124,28 @@ def read_metadata(folder: Path):
         raise DamagedCheckpoint(f"{path} does not read as DCP metadata: {type(e).__name__}: {e}") from e
     if not isinstance(metadata, Metadata):
         raise DamagedCheckpoint(f"{path} holds a {type(metadata).__name__}, not DCP metadata")
-    check_storage(metadata, path)
+    check_tables(metadata, path)
     return metadata
 
 
-def check_storage(metadata, path: Path) -> None:
-    """Every shard `.metadata` points to is a file of its own directory, read as it was written
-    (DCP would read any path it names, `../../x` or `/x`, and undo any transform it lists)."""
-    storage = metadata.storage_data
-    if not isinstance(metadata.state_dict_metadata, dict) or not isinstance(storage, dict):
+def check_tables(metadata, path: Path) -> None:
+    """Each entry of `.metadata` as DCP writes it (a tensor's size a torch.Size, its dtype a
+    dtype: what Shards reads outside DCP), and each shard it points to a file of its own
+    directory, read as written (DCP would read any path it names, `../../x` or `/x`, and undo
+    any transform it lists)."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+
+    entries, storage = metadata.state_dict_metadata, metadata.storage_data
+    if not isinstance(entries, dict) or not isinstance(storage, dict):
         raise DamagedCheckpoint(f"{path} does not read as DCP metadata: its tables are not dicts")
+    for fqn, meta in entries.items():
+        described = isinstance(meta, BytesStorageMetadata) or (
+            isinstance(meta, TensorStorageMetadata)
+            and isinstance(meta.size, torch.Size)
+            and isinstance(getattr(meta.properties, "dtype", None), torch.dtype)
+        )
+        if not isinstance(fqn, str) or not described:
+            raise DamagedCheckpoint(f"{path} does not describe its entry {fqn!r} as DCP does")
     for info in storage.values():
         name = getattr(info, "relative_path", None)
         if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name:

@@ -114,11 +114,23 @@ def test_a_persistent_id_is_refused():
         unpickle(b"\x80\x02" + text("anything") + b"Q.")
 
 
-def rewrite(folder, change) -> None:
+def rewrite(folder, change, table: str = "storage_data") -> None:
+    """`.metadata` with `change` made to every value of one of its tables."""
     metadata = sharded.read_metadata(folder)
-    for info in metadata.storage_data.values():
-        change(info)
+    for value in getattr(metadata, table).values():
+        change(value)
     (folder / sharded.METADATA).write_bytes(pickle.dumps(metadata))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda meta: setattr(meta, "size", [2]), lambda meta: setattr(meta.properties, "dtype", "torch.float32")],
+    ids=["size", "dtype"],
+)
+def test_an_entry_of_another_shape_is_refused(saved, change):
+    rewrite(saved, lambda meta: hasattr(meta, "size") and change(meta), table="state_dict_metadata")
+    with pytest.raises(DamagedCheckpoint, match=r"does not describe its entry 'model_state_dict\.\S+' as DCP does"):
+        sharded.read_metadata(saved)
 
 
 @pytest.mark.parametrize("name", ["../elsewhere.distcp", "/etc/passwd", "..", ""])
