@@ -254,5 +254,9 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def first_line(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)  # DCP's CheckpointException: its own str names no cause
+    if failures:
+        e = failures[min(failures)]
+        e = e[0] if isinstance(e, tuple) else e  # (the error, its traceback)
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
