@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from framework.checkpoint.errors import CheckpointError, DamagedCheckpoint, UnsafeCheckpoint
 from framework.checkpoint.sharded import SHARDED_KEYS, read_metadata
@@ -92,7 +93,9 @@ def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
     present = {fqn.split(".", 1)[0] for fqn in read_metadata(folder).state_dict_metadata}
     state: dict = {}
     try:
-        dcp.load(
+        # DCP's private loader, as its own _load_state_dict_from_keys: dcp.load copies back only
+        # the keys the given dict already has, which leaves an empty one empty.
+        _load_state_dict(
             state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True
         )
     except CheckpointException as e:

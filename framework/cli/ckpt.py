@@ -1,10 +1,12 @@
-"""Checkpoint tools: look into, check, compare, export and migrate checkpoint files.
+"""Checkpoint tools: look into, check, compare, export, convert and migrate checkpoints.
 
-    python -m framework.ckpt inspect PATH [--config]   what a file holds; --config: its config YAML only
-    python -m framework.ckpt verify PATH|RUN_DIR       check every file of a checkpoints folder
+    python -m framework.ckpt inspect PATH [--config]   what a checkpoint holds; --config: its config YAML only
+    python -m framework.ckpt verify PATH|RUN_DIR       check every checkpoint of a checkpoints folder
     python -m framework.ckpt diff A B                  config, counters and tensors that differ
     python -m framework.ckpt export PATH OUT [--weights ema|raw]
                                                        model-only weights and config (.pt or .safetensors)
+    python -m framework.ckpt convert SRC OUT           a sharded checkpoint directory into one file, or
+                                                       a file into a directory (framework/checkpoint/convert.py)
     python -m framework.ckpt migrate SRC DST [OVERRIDES] [--unpickle-numpy SRC]
                                                        an older file of ours, or another program's
                                                        (framework/checkpoint/migrate.py)
@@ -14,6 +16,12 @@ load_checked: its size and xxh3 against index.json, or, where the index does not
 every record of its archive against the CRC32 listed for it; then its format, keys and types;
 verify also compares the sha256 index.json lists): nothing in a file is ever run, and a file
 that cannot be used is refused the same way by every command.
+
+PATH may be a file or a sharded checkpoint's directory (trainer.strategy=fsdp), told apart by
+what it is, not by its name. A directory is read as a resume reads it: every file's size and
+xxh3 (verify: and sha256) against index.json's entry or its own checksums.json before
+anything in it is read, `.metadata` with DCP's own classes only, train_state.pt weights_only.
+diff, export and convert read its tensors whole into this one process.
 
 Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a traceback):
   0  ok, or identical (diff)
@@ -44,7 +52,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.atomic import fsync_dir, new_file_mode
-from framework.checkpoint import io, migrate, storage
+from framework.checkpoint import io, migrate, sharded, storage
 from framework.checkpoint.io import (
     CheckpointError,
     DamagedCheckpoint,
@@ -140,15 +148,23 @@ def one_line(error: Exception) -> str:
 
 
 def load(path: Path, store: storage.CheckpointStore | None = None, sha256: bool = False) -> tuple[dict, str]:
-    """The file read through the store of its folder: checked against what its index lists for
-    it (if any); with `sha256`, its sha256 too. Returns the checkpoint and the check it passed,
-    in words."""
-    problem = not_a_regular_file(path)
-    if problem:
-        raise FileProblem(problem)
-    # Unreadable (permissions) is said as such, not as a file that does not load.
-    with open(path, "rb"):
-        pass
+    """The checkpoint at `path`, a file or a sharded checkpoint's directory, read through the
+    store of its folder: checked against what its index lists for it (if any; a directory's
+    files, else against its own checksums.json); with `sha256`, its sha256 too. Returns the
+    checkpoint (a directory's tensors stay on disk: sharded.Shards) and the check it passed, in words."""
+    if path.is_dir():
+        if not sharded.is_checkpoint_directory(path):
+            raise FileProblem(
+                f"{path} is a folder, not a sharded checkpoint's directory (it has no {sharded.MANIFEST} "
+                f"nor {sharded.METADATA})"
+            )
+    else:
+        problem = not_a_regular_file(path)
+        if problem:
+            raise FileProblem(problem)
+        # Unreadable (permissions) is said as such, not as a file that does not load.
+        with open(path, "rb"):
+            pass
     store = storage.for_folder(path.parent) if store is None else store
     try:
         return store.read(path.name, sha256=sha256)
@@ -165,7 +181,7 @@ def foreign_message(error: ForeignCheckpoint, path: Path) -> str:
     """The error, plus what the file holds: another program's training checkpoint can be imported."""
     # It loaded safely a moment ago (that is how it was found to be foreign): loading it again
     # runs nothing. Not memory-mapped: other programs may write torch's older, non-zip format.
-    content = io.safe_load(path)
+    content = io.safe_load(path / sharded.REST if path.is_dir() else path)
     if isinstance(content, dict) and "model_state_dict" in content:
         return (
             f"{error}; it has a model_state_dict, so it looks like another program's training checkpoint: "
@@ -198,7 +214,10 @@ def inspect_command(args) -> int:
         return OK
     cfg = parsed_config(ckpt, path)
     print(f"{path}  (checked: {passed})")
-    for name, value in describe(ckpt, cfg):
+    lines = describe(ckpt, cfg)
+    if path.is_dir():
+        lines.insert(0, ("stored as", directory_layout(path)))
+    for name, value in lines:
         print(f"  {name:<15} {value}")
     print("  components")
     for line in component_lines(ckpt):
@@ -225,6 +244,10 @@ def describe(ckpt: dict, cfg: dict) -> list[tuple[str, str]]:
     ]
     if "origin" in meta:
         lines.append(("origin", origin(meta)))
+    if isinstance(meta.get("converted_from"), dict):  # framework/checkpoint/convert.py
+        source = meta["converted_from"]
+        form = "sharded checkpoint" if source.get("form") == "sharded" else source.get("form", "checkpoint")
+        lines.append(("converted", f"from the {form} {source.get('path', '(path not recorded)')}"))
     average = moving_average(ckpt, cfg)
     if average:
         lines.append(("ema", average))
@@ -271,10 +294,24 @@ def origin(meta: dict) -> str:
     return f"{meta['origin']} from {imported.get('source', '(source not recorded)')}"
 
 
+def directory_layout(path: Path) -> str:
+    """A sharded checkpoint's directory in words: its shard files, the ranks that wrote them, its bytes."""
+    names = os.listdir(path)
+    shards = [name for name in names if name.startswith("__") and name.endswith(".distcp")]
+    ranks = {name[2:].split("_", 1)[0] for name in shards}
+    size = sum((path / name).stat().st_size for name in names)
+    return (
+        f"a sharded directory: {len(shards)} shard file{'' if len(shards) == 1 else 's'} written by "
+        f"{len(ranks)} rank{'' if len(ranks) == 1 else 's'}; {len(names)} files, {size:,} bytes"
+    )
+
+
 def tensor_totals(value: object) -> tuple[int, int, int]:
-    """(tensors, elements, bytes) in a nested dict/list."""
+    """(tensors, elements, bytes) in a nested dict/list, or in a directory's shards (from its metadata)."""
     if isinstance(value, torch.Tensor):
         return 1, value.numel(), value.numel() * value.element_size()
+    if isinstance(value, sharded.Shards):
+        return len(value.tensors()), sum(math.prod(shape) for shape in value.shapes().values()), value.tensor_bytes()
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple)):
@@ -330,16 +367,20 @@ def verify_command(args) -> int:
         codes.append(code)
         print(line)
     bad = sum(code != OK for code in codes)
-    files = f"{len(codes)} file{'' if len(codes) == 1 else 's'}"
+    noun = "checkpoint" if any(store.where(name).is_dir() for name in names) else "file"
+    files = f"{len(codes)} {noun}{'' if len(codes) == 1 else 's'}"
     print(f"{files}: {bad} bad" if bad else f"{files}: {len(codes)} ok")
     return next((code for code in codes if code != OK), OK)
 
 
 def files_to_verify(path: Path) -> tuple[storage.CheckpointStore, list[str]]:
-    """The store and the names to check, in name order: a file alone; or every checkpoint of a
-    checkpoints folder (a run directory's checkpoints/) and every one its index lists."""
+    """The store and the names to check, in name order: a file or a sharded checkpoint's
+    directory alone; or every checkpoint of a checkpoints folder (a run directory's
+    checkpoints/) and every one its index lists."""
     if not os.path.lexists(path):
         raise FileProblem(f"no such file or directory: {path}")
+    if path.is_dir() and sharded.is_checkpoint_directory(path):
+        return storage.for_folder(path.parent), [path.name]
     if not path.is_dir():
         problem = not_a_regular_file(path)
         if problem:
@@ -358,9 +399,28 @@ def verify_one(path: Path, store: storage.CheckpointStore) -> tuple[int, str]:
         return UNREADABLE, f"BAD   {path.name}  listed in {layout.INDEX}, but the file is missing"
     try:
         ckpt, passed = load(path, store, sha256=True)
+        check_shards_named(ckpt)
     except (CheckpointError, FileProblem, OSError) as e:
         return exit_code_for(e), f"BAD   {path.name}  {one_line(e)}"
     return OK, f"ok    {path.name}  epoch {ckpt['epoch']} step {ckpt['global_step']}  (checked: {passed})"
+
+
+def check_shards_named(ckpt: dict) -> None:
+    """Every byte range a directory's `.metadata` points at lies in one of its shard files (whose
+    names sharded.read_metadata checked). The tensors are read by a resume, not here: a sharded
+    checkpoint can be larger than this process's memory."""
+    shards = next((value for value in ckpt.values() if isinstance(value, sharded.Shards)), None)
+    if shards is None:
+        return
+    for where in shards.metadata.storage_data.values():
+        file = shards.folder / where.relative_path
+        size = file.stat().st_size if file.is_file() else None
+        if size is None or where.offset + where.length > size:
+            held = "is not there" if size is None else f"has {size:,} bytes"
+            raise DamagedCheckpoint(
+                f"{shards.folder / sharded.METADATA} points at bytes {where.offset:,} to "
+                f"{where.offset + where.length:,} of {where.relative_path}, which {held}"
+            )
 
 
 # ---- diff ------------------------------------------------------------------------------------
@@ -370,6 +430,8 @@ def diff_command(args) -> int:
     path_a, path_b = Path(args.a), Path(args.b)
     ckpt_a, _ = load(path_a)
     ckpt_b, _ = load(path_b)
+    if holds_shards(ckpt_a) or holds_shards(ckpt_b):
+        ckpt_a, ckpt_b = whole_and_keyed_alike(ckpt_a, ckpt_b)
     config_lines = config_differences(parsed_config(ckpt_a, path_a), parsed_config(ckpt_b, path_b))
     pairs = paired_leaves(ckpt_a, ckpt_b)
     value_lines = [value_difference(name, a, b) for name, a, b in pairs if not is_tensor_pair(a, b)]
@@ -387,6 +449,18 @@ def diff_command(args) -> int:
     print(f"tensors: {counted}" if tensor_lines else f"tensors: identical ({len(tensor_pairs)})")
     print_indented(tensor_lines)
     return DIFFERENT
+
+
+def holds_shards(ckpt: dict) -> bool:
+    return any(isinstance(value, sharded.Shards) for value in ckpt.values())
+
+
+def whole_and_keyed_alike(ckpt_a: dict, ckpt_b: dict) -> tuple[dict, dict]:
+    """A directory's shards read whole; a file's optimizer state, keyed by parameter number,
+    keyed by the parameter names of a directory's (see convert.optimizers_keyed_alike)."""
+    from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
+
+    return convert.optimizers_keyed_alike(convert.whole(ckpt_a), convert.whole(ckpt_b))
 
 
 def print_indented(lines: list[str]) -> None:
@@ -517,6 +591,10 @@ def export_command(args) -> int:
         raise UsageProblem(f"{out} exists; pass --force to replace it")
     ckpt, _ = load(source)
     weights = args.weights or weights_evaluated(ckpt, source)
+    if weights == "raw" and holds_shards(ckpt):
+        from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
+
+        ckpt = convert.whole(ckpt, ("model_state_dict",))
     payload = model_payload(ckpt, weights, weights_to_export(ckpt, weights, source))
     try:
         if out.suffix == layout.SUFFIX:
@@ -615,6 +693,47 @@ def write_safetensors(payload: dict, out: Path) -> None:
     fsync_dir(folder)
 
 
+# ---- convert ---------------------------------------------------------------------------------
+def convert_command(args) -> int:
+    source, out = Path(args.src), Path(args.out)
+    if not os.path.lexists(source):
+        raise FileProblem(f"no such file or directory: {source}")
+    to_file = source.is_dir()  # by what it is, not by its name
+    if to_file and out.suffix != layout.SUFFIX:
+        raise UsageProblem(f"{source} is a sharded checkpoint's directory: it converts to one file, OUT ending in .pt")
+    if not to_file and out.suffix == layout.SUFFIX:
+        raise UsageProblem(
+            f"{source} is a file: it converts to a sharded checkpoint's directory, OUT named without .pt"
+        )
+    if os.path.lexists(out):
+        raise UsageProblem(f"{out} exists already: give another OUT (convert never overwrites)")
+    ckpt, _ = load(source)
+    if ckpt["meta"].get("kind") == "model":
+        raise UsageProblem(f"{source} is model-only (weights and config): convert takes a full checkpoint")
+    from framework.checkpoint import convert  # torch.distributed.checkpoint: only here
+
+    try:
+        (convert.to_file if to_file else convert.to_directory)(ckpt, source, out)
+    except CheckpointError as e:
+        if isinstance(e.__cause__, OSError):  # a full disk, an unwritable folder (io.write's words)
+            raise FileProblem(one_line(e)) from e
+        raise
+    strategy = convert.FILE_STRATEGY if to_file else convert.DIRECTORY_STRATEGY
+    form = "one file" if to_file else "a sharded checkpoint's directory"
+    print(f"wrote {out}: {form} (trainer.strategy={strategy}), epoch {ckpt['epoch']} step {ckpt['global_step']}")
+    print(f"  resume it with: python -m framework resume={out} {resumed_on(ckpt['meta'].get('world_size', 1))}")
+    return OK
+
+
+def resumed_on(world_size: int) -> str:
+    """How a checkpoint that `world_size` processes wrote resumes: the run checks its world size."""
+    exactly = "(one process)" if world_size == 1 else f"trainer.processes={world_size}"
+    return (
+        f"{exactly}; on another number of processes, add allow_config_changes=true (it then goes on from "
+        "the model, optimizer and scheduler, not bit for bit)"
+    )
+
+
 # ---- migrate ---------------------------------------------------------------------------------
 def migrate_command(args) -> int:
     src, dst = Path(args.src), Path(args.dst)
@@ -661,32 +780,42 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = command(
         "inspect",
         inspect_command,
-        "what a checkpoint file holds",
+        "what a checkpoint holds",
         "Its counters, data position, monitored metric, versions, the size of each component, and "
-        "a summary of its config; with --config, the embedded config YAML alone.",
+        "a summary of its config; a sharded checkpoint's directory: its shard files and the ranks that "
+        "wrote them too. With --config, the embedded config YAML alone.",
     )
-    inspect.add_argument("path", metavar="PATH", help="a checkpoint file")
+    inspect.add_argument("path", metavar="PATH", help="a checkpoint file or a sharded checkpoint's directory")
     inspect.add_argument("--config", action="store_true", help="print the embedded config YAML only, whole")
 
     verify = command(
         "verify",
         verify_command,
-        "check every checkpoint file of a run",
+        "check every checkpoint of a run",
         "Each .pt file (in name order): its size, xxh3 and sha256 against index.json when it lists "
         "the file, else every record of its archive against its CRC32; loaded with weights_only; its "
-        "format, keys and types. Every file the index lists must be there. One line per file, then a count.",
+        "format, keys and types. Each sharded checkpoint's directory: every file's size, xxh3 and sha256 "
+        "against index.json's entry (else its checksums.json), no file missing or unlisted, .metadata "
+        "(DCP's classes only) pointing into its own shard files, train_state.pt as a file is. Every "
+        "checkpoint the index lists must be there. One line per checkpoint, then a count.",
     )
-    verify.add_argument("path", metavar="PATH", help="a checkpoint file, a checkpoints folder, or a run directory")
+    verify.add_argument(
+        "path",
+        metavar="PATH",
+        help="a checkpoint file or directory, a folder of checkpoints, or a run directory",
+    )
 
     diff = command(
         "diff",
         diff_command,
         "what differs between two checkpoints",
         "Config keys, counters and other values, and tensors: the max abs difference of floating "
-        "point ones, how many values differ in integer ones. meta (times, hosts) is not compared.",
+        "point ones, how many values differ in integer ones. meta (times, hosts) is not compared. "
+        "A sharded checkpoint's directory is read whole into this process; against a file, the file's "
+        "optimizer state (keyed by parameter number) is compared under the directory's parameter names.",
     )
-    diff.add_argument("a", metavar="A", help="a checkpoint file")
-    diff.add_argument("b", metavar="B", help="another checkpoint file")
+    diff.add_argument("a", metavar="A", help="a checkpoint file or a sharded checkpoint's directory")
+    diff.add_argument("b", metavar="B", help="another one")
 
     export = command(
         "export",
@@ -694,9 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the model's weights and config, for inference or fine-tuning",
         "OUT.pt: a model-only checkpoint that torch.load(weights_only=True) reads. "
         "OUT.safetensors: the weights, with config and meta in its metadata. Either holds one set "
-        "of weights under the plain model's keys (--weights): meta.weights says which.",
+        "of weights under the plain model's keys (--weights): meta.weights says which. From a sharded "
+        "checkpoint's directory, the model's shards are read whole into this process.",
     )
-    export.add_argument("path", metavar="PATH", help="a checkpoint file")
+    export.add_argument("path", metavar="PATH", help="a checkpoint file or a sharded checkpoint's directory")
     export.add_argument("out", metavar="OUT", help="the file to write, ending in .pt or .safetensors")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.add_argument(
@@ -707,6 +837,20 @@ def build_parser() -> argparse.ArgumentParser:
         "describe: ema where the checkpoint has an average and its config's trainer.ema.evaluate is true, "
         "else raw",
     )
+
+    convert = command(
+        "convert",
+        convert_command,
+        "a sharded checkpoint's directory into one file, or a file into a directory",
+        "SRC a directory (trainer.strategy=fsdp): OUT.pt, one file that a run with trainer.strategy=ddp "
+        "resumes from. SRC a file: OUT, a directory that a run with trainer.strategy=fsdp resumes from, "
+        "on any number of processes. The model and optimizer its config names are built, the state "
+        "loaded into them whole in this process, and written with every other entry as it is; meta "
+        "records the conversion. The world size stays the one that trained it: resumed on another "
+        "number of processes, a run needs allow_config_changes=true.",
+    )
+    convert.add_argument("src", metavar="SRC", help="a full checkpoint: a sharded checkpoint's directory, or a file")
+    convert.add_argument("out", metavar="OUT", help="the file (.pt) or directory (no .pt) to write; never overwritten")
 
     migrate_ = command(
         "migrate",

@@ -3,8 +3,10 @@
     python -m framework.compare RUN_A RUN_B
 
 Exit status 0 when the runs are identical (same fingerprint, same metrics history, and where
-both kept last.pt, every tensor equal), 1 when they differ, 2 when a run cannot be read or
-there is nothing to compare (neither has a fingerprint, and they have no last.pt to compare).
+both kept their last checkpoint, every tensor equal), 1 when they differ, 2 when a run cannot
+be read or there is nothing to compare (neither has a fingerprint, and they have no last
+checkpoint to compare). The last checkpoint is last.pt, or last/, a sharded checkpoint's
+directory (trainer.strategy=fsdp), checked against its checksums and read whole.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from framework.checkpoint import sharded, storage
 from framework.checkpoint.io import CheckpointError, safe_load
-from framework.runs.layout import CHECKPOINTS, HISTORY, LAST, RECORD, RunLayout
+from framework.runs.layout import CHECKPOINTS, HISTORY, LAST, RECORD, RunLayout, alias
 from framework.runs.reproducibility import why_runs_differ
 
 HISTORY_EVENTS = ("step", "epoch", "val", "stop")
@@ -115,13 +118,13 @@ def compare(a: Path, b: Path) -> list[str]:
     CannotCompare when a file is malformed or neither a fingerprint nor a final state can be compared."""
     found = []
     sa, sb = read_summary(a), read_summary(b)
-    la, lb = RunLayout(a).last, RunLayout(b).last
-    both_kept_state = la.is_file() and lb.is_file()
+    la, lb = last_checkpoint(a), last_checkpoint(b)
+    both_kept_state = la is not None and lb is not None
     # Equal histories alone prove nothing: they hold a few rounded numbers, not the state.
     if sa.get("fingerprint") is None and sb.get("fingerprint") is None and not both_kept_state:
         raise CannotCompare(
             f"nothing to compare: neither {a} nor {b} has a fingerprint in {RECORD}, "
-            f"and they do not both have {CHECKPOINTS}/{LAST}"
+            f"and they do not both have {CHECKPOINTS}/{LAST} (or {CHECKPOINTS}/{alias('last', '')}/)"
         )
     if sa.get("fingerprint") != sb.get("fingerprint"):
         found.append(f"fingerprints differ: {sa.get('fingerprint')} vs {sb.get('fingerprint')}")
@@ -129,13 +132,35 @@ def compare(a: Path, b: Path) -> list[str]:
     if divergence:
         found.append(divergence)
     if both_kept_state:
-        tensors = tensor_differences(final_state(la), final_state(lb))
+        tensors = tensor_differences(*final_states(la, lb))
         if tensors:
             found.append(f"{len(tensors)} entries of the final state differ: " + ", ".join(tensors))
     return found
 
 
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The run's last checkpoint: its file, or its sharded directory; None where it kept neither."""
+    file = RunLayout(run_dir).last
+    if file.is_file():
+        return file
+    directory = file.with_name(alias("last", ""))
+    return directory if directory.is_dir() and sharded.is_checkpoint_directory(directory) else None
+
+
+def final_states(a: Path, b: Path) -> tuple[dict, dict]:
+    """Both last checkpoints, their tensors whole: a directory's shards read into this process,
+    and, against a file, the file's optimizer state keyed by the directory's parameter names."""
+    state_a, state_b = final_state(a), final_state(b)
+    if a.is_dir() or b.is_dir():
+        from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
+
+        return convert.optimizers_keyed_alike(convert.whole(state_a), convert.whole(state_b))
+    return state_a, state_b
+
+
 def final_state(path: Path) -> dict:
+    if path.is_dir():  # checked against its checksums before anything in it is read
+        return storage.for_folder(path.parent).read(path.name)[0]
     state = safe_load(path)
     if not isinstance(state, dict):
         raise CannotCompare(f"{path} holds a {type(state).__name__}, not a checkpoint's dict")
