@@ -16,7 +16,7 @@ from torch.distributed.checkpoint._nested_dict import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from framework.checkpoint.errors import CheckpointError, DamagedCheckpoint, UnsafeCheckpoint
@@ -98,6 +98,20 @@ def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
         _load_state_dict(
             state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True
         )
+    except CheckpointException as e:
+        raise refusal(e, folder) from e
+    return state
+
+
+def read_values(folder: Path) -> dict:
+    """Every non-tensor value in `folder`'s shards (the optimizer's hyperparameters), read as a
+    resume reads them (weights_only), without the tensors: one that is refused is refused here,
+    in one line, before any model is built (the verify tool)."""
+    metadata = read_metadata(folder)
+    values = {fqn for fqn, meta in metadata.state_dict_metadata.items() if isinstance(meta, BytesStorageMetadata)}
+    state: dict = {}
+    try:  # keys: whole names of values, which the planner takes as they are
+        _load_state_dict(state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=values), no_dist=True)
     except CheckpointException as e:
         raise refusal(e, folder) from e
     return state

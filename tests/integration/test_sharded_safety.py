@@ -19,7 +19,7 @@ import xxhash
 from helpers import QUICK, flip_middle_byte, train_in_process
 
 from framework.atomic import json_text
-from framework.checkpoint import CheckpointError, io, sharded
+from framework.checkpoint import CheckpointError, dcp_io, io, sharded
 from framework.checkpoint.errors import DamagedCheckpoint, UnsafeCheckpoint
 from framework.checkpoint.storage import LocalFiles
 from framework.cli import ckpt
@@ -83,8 +83,6 @@ def plant_in_shards(directory, marker) -> None:
     Hostile (a value DCP pickles into the shard file)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from framework.checkpoint import dcp_io
-
     dcp_to_torch_save(directory, directory.parent / "whole.pt")  # the run's own directory, not yet changed
     state = torch.load(directory.parent / "whole.pt", weights_only=True)
     state["optimizer_state_dict"]["param_groups"][0]["lr"] = Hostile(marker)
@@ -138,8 +136,11 @@ def test_a_hostile_value_in_a_shard_is_refused_by_name_and_never_run(run, marker
     plant_in_shards(last, marker)
     sign(last)
     read(last)  # `.metadata` is DCP's own: the value is met when the shards are loaded
-    with pytest.raises(UnsafeCheckpoint, match=r"/last needs more .*: a value in its shards pickles posix\.system"):
+    refused = r"/last needs more than torch\.load\(weights_only=True\): a value in its shards pickles posix\.system"
+    with pytest.raises(UnsafeCheckpoint, match=refused):
         train_in_process(run, *FSDP, f"resume={last}", GO_ON)
+    with pytest.raises(UnsafeCheckpoint, match=refused):
+        dcp_io.read_values(last)  # without the tensors, what a verify can read
     assert not marker.exists()
     stock_dcp_loads(last, tmp_path)
     assert marker.exists()
