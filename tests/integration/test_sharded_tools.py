@@ -20,8 +20,9 @@ from framework.checkpoint import convert, io, sharded, storage
 from framework.cli import ckpt as tool
 from framework.cli import compare
 
-# The small MLP on digits, 20 steps an epoch in one process; best and last are directories.
-FSDP = ("model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp")
+# The small MLP on digits, 20 steps an epoch in one process; best and last are directories. One
+# thread: with two, the one-rank group's threads and torch's spin against each other on 2 CPUs.
+FSDP = ("model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp", "determinism.num_threads=1")
 STOP = "trainer.max_steps=10"  # mid-epoch: epoch 0, batch 10
 GO_ON = "trainer.max_steps=null"
 
@@ -149,10 +150,13 @@ def test_a_file_converts_to_a_directory_that_resumes_exactly(straight, stopped, 
     code, out, _ = run_tool(tool, "diff", last_of(straight), last_of(tmp_path / "resumed"))
     assert "values: identical" in out and "tensors: identical (16)" in out, out
 
-    # Never over what is there; a directory becomes a .pt file and a file a directory without .pt.
+    # Never over what is there; a directory becomes a .pt file and a file a directory without .pt;
+    # a folder that is no checkpoint is said to be one.
     assert run_tool(tool, "convert", file, directory)[0] == tool.USAGE
     assert run_tool(tool, "convert", last_of(stopped), tmp_path / "x")[0] == tool.USAGE
     assert run_tool(tool, "convert", file, tmp_path / "x.pt")[0] == tool.USAGE
+    code, _, err = run_tool(tool, "convert", stopped / "checkpoints", tmp_path / "x.pt")
+    assert code == tool.UNREADABLE and "is a folder, not a sharded checkpoint's directory" in err, err
 
 
 def test_compare_and_diff_see_shards_that_differ(straight, tmp_path, run_tool):
