@@ -18,10 +18,11 @@ from framework.cli.compare import compare as differences
 from framework.faults import KILL_ENV, STOP_ENV
 from framework.runs import layout, resume
 
-# One process (a one-rank group): 20 steps, a directory every 3 steps, the newest 2 kept
-# (tests/integration/test_sharded_store.py trains the same run never stopped).
+# One process (a one-rank group), one thread (two would spin on 2 CPUs): 20 steps, a directory
+# every 3 steps, the newest 2 kept (tests/integration/test_sharded_store.py trains the same run
+# never stopped).
 ONE_PROCESS = ["model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp",
-               "checkpoint.every_n_steps=3", "checkpoint.keep_last_n=2"]  # fmt: skip
+               "checkpoint.every_n_steps=3", "checkpoint.keep_last_n=2", "determinism.num_threads=1"]  # fmt: skip
 
 # Each kill in turn, each resuming what the one before left: (boundary, which time it is reached
 # in that process, the step `last` holds after it). Before anything is written (step 6's save:

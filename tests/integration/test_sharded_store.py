@@ -12,9 +12,10 @@ from helpers import compose_config
 from framework.checkpoint import CheckpointError, storage
 from framework.runs import layout
 
-# One process (a one-rank group): 20 steps, a periodic directory every 3, the newest 2 kept.
+# One process (a one-rank group), one thread (two would spin on 2 CPUs): 20 steps, a periodic
+# directory every 3, the newest 2 kept.
 ONE_PROCESS = ["model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp",
-               "checkpoint.every_n_steps=3", "checkpoint.keep_last_n=2"]  # fmt: skip
+               "checkpoint.every_n_steps=3", "checkpoint.keep_last_n=2", "determinism.num_threads=1"]  # fmt: skip
 
 
 @pytest.fixture
