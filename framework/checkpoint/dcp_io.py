@@ -24,10 +24,17 @@ from framework.checkpoint.sharded import SHARDED_KEYS, read_metadata
 
 
 class SafeReader(FileSystemReader):
-    """DCP's file reader, with `.metadata` read by MetadataUnpickler."""
+    """DCP's file reader, given `.metadata` as MetadataUnpickler read it (`metadata`: already
+    read and checked), before DCP starts: a refusal is raised as it is. Read inside DCP, a
+    failure would be logged with its traceback, read again as per-rank metadata, and raised as
+    an AssertionError."""
+
+    def __init__(self, folder: Path, metadata: Metadata | None = None):
+        super().__init__(folder)
+        self.metadata = read_metadata(folder) if metadata is None else metadata
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
-        return read_metadata(Path(self.path))
+        return self.metadata
 
 
 class SafeBytes:
@@ -55,10 +62,12 @@ def save(state: dict, folder: Path, group=None, no_dist: bool = False) -> None:
     dcp.save(state, storage_writer=FileSystemWriter(folder, sync_files=True), process_group=group, no_dist=no_dist)
 
 
-def load_into(state: dict, folder: Path) -> None:
-    """Fill `state` (each rank's own shards, or whole tensors) in place from `folder`."""
+def load_into(state: dict, folder: Path, metadata: Metadata | None = None) -> None:
+    """Fill `state` (each rank's own shards, or whole tensors) in place from `folder` (whose
+    `.metadata`, if read already: `metadata`)."""
+    reader = SafeReader(folder, metadata)
     try:
-        dcp.load(state, storage_reader=SafeReader(folder), planner=SafePlanner())
+        dcp.load(state, storage_reader=reader, planner=SafePlanner())
     except CheckpointException as e:  # a BaseException: every rank's failures, by rank
         raise refusal(e, folder) from e
 
@@ -90,14 +99,13 @@ def first_failure(e: CheckpointException) -> BaseException:
 
 def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
     """The entries `keys` of `folder` as plain, whole tensors and values, in this process alone."""
-    present = {fqn.split(".", 1)[0] for fqn in read_metadata(folder).state_dict_metadata}
+    reader = SafeReader(folder)
+    present = {fqn.split(".", 1)[0] for fqn in reader.metadata.state_dict_metadata}
     state: dict = {}
     try:
         # DCP's private loader, as its own _load_state_dict_from_keys: dcp.load copies back only
         # the keys the given dict already has, which leaves an empty one empty.
-        _load_state_dict(
-            state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True
-        )
+        _load_state_dict(state, storage_reader=reader, planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True)
     except CheckpointException as e:
         raise refusal(e, folder) from e
     return state
@@ -107,11 +115,12 @@ def read_values(folder: Path) -> dict:
     """Every non-tensor value in `folder`'s shards (the optimizer's hyperparameters), read as a
     resume reads them (weights_only), without the tensors: one that is refused is refused here,
     in one line, before any model is built (the verify tool)."""
-    metadata = read_metadata(folder)
-    values = {fqn for fqn, meta in metadata.state_dict_metadata.items() if isinstance(meta, BytesStorageMetadata)}
+    reader = SafeReader(folder)
+    entries = reader.metadata.state_dict_metadata
+    values = {fqn for fqn, meta in entries.items() if isinstance(meta, BytesStorageMetadata)}
     state: dict = {}
     try:  # keys: whole names of values, which the planner takes as they are
-        _load_state_dict(state, storage_reader=SafeReader(folder), planner=SafeFullPlanner(keys=values), no_dist=True)
+        _load_state_dict(state, storage_reader=reader, planner=SafeFullPlanner(keys=values), no_dist=True)
     except CheckpointException as e:
         raise refusal(e, folder) from e
     return state
