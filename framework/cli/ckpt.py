@@ -395,8 +395,10 @@ def files_to_verify(path: Path) -> tuple[storage.CheckpointStore, list[str]]:
 
 
 def verify_one(path: Path, store: storage.CheckpointStore) -> tuple[int, str]:
-    if not path.exists() and store.entry(path.name) is not None:
-        return UNREADABLE, f"BAD   {path.name}  listed in {layout.INDEX}, but the file is missing"
+    entry = store.entry(path.name)
+    if not path.exists() and entry is not None:
+        what = "directory" if "files" in entry else "file"  # a sharded checkpoint's entry lists its files
+        return UNREADABLE, f"BAD   {path.name}  listed in {layout.INDEX}, but the {what} is missing"
     try:
         ckpt, passed = load(path, store, sha256=True)
         check_shards_named(ckpt)
