@@ -409,11 +409,15 @@ def verify_one(path: Path, store: storage.CheckpointStore) -> tuple[int, str]:
 
 def check_shards_named(ckpt: dict) -> None:
     """Every byte range a directory's `.metadata` points at lies in one of its shard files (whose
-    names sharded.read_metadata checked). The tensors are read by a resume, not here: a sharded
-    checkpoint can be larger than this process's memory."""
+    names sharded.read_metadata checked), and its non-tensor values load with weights_only. The
+    tensors are read by a resume, not here: a sharded checkpoint can be larger than this
+    process's memory."""
     shards = next((value for value in ckpt.values() if isinstance(value, sharded.Shards)), None)
     if shards is None:
         return
+    from framework.checkpoint import dcp_io  # torch.distributed.checkpoint: a second to import
+
+    dcp_io.read_values(shards.folder)
     for where in shards.metadata.storage_data.values():
         file = shards.folder / where.relative_path
         size = file.stat().st_size if file.is_file() else None

@@ -42,7 +42,7 @@ def load_model(model: torch.nn.Module, saved: Shards | dict, problems_of) -> lis
     if isinstance(saved, Shards):
         problems = problems_of(own_shapes, saved.shapes())
         state = {saved.key: {k: v for k, v in own.items() if saved.shapes().get(k) == own_shapes[k]}}
-        dcp_io.load_into(state, saved.folder)
+        dcp_io.load_into(state, saved.folder, saved.metadata)
         set_model_state_dict(model, state[saved.key], options=StateDictOptions(strict=not problems))
         return problems
     problems = problems_of(own_shapes, {k: tuple(v.shape) for k, v in saved.items()})
@@ -56,7 +56,7 @@ def load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sav
     (keyed by parameter number), into this optimizer's (sharded or not)."""
     if isinstance(saved, Shards):
         state = {saved.key: get_optimizer_state_dict(model, optimizer)}
-        dcp_io.load_into(state, saved.folder)
+        dcp_io.load_into(state, saved.folder, saved.metadata)
         set_optimizer_state_dict(model, optimizer, state[saved.key])
         return
     options = StateDictOptions(full_state_dict=True)

@@ -145,6 +145,7 @@ def test_a_hostile_value_in_a_shard_is_refused_by_name_and_never_run(run, marker
         train_in_process(run, *FSDP, f"resume={last}", GO_ON)
     with pytest.raises(UnsafeCheckpoint, match=refused):
         dcp_io.read_values(last)  # without the tensors, what a verify can read
+    assert ckpt.main(["verify", str(last)]) != 0
     assert not marker.exists()
     stock_dcp_loads(last, tmp_path)
     assert marker.exists()
