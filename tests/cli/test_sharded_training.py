@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TESTS, compose_config, read_summary, train_in_process
 
+from framework.checkpoint import storage
 from framework.cli.compare import compare as differences
 from framework.cli.compare import tensor_differences
 from framework.config.errors import ConfigError
@@ -89,17 +90,17 @@ def stopped_and_resumed(folder: Path, stops: list[tuple], *overrides: str) -> di
     return {"run": run, "first": folder / "first", "killed": folder / "killed", **left}
 
 
-# Synchronous saves: stopped at the first epoch's end (max_steps), killed on rank 0 in step 15's
-# save once its directory is whole under the temporary name (rank 1 waiting; step 12's, mid-epoch,
-# is resumed), by SIGTERM, then resumed to the end. In the background: stopped mid-epoch
-# (max_steps), killed in the epoch end's save once its directory is renamed into place but not
-# yet listed (it is resumed), by SIGTERM, resumed to the end.
+# Synchronous saves: stopped at the first epoch's end (max_steps), killed on rank 0 in step 12's
+# save once its directory is whole under the temporary name (rank 1 waiting), by SIGTERM
+# mid-epoch, then resumed to the end. In the background: stopped mid-epoch (max_steps), killed in
+# the epoch end's save once its directory is renamed into place but not yet listed (it is
+# resumed), by SIGTERM, resumed to the end. The signal leaves 9 steps to stop in.
 CHAINS = {
-    SYNC: [("max_steps", 10), ("kill", "written:2"), ("sigterm", 13), ("end",)],
+    SYNC: [("max_steps", 10), ("kill", "written:1"), ("sigterm", 11), ("end",)],
     ASYNC: [("max_steps", 7), ("kill", "renamed:2"), ("sigterm", 11), ("end",)],
 }
-# The step `last` holds after each chain's kill: the save before the killed one, or the killed one.
-LAST_AFTER_KILL = {SYNC: 12, ASYNC: 10}
+# The step `last` holds after each chain's kill: the save's before the killed one, or the killed one's.
+LAST_AFTER_KILL = {SYNC: 10, ASYNC: 10}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def runs(tmp_path_factory) -> dict:
 
 def final_state(run: Path) -> dict:
     """The final `last` directory's model and optimizer, whole, and its counters."""
-    from framework.checkpoint import dcp_io, storage
+    from framework.checkpoint import dcp_io
 
     store = storage.for_folder(run / layout.CHECKPOINTS, compose_config(*RUN))
     ckpt, _ = store.read("last")
@@ -151,7 +152,7 @@ def test_stopped_at_an_epoch_end_mid_epoch_by_a_kill_and_by_sigterm_the_run_resu
         _, summary = chain[how, step]
         assert (summary["status"], summary["stopped_by"], summary["global_step"]) == ("completed", "max_steps", step)
     killed, _ = chain["kill"]
-    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr[-3000:]
+    assert killed.returncode != 0, killed.stderr[-3000:]
     proc, summary = chain["sigterm"]
     (at,) = [stop[1] for stop in CHAINS[saving] if stop[0] == "sigterm"]
     assert summary["status"] == "preempted" and at <= summary["global_step"] < 20, (summary, proc.stderr[-3000:])
@@ -167,10 +168,14 @@ def test_a_save_killed_on_rank_0_leaves_the_newest_whole_checkpoint_to_resume_fr
     `last` is the killed save's, read by its own manifest. A temporary directory, whole as it may
     be, is never taken for a checkpoint."""
     killed = runs[saving]["killed"]
-    if saving == SYNC:  # the whole directory the kill left under its temporary name
+    cfg = compose_config(*RUN, saving)
+    listed = storage.for_run(cfg, killed).entry("last")["step"]
+    if saving == SYNC:  # the whole directory (step 12's) the kill left under its temporary name
         (left,) = (killed / layout.CHECKPOINTS).glob(layout.TEMPORARIES)
-        assert (left / "checksums.json").is_file()
-    point = resume.find("auto", killed, compose_config(*RUN, saving))
+        assert (left / "checksums.json").is_file() and listed == 10
+    else:  # index.json still describes the `last` the renamed one replaced
+        assert listed == 9
+    point = resume.find("auto", killed, cfg)
     assert point.path.name == "last" and point.ckpt["global_step"] == LAST_AFTER_KILL[saving]
     assert point.ckpt["meta"]["world_size"] == 2
 
@@ -179,12 +184,16 @@ def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed_and_record
     run = tmp_path / "run"
     shutil.copytree(runs[SYNC]["first"], run)  # stopped at the first epoch's end
     before = (run / "metrics.json").read_bytes()
-    with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1"):
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1") as refused:
         train_in_process(run, *RUN, "resume=auto", "trainer.max_steps=null")
+    assert "\n" not in str(refused.value)
     assert (run / "metrics.json").read_bytes() == before
     summary = train_in_process(run, *RUN, "resume=auto", "trainer.max_steps=null", "allow_config_changes=true")
     assert summary["status"] == "completed" and summary["global_step"] == 30  # one process: 20 steps an epoch
     assert summary["follows_original_trajectory"] is False
+    # Resharded whole: the validation loss this process computes on the loaded weights is the one
+    # the 2 ranks recorded, to the bit.
+    assert summary["resumes"][-1]["val_check"]["identical"] is True
 
 
 def test_a_one_process_checkpoint_continues_on_two_ranks_when_allowed_and_is_recorded(runs):
@@ -193,4 +202,5 @@ def test_a_one_process_checkpoint_continues_on_two_ranks_when_allowed_and_is_rec
     summary = read_summary(run)
     assert summary["status"] == "completed" and summary["follows_original_trajectory"] is False
     assert "resuming a 1-process checkpoint on 2" in (run / "train.log").read_text()
+    assert summary["resumes"][-1]["val_check"]["identical"] is True  # resharded over 2 ranks, to the bit
     assert final_state(run)["global_step"] == summary["global_step"]
