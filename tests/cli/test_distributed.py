@@ -111,13 +111,17 @@ TWO_RANKS = [*RUN, "checkpoint.every_n_steps=4", "trainer.processes=2"]
 def test_two_ranks_killed_after_a_save_inside_an_epoch_resume_to_the_same_epoch_loss(straight, tmp_path):
     """SIGKILL once last.pt of step 8 (of 10 in the first epoch) is listed: the epoch's train/loss
     after the resume is the mean over the ranks of each rank's own running sum, as in the run never
-    stopped (a save's other boundaries: tests/cli/test_killed_saves.py)."""
+    stopped (a save's other boundaries: tests/cli/test_killed_saves.py). Both commands are the
+    plain one: trainer.processes=2 becomes torchrun --standalone --nproc_per_node=2, the same job
+    as the straight run's under torchrun, to the bits."""
     run = tmp_path / "run"
     killed = run_cli(run, *TWO_RANKS, env={KILL_ENV: "indexed:2"}, check=False)
     assert killed.returncode != 0
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["global_step"] == 8
     run_cli(run, *TWO_RANKS, "resume=auto")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["meta"]["world_size"] == 2
     assert differences(straight, run) == []
+    assert read_summary(run)["fingerprint"] == read_summary(straight)["fingerprint"]
     ckpt = torch.load(run / "checkpoints" / "step_00000004.pt", weights_only=True)
     sums = [own["epoch_loss_sum"] for own in ckpt["counters_per_rank"]]
     assert sums[0] != sums[1] and ckpt["epoch_loss_sum"] == sum(sums) / 2
@@ -137,17 +141,6 @@ def test_a_two_rank_checkpoint_on_one_process_is_refused_then_allowed(stopped_at
     # same weights, to the bit: metrics reduced over the ranks are the one-process metrics.
     assert summary["resumes"][-1]["val_check"]["identical"] is True
     assert summary["resumes"][-1]["val_check"]["rebatched"] is False
-
-
-def test_the_plain_command_starts_the_same_processes_through_torchrun(straight, tmp_path):
-    """trainer.processes=2 becomes torchrun --standalone --nproc_per_node=2: the same job, and
-    a second 2-rank run of the same seed: the same bits."""
-    cmd = [sys.executable, "-m", "framework", f"hydra.run.dir={tmp_path / 'run'}", *RUN, "trainer.processes=2"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["meta"]["world_size"] == 2
-    assert read_summary(tmp_path / "run")["fingerprint"] == read_summary(straight)["fingerprint"]
 
 
 def test_a_rank_that_raises_brings_the_job_down_soon_naming_it_and_leaving_whole_checkpoints(tmp_path):
