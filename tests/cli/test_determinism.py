@@ -5,6 +5,7 @@ that has no deterministic implementation."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,9 +38,19 @@ def test_fingerprints_are_identical_for_a_seed_and_differ_between_seeds(tmp_path
     assert read_summary(tmp_path / "a")["fingerprint"] == seed0
 
 
-def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
-    run_cli(tmp_path / "run", *QUICK[:3], "determinism=strict")  # with checkpoints
-    settings = read_summary(tmp_path / "run")["determinism"]
+@pytest.fixture(scope="module")
+def strict_stopped(tmp_path_factory):
+    """A strict run of two epochs stopped at step 25, with checkpoints, started without a hash seed
+    (strict re-launches itself with one). Never changed: a test that does copies it."""
+    run = tmp_path_factory.mktemp("strict") / "run"
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYTHONHASHSEED", raising=False)
+        run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "determinism=strict", "trainer.max_steps=25")
+    return run
+
+
+def test_strict_puts_its_settings_in_force_and_records_them(strict_stopped):
+    settings = read_summary(strict_stopped)["determinism"]
     assert settings == {
         "level": "strict",
         "num_threads": 1,
@@ -50,7 +61,7 @@ def test_strict_puts_its_settings_in_force_and_records_them(tmp_path):
         "pythonhashseed": "0",
     }
 
-    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["meta"]
+    meta = torch.load(strict_stopped / "checkpoints" / "last.pt", weights_only=True)["meta"]
     assert meta["determinism"] == "strict" and meta["determinism_settings"] == settings
 
 
@@ -71,12 +82,11 @@ def test_strict_from_a_config_file_without_a_hash_seed_refuses_and_says_how(tmp_
     assert read_summary(tmp_path / "run2")["determinism"]["pythonhashseed"] == "7"
 
 
-def test_a_strict_run_resumes_without_naming_its_level_again(tmp_path, monkeypatch):
+def test_a_strict_run_resumes_without_naming_its_level_again(strict_stopped, tmp_path, monkeypatch):
     """The level comes from the checkpoint's config, too late to fix the hash seed: the resume
     re-launches itself as the first run did (its metrics.json says strict)."""
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    run = tmp_path / "run"
-    run_cli(run, "model=mlp", "trainer.max_epochs=2", "logger=none", "determinism=strict", "trainer.max_steps=25")
+    run = shutil.copytree(strict_stopped, tmp_path / "run")
     resumed = run_cli(run, "resume=auto", "trainer.max_steps=null", check=False)
     assert resumed.returncode == 0, resumed.stderr
     summary = read_summary(run)
