@@ -17,7 +17,6 @@ from helpers import (
     read_summary,
     refused_in_one_line,
     run_cli,
-    run_in,
     start_cli,
     start_in,
     tree,
@@ -113,11 +112,9 @@ def test_rerunning_a_finished_run_changes_nothing_and_says_so(tmp_path):
     assert read_summary(run)["global_step"] == 30
 
 
-def test_a_checkpoints_path_that_is_a_file_is_found_before_training(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "checkpoints").write_text("not a folder")
-    proc = run_cli(run, "model=mlp", "trainer.max_epochs=1", "logger=none", check=False)
+def test_a_checkpoints_path_that_is_a_file_is_found_before_training(refused_starts):
+    folder, _, proc = refused_starts[a_checkpoints_path_that_is_a_file]
+    run = folder / "run"
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "checkpoints is not a folder" in proc.stderr
     assert not (run / "metrics.jsonl").exists() or not read_jsonl(run)  # before the first step
@@ -165,18 +162,49 @@ def test_existing_run_never_acts_on_the_current_directory_or_one_above_it(finish
     assert tree(tmp_path) == before
 
 
-def link_to_a_run(finished_run, tmp_path, small_disk):
-    link = tmp_path / "link"
-    link.symlink_to(copy_of_run(finished_run, tmp_path / "run"))
-    return link, "it is a symbolic link"
+# Each start refused before it trains, made in a folder of its own: -> (the folder to start in, the
+# overrides, the folder that must not change or None). The three start at once (refused_starts).
+def a_checkpoints_path_that_is_a_file(finished_run, folder):
+    run = folder / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("not a folder")
+    return folder, [f"hydra.run.dir={run}", "model=mlp", "trainer.max_epochs=1", "logger=none"], None
 
 
-def test_existing_run_through_a_link_is_refused_in_one_line(finished_run, tmp_path):
-    link, says = link_to_a_run(finished_run, tmp_path, None)
-    before = tree(tmp_path)
-    proc = run_in(tmp_path, f"hydra.run.dir={link}", "existing_run=overwrite", *TINY)
-    refused_in_one_line(proc, f"existing_run=overwrite leaves hydra.run.dir={link} as it is: {says}")
-    assert tree(tmp_path) == before
+def an_existing_run_through_a_link(finished_run, folder):
+    link = folder / "link"
+    link.symlink_to(copy_of_run(finished_run, folder / "run"))
+    return folder, [f"hydra.run.dir={link}", "existing_run=overwrite", *TINY], folder
+
+
+def a_recipe_into_a_finished_run(finished_run, folder):
+    run = copy_of_run(finished_run, folder / "run")
+    (folder / "recipes").mkdir()
+    header = "# @package _global_\n# Always the same directory.\n#   python -m framework recipe=into_run\n"
+    (folder / "recipes" / "into_run.yaml").write_text(f"{header}hydra:\n  run:\n    dir: {run}\n")
+    return folder, ["recipe=into_run", "seed=1", *TINY], run
+
+
+@pytest.fixture(scope="module")
+def refused_starts(cli_trained_run, tmp_path_factory) -> dict:
+    """Each case above, started at once (each pays for its own interpreter): its maker -> (its
+    folder, the watched folder's files before the start, the finished process)."""
+    finished_run = cli_trained_run(*TINY)
+    folders, before, started = {}, {}, {}
+    for make in (a_checkpoints_path_that_is_a_file, an_existing_run_through_a_link, a_recipe_into_a_finished_run):
+        folders[make] = tmp_path_factory.mktemp(make.__name__)
+        cwd, overrides, watched = make(finished_run, folders[make])
+        before[make] = tree(watched) if watched else None
+        started[make] = start_in(cwd, *overrides)
+    done = finish_together(started)
+    return {make: (folders[make], before[make], done[make]) for make in started}
+
+
+def test_existing_run_through_a_link_is_refused_in_one_line(refused_starts):
+    folder, before, proc = refused_starts[an_existing_run_through_a_link]
+    link = folder / "link"
+    refused_in_one_line(proc, f"existing_run=overwrite leaves hydra.run.dir={link} as it is: it is a symbolic link")
+    assert tree(folder) == before
 
 
 def test_a_live_run_is_never_touched_by_another_start(tmp_path, monkeypatch):
@@ -216,11 +244,7 @@ def test_a_live_run_is_never_touched_by_another_start(tmp_path, monkeypatch):
     assert logged == list(range(1, steps[-1] + 1))
 
 
-def test_a_run_refused_by_a_recipes_directory_keeps_the_runs_hydra_record(finished_run, tmp_path):
-    run = copy_of_run(finished_run, tmp_path / "run")
-    (tmp_path / "recipes").mkdir()
-    header = "# @package _global_\n# Always the same directory.\n#   python -m framework recipe=into_run\n"
-    (tmp_path / "recipes" / "into_run.yaml").write_text(f"{header}hydra:\n  run:\n    dir: {run}\n")
-    before = tree(run)
-    refused_in_one_line(run_in(tmp_path, "recipe=into_run", "seed=1", *TINY), "already holds a run")
-    assert tree(run) == before
+def test_a_run_refused_by_a_recipes_directory_keeps_the_runs_hydra_record(refused_starts):
+    folder, before, proc = refused_starts[a_recipe_into_a_finished_run]
+    refused_in_one_line(proc, "already holds a run")
+    assert tree(folder / "run") == before
