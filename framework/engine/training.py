@@ -155,6 +155,8 @@ class Training:
             ) from e
         for note in notes:
             log.warning("non-strict load: %s", note)
+        if not same_ranks:
+            self.continue_epoch_on_other_ranks(ckpt["meta"].get("world_size", 1))
         self.restore_rng_from = ckpt if same_ranks else None
         resume = resume_record(point, self.changes)
         recorded = recorded_val_metrics(ckpt)
@@ -163,6 +165,27 @@ class Training:
                 recorded, self.validate(), rebatched="trainer.eval_batch_size" in self.changes
             )
         return resume
+
+    def continue_epoch_on_other_ranks(self, saved_world_size: int) -> None:
+        """A checkpoint of another number of ranks (allow_config_changes): its position counts the
+        batches each of its ranks took. Go on after as many samples of the epoch's order, so that
+        the rest of the epoch is trained on (a few samples may come twice, none is skipped)."""
+        state = self.state
+        position = min(state.position * saved_world_size // self.world_size, self.batches_per_epoch)
+        if state.position:
+            log.warning(
+                "the checkpoint's epoch was at batch %d of each of its %d rank(s): on %d it goes on at batch %d; "
+                "the learning-rate schedule keeps the length it had (its steps per epoch were the old number's)",
+                state.position,
+                saved_world_size,
+                self.world_size,
+                position,
+            )
+        accumulate = self.t.accumulate_grad_batches
+        if state.position:  # the epoch's loss sum, as a sum over the steps the new position stands for
+            scale = steps_in(position, accumulate) / steps_in(state.position, accumulate)
+            state.epoch_loss_sum *= scale
+        state.position = position
 
     def open_history(self, point: resume_lib.ResumePoint | None) -> None:
         """metrics.jsonl and the sinks the `logger` section chose, rewound to where a resumed run's

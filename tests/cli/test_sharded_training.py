@@ -264,6 +264,9 @@ def test_a_one_process_checkpoint_continues_on_two_ranks_when_allowed_and_is_rec
     assert "resuming a 1-process checkpoint on 2" in (run / "train.log").read_text()
     assert summary["resumes"][-1]["val_check"]["identical"] is True  # resharded over 2 ranks, to the bit
     assert final_state(run)["global_step"] == summary["global_step"]
+    # Stopped at batch 10 of the one process's 20: the 2 ranks go on at their batch 5 of 10, so
+    # the rest of the epoch is trained on (5 steps), then a whole epoch (10): step 25, not 20.
+    assert summary["global_step"] == 25
 
 
 def test_a_save_killed_at_each_boundary_leaves_its_newest_whole_checkpoint_and_the_run_resumes_exactly(
