@@ -33,16 +33,9 @@ def fingerprint_of(trained_run, *overrides: str) -> str:
     return read_summary(trained_run(*QUICK, *overrides))["fingerprint"]
 
 
-def multirun(cwd: Path, *overrides: str, sweep_dir: Path | None = None, timeout=600):
-    cmd = [sys.executable, "-m", "framework", *TEST_CONF, "-m", *overrides]
-    if sweep_dir is not None:
-        cmd.append(f"hydra.sweep.dir={sweep_dir}")
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
 def start_multirun(*overrides: str, sweep_dir: Path) -> subprocess.Popen:
-    """multirun's command from ROOT, started in the background (for finish_together)."""
+    """`python -m framework --config-dir tests/conf -m OVERRIDES...` from ROOT, started in the
+    background (for finish_together)."""
     return start_in(ROOT, *TEST_CONF, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}")
 
 
@@ -133,16 +126,29 @@ def test_a_sweep_with_a_failing_job_still_summarizes_the_others(basic_sweeps):
     assert "Failed jobs:" in (sweep / "summary.md").read_text()
 
 
+# The parallel launcher (joblib) and a cluster's (submitit, locally): name -> its overrides.
+LAUNCHED = {
+    "joblib": ["hydra/launcher=parallel"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+}
+
+
+@pytest.fixture(scope="module")
+def launched_sweeps(tmp_path_factory) -> dict:
+    """name -> (its sweep's folder, its finished command): a sweep of two seeds through each
+    launcher of LAUNCHED, the two started side by side."""
+    folder = tmp_path_factory.mktemp("launched")
+    started = {
+        name: start_multirun("seed=0,1", *QUICK, *launcher, sweep_dir=folder / name)
+        for name, launcher in LAUNCHED.items()
+    }
+    return {name: (folder / name, proc) for name, proc in finish_together(started).items()}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
-def test_parallel_and_cluster_launchers_produce_the_summary(tmp_path, trained_run, launcher):
-    sweep = tmp_path / "sweep"
-    extra = (
-        ["hydra/launcher=parallel"]
-        if launcher == "joblib"
-        else ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
-    )
-    proc = multirun(ROOT, "seed=0,1", *QUICK, *extra, sweep_dir=sweep)
+@pytest.mark.parametrize("launcher", LAUNCHED)
+def test_parallel_and_cluster_launchers_produce_the_summary(launched_sweeps, trained_run, launcher):
+    sweep, proc = launched_sweeps[launcher]
     assert proc.returncode == 0, proc.stderr
     summary = assert_summary_files(sweep)
     assert (summary["jobs"], summary["completed"]) == (2, 2)
