@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -43,10 +42,6 @@ EXACT = [
 GO_ON = "trainer.max_steps=null"
 
 
-def train(run_dir: Path, *overrides: str, **kwargs):
-    return run_cli(run_dir, *EXACT, *overrides, extra_args=TEST_CONF, **kwargs)
-
-
 @pytest.fixture
 def straight(trained_run):
     """The run straight through (in process, shared by the whole test session: copy it to change it)."""
@@ -57,19 +52,6 @@ def straight(trained_run):
 def stopped_mid(trained_run):
     """The run stopped mid-epoch (step 29: epoch 1, batch 9), shared the same way."""
     return trained_run(*EXACT, "trainer.max_steps=29", test_conf=True)
-
-
-def test_resume_in_the_middle_of_an_epoch_is_exact(straight, stopped_mid, tmp_path):
-    run = tmp_path / "mid"
-    shutil.copytree(stopped_mid, run)
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["loader_state"] == {"epoch": 1, "position": 9} and ckpt["global_step"] == 29
-    proc = train(run, f"resume={run / 'checkpoints' / 'last.pt'}", GO_ON)
-    assert differences(straight, run) == []
-    summary = read_summary(run)
-    assert summary["fingerprint"] == read_summary(straight)["fingerprint"]
-    assert summary["resumes"][-1]["val_check"]["identical"] is True
-    assert "resume check: val/loss" in proc.stdout and "identical" in proc.stdout
 
 
 def test_resume_after_sigkill_with_resume_auto_is_exact(straight, tmp_path):
@@ -169,18 +151,25 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(straight, stopped_
     assert differences(straight, other) != []
 
 
-def test_a_resume_needs_none_of_the_original_overrides(straight, stopped_mid, tmp_path):
+def test_resume_in_the_middle_of_an_epoch_needs_none_of_the_original_overrides(straight, stopped_mid, tmp_path):
     """`python -m framework resume=RUN_DIR`: no --config-dir, no model, no data, no max_epochs.
-    Only `trainer.max_steps=null`, to go past the stopping point the first command set."""
+    Only `trainer.max_steps=null`, to go past the stopping point the first command set. (Resuming
+    from a file, with the first command's overrides: tests/integration/test_resume.py.)"""
     run = tmp_path / "mid"
     shutil.copytree(stopped_mid, run)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["loader_state"] == {"epoch": 1, "position": 9} and ckpt["global_step"] == 29
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)])}  # where the user's model class lives
     cmd = [sys.executable, "-m", "framework", f"resume={run}", GO_ON]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "outputs").exists()  # continued in its own directory
-    assert read_summary(run)["resumes"][-1]["changed_keys"] == ["trainer.max_steps"]
+    summary = read_summary(run)
+    assert summary["resumes"][-1]["changed_keys"] == ["trainer.max_steps"]
     assert differences(straight, run) == []
+    assert summary["fingerprint"] == read_summary(straight)["fingerprint"]
+    assert summary["resumes"][-1]["val_check"]["identical"] is True
+    assert "resume check: val/loss" in proc.stdout and "identical" in proc.stdout
 
 
 # 20 steps an epoch; a periodic file every 10 steps, only the newest one kept.
