@@ -68,21 +68,6 @@ def one_process():
         yield
 
 
-def keyed_by_name(optimizer_state: dict, names: list[str]) -> dict:
-    """A torch optimizer state dict (keyed by parameter number) keyed by parameter name, as a
-    directory keys it: number i is names[i]. A number with no name stays a number."""
-
-    def name(i):
-        return names[i] if isinstance(i, int) and 0 <= i < len(names) else i
-
-    groups = optimizer_state.get("param_groups", [])
-    return {
-        **optimizer_state,
-        "state": {name(i): value for i, value in optimizer_state.get("state", {}).items()},
-        "param_groups": [{**group, "params": [name(i) for i in group.get("params", [])]} for group in groups],
-    }
-
-
 def parameter_names(optimizer_state: object) -> list[str] | None:
     """The parameter names an optimizer state keyed by name lists, in order; None where it is keyed by number."""
     groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
@@ -100,9 +85,9 @@ def optimizers_keyed_alike(a: dict, b: dict) -> tuple[dict, dict]:
     key = "optimizer_state_dict"
     names_a, names_b = parameter_names(a.get(key)), parameter_names(b.get(key))
     if names_a and not names_b and isinstance(b.get(key), dict):
-        b = {**b, key: keyed_by_name(b[key], names_a)}
+        b = {**b, key: sharded_state.keyed_by_name(b[key], names_a)}
     elif names_b and not names_a and isinstance(a.get(key), dict):
-        a = {**a, key: keyed_by_name(a[key], names_b)}
+        a = {**a, key: sharded_state.keyed_by_name(a[key], names_b)}
     return a, b
 
 

@@ -66,8 +66,19 @@ def load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sav
 def by_parameter_name(saved: dict, model: torch.nn.Module) -> dict:
     """A torch optimizer state dict (keyed by parameter number, in the order the optimizer was
     given model.parameters()) keyed by parameter name, as torch.distributed.checkpoint keys it."""
-    names = [name for name, _ in model.named_parameters()]
+    return keyed_by_name(saved, [name for name, _ in model.named_parameters()])
+
+
+def keyed_by_name(optimizer_state: dict, names: list[str]) -> dict:
+    """A torch optimizer state dict (keyed by parameter number) keyed by parameter name, as a
+    directory keys it: number i is names[i]. A number with no name stays a number."""
+
+    def name(i):
+        return names[i] if isinstance(i, int) and 0 <= i < len(names) else i
+
+    groups = optimizer_state.get("param_groups", [])
     return {
-        "state": {names[i]: s for i, s in saved["state"].items()},
-        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in saved["param_groups"]],
+        **optimizer_state,
+        "state": {name(i): value for i, value in optimizer_state.get("state", {}).items()},
+        "param_groups": [{**group, "params": [name(i) for i in group.get("params", [])]} for group in groups],
     }
