@@ -1,10 +1,10 @@
 """Sharded training (trainer.strategy=fsdp) through the real command line. Under torchrun, 2
 processes on CPU (gloo): a run stopped at an epoch end, mid-epoch, by a kill inside a save on
-rank 0 and by SIGTERM resumes to the bit of the run never stopped, with synchronous and with
-background saves; a checkpoint of one world size continues on another only when allowed, and is
-then recorded off its trajectory. In one process: a save killed at each of its other commit
-boundaries leaves a run that resumes exactly; a save that fails in the background stops the run
-with one line."""
+rank 0 and by SIGTERM resumes to the bit of the run never stopped (synchronous saves: the epoch
+end and a kill; background saves: mid-epoch, a kill and SIGTERM); a checkpoint of one world
+size continues on another only when allowed, and is then recorded off its trajectory. In one
+process: a save killed at each of its other commit boundaries leaves a run that resumes
+exactly; a save that fails in the background stops the run with one line."""
 
 from __future__ import annotations
 
@@ -103,12 +103,14 @@ def stopped_and_resumed(folder: Path, stops: list[tuple], *overrides: str) -> di
 
 
 # Synchronous saves: stopped at the first epoch's end (max_steps), killed on rank 0 in step 12's
-# save once its directory is whole under the temporary name (rank 1 waiting), by SIGTERM
-# mid-epoch, then resumed to the end. In the background: stopped mid-epoch (max_steps), killed in
-# the epoch end's save once its directory is renamed into place but not yet listed (it is
-# resumed), by SIGTERM, resumed to the end. The signal leaves 9 steps to stop in.
+# save once its directory is whole under the temporary name (rank 1 waiting), then resumed to the
+# end. In the background: stopped mid-epoch (max_steps), killed in the epoch end's save once its
+# directory is renamed into place but not yet listed (it is resumed), by SIGTERM (a save may be
+# in flight), resumed to the end. The signal leaves 9 steps to stop in. (A SIGTERM with
+# synchronous saves too would cost a torchrun start, 6 s of the full suite's budget: the
+# signal's path to a save is the same, and tests/cli/test_distributed.py stops DDP that way.)
 CHAINS = {
-    SYNC: [("max_steps", 10), ("kill", "written:1"), ("sigterm", 11), ("end",)],
+    SYNC: [("max_steps", 10), ("kill", "written:1"), ("end",)],
     ASYNC: [("max_steps", 7), ("kill", "renamed:2"), ("sigterm", 11), ("end",)],
 }
 # The step `last` holds after each chain's kill: the save's before the killed one, or the killed one's.
@@ -213,9 +215,9 @@ def test_stopped_at_an_epoch_end_mid_epoch_by_a_kill_and_by_sigterm_the_run_resu
         assert (summary["status"], summary["stopped_by"], summary["global_step"]) == ("completed", "max_steps", step)
     killed, _ = chain["kill"]
     assert killed.returncode != 0, killed.stderr[-3000:]
-    proc, summary = chain["sigterm"]
-    (at,) = [stop[1] for stop in CHAINS[saving] if stop[0] == "sigterm"]
-    assert summary["status"] == "preempted" and at <= summary["global_step"] < 20, (summary, proc.stderr[-3000:])
+    for _, at in [stop for stop in CHAINS[saving] if stop[0] == "sigterm"]:
+        proc, summary = chain["sigterm"]
+        assert summary["status"] == "preempted" and at <= summary["global_step"] < 20, (summary, proc.stderr[-3000:])
     _, summary = chain["end"]
     assert summary["status"] == "completed" and len(summary["resumes"]) == len(CHAINS[saving]) - 1
     assert differences(runs["straight"], chain["run"]) == []

@@ -16,7 +16,7 @@ import shutil
 import pytest
 import torch
 import xxhash
-from helpers import QUICK, flip_middle_byte, train_in_process
+from helpers import flip_middle_byte, train_in_process
 
 from framework.atomic import json_text
 from framework.checkpoint import CheckpointError, dcp_io, io, sharded
@@ -26,7 +26,9 @@ from framework.cli import ckpt
 from framework.config.errors import ConfigError
 
 # One process, stopped at step 10 of an epoch of digits' 20: last/ and best/ (a resume goes on).
-FSDP = (*QUICK, "trainer.strategy=fsdp", "trainer.max_steps=10")
+# The run tests/integration/test_sharded_tools.py trains as `stopped`: one training for both.
+FSDP = ("model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp", "determinism.num_threads=1",
+        "trainer.max_steps=10")  # fmt: skip
 GO_ON = "trainer.max_steps=null"
 
 

@@ -23,7 +23,7 @@ from framework.cli import compare
 # The small MLP on digits, 20 steps an epoch in one process; best and last are directories. One
 # thread: with two, the one-rank group's threads and torch's spin against each other on 2 CPUs.
 FSDP = ("model=mlp", "trainer.max_epochs=1", "logger=none", "trainer.strategy=fsdp", "determinism.num_threads=1")
-STOP = "trainer.max_steps=10"  # mid-epoch: epoch 0, batch 10
+STOP = "trainer.max_steps=10"  # mid-epoch: epoch 0, batch 10 (test_sharded_safety.py shares this run)
 GO_ON = "trainer.max_steps=null"
 
 
