@@ -171,20 +171,20 @@ class Training:
         batches each of its ranks took. Go on after as many samples of the epoch's order, so that
         the rest of the epoch is trained on (a few samples may come twice, none is skipped)."""
         state = self.state
+        if not state.position:  # at an epoch's start: nothing to rescale
+            return
         position = min(state.position * saved_world_size // self.world_size, self.batches_per_epoch)
-        if state.position:
-            log.warning(
-                "the checkpoint's epoch was at batch %d of each of its %d rank(s): on %d it goes on at batch %d; "
-                "the learning-rate schedule keeps the length it had (its steps per epoch were the old number's)",
-                state.position,
-                saved_world_size,
-                self.world_size,
-                position,
-            )
+        log.warning(
+            "the checkpoint's epoch was at batch %d of each of its %d rank(s): on %d it goes on at batch %d; "
+            "the learning-rate schedule keeps the length it had (its steps per epoch were the old number's)",
+            state.position,
+            saved_world_size,
+            self.world_size,
+            position,
+        )
+        # The epoch's loss sum, as a sum over the steps the new position stands for.
         accumulate = self.t.accumulate_grad_batches
-        if state.position:  # the epoch's loss sum, as a sum over the steps the new position stands for
-            scale = steps_in(position, accumulate) / steps_in(state.position, accumulate)
-            state.epoch_loss_sum *= scale
+        state.epoch_loss_sum *= steps_in(position, accumulate) / steps_in(state.position, accumulate)
         state.position = position
 
     def open_history(self, point: resume_lib.ResumePoint | None) -> None:
