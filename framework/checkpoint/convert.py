@@ -55,7 +55,7 @@ def whole(ckpt: dict, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
     if shards:
         folder = next(iter(shards.values())).folder
         with one_process():
-            loaded = dcp_io.load_whole(folder, tuple(shards))
+            loaded = dcp_io.load_whole(folder, tuple(shards), next(iter(shards.values())).metadata)
         out.update({key: loaded.get(key, {}) for key in shards})
     return out
 
@@ -75,6 +75,12 @@ def parameter_names(optimizer_state: object) -> list[str] | None:
         return None
     names = [p for group in groups if isinstance(group, dict) for p in group.get("params", [])]
     return names if names and all(isinstance(p, str) for p in names) else None
+
+
+def comparable(a: dict, b: dict) -> tuple[dict, dict]:
+    """Two checkpoints as diff and compare compare them: a directory's shards read whole, and a
+    file's optimizer state keyed by the parameter names of a directory's (optimizers_keyed_alike)."""
+    return optimizers_keyed_alike(whole(a), whole(b))
 
 
 def optimizers_keyed_alike(a: dict, b: dict) -> tuple[dict, dict]:

@@ -97,30 +97,31 @@ def first_failure(e: CheckpointException) -> BaseException:
     return cause[0] if isinstance(cause, tuple) else cause
 
 
-def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS) -> dict:
+# `metadata` below, as in load_into: `folder`'s `.metadata` if read already (a Shards' own).
+def load_whole(folder: Path, keys: tuple[str, ...] = SHARDED_KEYS, metadata: Metadata | None = None) -> dict:
     """The entries `keys` of `folder` as plain, whole tensors and values, in this process alone."""
-    reader = SafeReader(folder)
+    reader = SafeReader(folder, metadata)
     present = {fqn.split(".", 1)[0] for fqn in reader.metadata.state_dict_metadata}
+    return built_whole(reader, set(keys) & present, folder)
+
+
+def read_values(folder: Path, metadata: Metadata | None = None) -> dict:
+    """Every non-tensor value in `folder`'s shards (the optimizer's hyperparameters), read as a
+    resume reads them (weights_only), without the tensors: one that is refused is refused here,
+    in one line, before any model is built (the verify tool)."""
+    reader = SafeReader(folder, metadata)
+    entries = reader.metadata.state_dict_metadata
+    # Whole names of values, which the planner takes as they are.
+    return built_whole(reader, {fqn for fqn, meta in entries.items() if isinstance(meta, BytesStorageMetadata)}, folder)
+
+
+def built_whole(reader: SafeReader, keys: set[str], folder: Path) -> dict:
+    """The entries `keys` (top-level names, or whole names) built from the metadata and loaded."""
     state: dict = {}
     try:
         # DCP's private loader, as its own _load_state_dict_from_keys: dcp.load copies back only
         # the keys the given dict already has, which leaves an empty one empty.
-        _load_state_dict(state, storage_reader=reader, planner=SafeFullPlanner(keys=set(keys) & present), no_dist=True)
-    except CheckpointException as e:
-        raise refusal(e, folder) from e
-    return state
-
-
-def read_values(folder: Path) -> dict:
-    """Every non-tensor value in `folder`'s shards (the optimizer's hyperparameters), read as a
-    resume reads them (weights_only), without the tensors: one that is refused is refused here,
-    in one line, before any model is built (the verify tool)."""
-    reader = SafeReader(folder)
-    entries = reader.metadata.state_dict_metadata
-    values = {fqn for fqn, meta in entries.items() if isinstance(meta, BytesStorageMetadata)}
-    state: dict = {}
-    try:  # keys: whole names of values, which the planner takes as they are
-        _load_state_dict(state, storage_reader=reader, planner=SafeFullPlanner(keys=values), no_dist=True)
+        _load_state_dict(state, storage_reader=reader, planner=SafeFullPlanner(keys=keys), no_dist=True)
     except CheckpointException as e:
         raise refusal(e, folder) from e
     return state

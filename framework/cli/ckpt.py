@@ -417,7 +417,7 @@ def check_shards_named(ckpt: dict) -> None:
         return
     from framework.checkpoint import dcp_io  # torch.distributed.checkpoint: a second to import
 
-    dcp_io.read_values(shards.folder)
+    dcp_io.read_values(shards.folder, shards.metadata)
     for where in shards.metadata.storage_data.values():
         file = shards.folder / where.relative_path
         size = file.stat().st_size if file.is_file() else None
@@ -437,7 +437,9 @@ def diff_command(args) -> int:
     ckpt_a, _ = load(path_a)
     ckpt_b, _ = load(path_b)
     if holds_shards(ckpt_a) or holds_shards(ckpt_b):
-        ckpt_a, ckpt_b = whole_and_keyed_alike(ckpt_a, ckpt_b)
+        from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
+
+        ckpt_a, ckpt_b = convert.comparable(ckpt_a, ckpt_b)
     config_lines = config_differences(parsed_config(ckpt_a, path_a), parsed_config(ckpt_b, path_b))
     pairs = paired_leaves(ckpt_a, ckpt_b)
     value_lines = [value_difference(name, a, b) for name, a, b in pairs if not is_tensor_pair(a, b)]
@@ -459,14 +461,6 @@ def diff_command(args) -> int:
 
 def holds_shards(ckpt: dict) -> bool:
     return any(isinstance(value, sharded.Shards) for value in ckpt.values())
-
-
-def whole_and_keyed_alike(ckpt_a: dict, ckpt_b: dict) -> tuple[dict, dict]:
-    """A directory's shards read whole; a file's optimizer state, keyed by parameter number,
-    keyed by the parameter names of a directory's (see convert.optimizers_keyed_alike)."""
-    from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
-
-    return convert.optimizers_keyed_alike(convert.whole(ckpt_a), convert.whole(ckpt_b))
 
 
 def print_indented(lines: list[str]) -> None:

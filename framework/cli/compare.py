@@ -154,7 +154,7 @@ def final_states(a: Path, b: Path) -> tuple[dict, dict]:
     if a.is_dir() or b.is_dir():
         from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
 
-        return convert.optimizers_keyed_alike(convert.whole(state_a), convert.whole(state_b))
+        return convert.comparable(state_a, state_b)
     return state_a, state_b
 
 
