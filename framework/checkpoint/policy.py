@@ -65,11 +65,13 @@ class Checkpointer:
         cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
         self.cfg = cfg
         self.store = store if isinstance(store, CheckpointStore) else LocalFiles(store)
-        if cfg.enabled:
-            self.store.prepare(state_bytes)
         # Retention never deletes the checkpoint this run stands on.
         protected = self.store.name_of(resumed_from) if resumed_from is not None else None
         self.protected = {protected} if protected is not None else set()
+        for name in self.protected:
+            self.store.keep(name)
+        if cfg.enabled:
+            self.store.prepare(state_bytes)
         self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None
         if self.background is not None and cfg.enabled:
             self.store.saving_in_background()
@@ -224,6 +226,12 @@ class Checkpointer:
         while it is still writing)."""
         if self.in_flight is not None and self.in_flight.done():
             self.wait()
+
+    def finish(self, wait_s: float) -> dict | None:
+        """At the run's end: the save in flight done, then the store's own work (a remote copy's
+        uploads) for at most `wait_s` seconds; what the store says of it, for the run's record."""
+        self.wait()
+        return self.store.finish(wait_s) if self.cfg.enabled else None
 
     def close(self) -> None:
         """Wait for the save in flight and stop the background thread, then the store's. A run

@@ -104,6 +104,15 @@ class CheckpointStore(ABC):
         itself (a sharded store's, with DCP's stager), copied. The policy copies the rest."""
         return {}
 
+    def keep(self, name: str) -> None:
+        """Never delete checkpoint `name`, the one this run resumed from (called before `prepare`)."""
+        return None
+
+    def finish(self, wait_s: float) -> dict | None:
+        """At the run's end: wait at most `wait_s` seconds for work that outlives the saves (a
+        remote copy's uploads); what it did, for the run's record (None: nothing to say)."""
+        return None
+
     # ---- writing ----------------------------------------------------------------------------
     @abstractmethod
     def write(self, name: str, payload: dict, described: dict) -> dict:
@@ -333,5 +342,12 @@ def for_folder(folder: Path, cfg: DictConfig | None = None) -> CheckpointStore:
 
 
 def for_run(cfg: DictConfig | None, run_dir: Path) -> CheckpointStore:
-    """The store of a run directory's own checkpoints."""
-    return for_folder(layout.RunLayout(run_dir).checkpoints, cfg)
+    """The store of a run directory's own checkpoints: with checkpoint.remote, also copied there."""
+    files = layout.RunLayout(run_dir)
+    local = for_folder(files.checkpoints, cfg)
+    url = OmegaConf.select(cfg, "checkpoint.remote", default=None) if cfg is not None else None
+    if url is None:
+        return local
+    from framework.checkpoint.remote import RemoteCopy  # fsspec and the store's library, only when asked for
+
+    return RemoteCopy(local, url, required=cfg.checkpoint.remote_required, history=files.history)

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from framework.checkpoint.remote_folder import url_problem
 from framework.config.errors import ConfigError
 from framework.config.schema import (
     COMPILE_MODES,
@@ -106,6 +107,12 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
     for key in ("every_n_epochs", "every_n_steps", "keep_last_n"):
         if c[key] is not None and c[key] < 1:
             problems.append(f"checkpoint.{key}={c[key]} must be at least 1 (or null)")
+    if c.remote is not None:
+        problems.append(url_problem(c.remote))
+    if c.upload_wait_s < 0:
+        problems.append(f"checkpoint.upload_wait_s={c.upload_wait_s} must be zero or positive")
+    if cfg.trainer.stop_grace_s < 0:
+        problems.append(f"trainer.stop_grace_s={cfg.trainer.stop_grace_s} must be zero or positive")
     d = cfg.data
     if d.batch_size < 1:
         problems.append(f"data.batch_size={d.batch_size} must be at least 1")
@@ -121,6 +128,7 @@ def check(cfg: DictConfig, every_key_read: bool = True) -> None:
             f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} must be in [0, 1)"
             " and leave some data for training"
         )
+    problems = [p for p in problems if p is not None]
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 

@@ -238,6 +238,9 @@ class CheckpointConfig:
     strict_load: bool = MISSING  # on resume, any missing/unexpected key or shape difference stops
     verify_on_resume: bool = MISSING  # validate once after restoring and compare with the recorded loss
     async_save: bool = MISSING  # snapshot at the save point, write in a background thread
+    remote: Optional[str] = MISSING  # an fsspec URL every checkpoint is uploaded to (framework/checkpoint/remote.py)
+    remote_required: bool = MISSING  # refuse to start when checkpoint.remote does not answer
+    upload_wait_s: float = MISSING  # the run's end waits at most this long for queued uploads
 
 
 @dataclass
@@ -271,6 +274,7 @@ class TrainerConfig:
     strategy: str = MISSING  # one of STRATEGIES: how the model is spread over the ranks
     processes: int = MISSING  # from the command line: start this many through torchrun (framework/cli/launch_plan.py)
     stop_signals: Optional[List[str]] = MISSING  # null: framework/engine/preemption.py's STOP_SIGNALS
+    stop_grace_s: float = MISSING  # a stop by signal waits at most this long for the checkpoint's upload
     accumulate_grad_batches: int = MISSING  # micro-batches per optimizer step
     compile: Any = MISSING  # false, true or one of COMPILE_MODES
     val_every_n_steps: Optional[int] = MISSING

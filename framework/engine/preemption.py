@@ -28,6 +28,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 log = logging.getLogger("framework")
@@ -54,6 +55,7 @@ class StopOnSignal:
     def __init__(self, names: list[str] | None = None):
         """`names`: trainer.stop_signals; None (or empty) stands for STOP_SIGNALS."""
         self.received: int | None = None
+        self.received_at: float | None = None  # time.monotonic() when it came
         self.announced = False
         self.previous = {}  # each signal's handler before this one: put back by close, called by hand_over
         if threading.current_thread() is not threading.main_thread():
@@ -65,6 +67,7 @@ class StopOnSignal:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
         self.received = signum
+        self.received_at = time.monotonic()
 
     def stop_requested(self) -> bool:
         """Whether a signal came; said in the log the first time it is seen (here, at a step
@@ -78,6 +81,11 @@ class StopOnSignal:
                 again,
             )
         return self.received is not None
+
+    def grace_left(self, grace_s: float) -> float:
+        """Of the `grace_s` seconds a scheduler gives between its signal and its kill, those left."""
+        spent = time.monotonic() - self.received_at if self.received_at is not None else 0.0
+        return max(grace_s - spent, 0.0)
 
     def close(self) -> None:
         for sig, handler in self.previous.items():

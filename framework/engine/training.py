@@ -134,6 +134,7 @@ class Training:
         )
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.run_dir = run_dir
+        self.uploads: dict | None = None  # the remote copy's account of its uploads (finish_saves)
 
     # ---- restore and history -------------------------------------------------------------
     def restore(self, point: resume_lib.ResumePoint) -> dict:
@@ -444,6 +445,11 @@ class Training:
             "config": self.config_yaml,
             "meta": meta,
         }
+
+    def finish_saves(self, wait_s: float) -> None:
+        """The last save done, and what the store still does in the background (a remote copy's
+        uploads) for at most `wait_s` seconds: `uploads` is what it says, for the run's record."""
+        self.uploads = self.checkpointer.finish(wait_s)
 
     def close(self, status: str = "failed") -> None:
         """`status`: the run's, as metrics.json records it (the sinks record it too)."""

@@ -86,7 +86,9 @@ class RunRecord:
             self.accept(self.resumed)
             write_json_atomic(self.path, self.summary)
 
-    def end(self, **fields) -> dict:
+    def end(self, training: Training, **fields) -> dict:
+        if training.uploads is not None:  # checkpoint.remote: what was uploaded, what was not, the outages
+            fields["remote"] = training.uploads
         self.summary.update(**fields, wall_time_s=round(time.time() - self.started, 3))
         self.write()
         return self.summary
@@ -95,6 +97,7 @@ class RunRecord:
         """A signal stopped the run at a step, with a checkpoint (when checkpoints are on)."""
         state = training.state
         summary = self.end(
+            training,
             status="interrupted" if signum == signal.SIGINT else "preempted",
             stopped_by="signal",
             signal=signal.Signals(signum).name,
@@ -120,6 +123,7 @@ class RunRecord:
     def completed(self, stopped_by: str, training: Training, test: dict, cfg: DictConfig) -> dict:
         metrics = {**training.metrics, **test}
         summary = self.end(
+            training,
             status="completed",
             stopped_by=stopped_by,
             epochs_completed=training.state.epoch,

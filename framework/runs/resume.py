@@ -33,6 +33,7 @@ SAFE_TO_CHANGE = (
     "trainer.max_steps",
     "trainer.processes",  # the number a checkpoint continues with is checked as its world size
     "trainer.stop_signals",
+    "trainer.stop_grace_s",
     "optimized_metric",
     "trainer.log_every_n_steps",
     "trainer.eval_batch_size",
