@@ -28,7 +28,7 @@ from framework.engine.preemption import exit_code
 from framework.engine.run import run
 from framework.engine.step import RunStopped
 from framework.runs import sweep_summary
-from framework.runs.run_dir import RunDirRefused
+from framework.runs.run_dir import RunDirRefused, url_as_run_dir
 from framework.tasks.task import metric_names
 
 log = logging.getLogger("framework")
@@ -63,6 +63,10 @@ USER_ERRORS = (RunDirRefused, ConfigError, CheckpointError, RunStopped)
 
 
 def train_job(cfg: DictConfig, hydra_cfg, run_dir: Path, held: hydra_files.HeldBack) -> dict:
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key, folder = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", hydra_cfg.run.dir)
+    if url_as_run_dir(key, folder):  # from a config file: given on the command line, it is refused before Hydra
+        raise ConfigError(url_as_run_dir(key, folder))
     warn_if_auto_can_never_resume(cfg, hydra_cfg)
     check_objective(cfg, hydra_cfg)
     # The keys this command line sets: on resume only these may differ from the checkpoint's config.

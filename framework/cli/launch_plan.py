@@ -20,7 +20,15 @@ from framework.cli import hydra_files
 from framework.config import overrides
 from framework.config import recipes as recipe
 from framework.runs.layout import CHECKPOINTS, RunLayout
-from framework.runs.run_dir import EXISTING_RUN, RunDirRefused, holds_a_run, refusal, refuse_unless_dead
+from framework.runs.run_dir import (
+    EXISTING_RUN,
+    RUN_DIR_KEYS,
+    RunDirRefused,
+    holds_a_run,
+    refusal,
+    refuse_unless_dead,
+    url_as_run_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,11 @@ def plan(
     argv = list(argv)
     if "--version" in argv:  # Hydra's own flag would print Hydra's version, not ours
         return LaunchPlan(print_version=True)
-    problem = overrides.unreadable(argv) or recipe_problem(argv, recipes, recipe_problems, environ)
+    problem = (
+        overrides.unreadable(argv)
+        or recipe_problem(argv, recipes, recipe_problems, environ)
+        or next(filter(None, (url_as_run_dir(k, overrides.value_of(argv, k)) for k in RUN_DIR_KEYS)), None)
+    )
     if problem:
         return LaunchPlan(error=problem, exit_code=1)
     relaunch = relaunch_for_strict(argv, environ, python) or start_processes(argv, environ, python)

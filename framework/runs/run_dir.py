@@ -29,9 +29,11 @@ from pathlib import Path
 import framework
 from framework.atomic import write_json_atomic
 from framework.checkpoint import storage
+from framework.checkpoint.remote_folder import is_url
 from framework.runs import layout
 
 EXISTING_RUN = ("refuse", "archive", "overwrite")
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 
 class RunDirRefused(Exception):
@@ -40,6 +42,17 @@ class RunDirRefused(Exception):
 
 class RunDirInUse(RunDirRefused):
     """Another process is writing this run directory."""
+
+
+def url_as_run_dir(key: str, value: object) -> str | None:
+    """Why `value` cannot be the run (or sweep) directory `key`: it is a URL, which would become a
+    local folder named `s3:/bucket/...` (pathlib folds the `//`). None for a path."""
+    if not is_url(value):
+        return None
+    return (
+        f"{key}={value}: a run directory is a local folder, not a URL. Keep the checkpoints there with "
+        f"checkpoint.remote={value} and a local {key} (node-local scratch will do)"
+    )
 
 
 def holds_a_run(folder: Path) -> bool:
