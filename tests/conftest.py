@@ -152,3 +152,18 @@ def small_disk(tmp_path):
     yield mount
     for folder in mounted:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 server (moto's) on 127.0.0.1 for this test module: tests/s3_server.py. Its
+    endpoint and credentials are in this process's environment while the module runs (runs in
+    process read them as a user's would); subprocesses get `s3.env`."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    try:
+        with server.in_environment():
+            yield server
+    finally:
+        server.stop()
