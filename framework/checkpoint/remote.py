@@ -123,6 +123,7 @@ class RemoteCopy(CheckpointStore):
         and from now on the conditional writes know its version), refuse another run's, start
         the uploads with what the local index lists and the remote one lacks."""
         remote = self.remote_entries
+        unread = self.remote.unread  # the store did not answer (checkpoint.remote_required=false)
         if remote and not self.local.index.entries and not self.kept:
             newest = max(remote.values(), key=order)
             raise RemoteError(
@@ -131,14 +132,17 @@ class RemoteCopy(CheckpointStore):
             )
         if self.remote.protocol in ("file", "local"):
             self.remote.fs.makedirs(self.remote.path("objects"), exist_ok=True)
-        try:
-            self.remote.write_index(remote)
-        except RemoteError as e:
-            if self.required or isinstance(e, IndexConflict):
-                raise RemoteError(f"checkpoint.remote: {e} (checkpoint.remote_required=false trains anyway)") from e
-            log.warning("checkpoint.remote: %s; training goes on and uploads are retried", e)
         kept = {sha for name in self.kept for sha in objects_of(self.entry(name) or {"sha256": "", "size": 0})}
-        self.uploads = Uploads(self.remote, self.local.folder / PINS, remote, kept, self.history)
+        self.uploads = Uploads(self.remote, self.local.folder / PINS, None if unread else remote, kept, self.history)
+        if not unread:
+            try:
+                self.remote.write_index(remote)
+            except RemoteError as e:
+                if self.required or isinstance(e, IndexConflict):
+                    raise RemoteError(f"checkpoint.remote: {e} (checkpoint.remote_required=false trains anyway)") from e
+                self.uploads.failed(e)
+        else:
+            self.uploads.failed(RemoteError(f"{self.remote}: the store did not answer at the start"))
         for name, entry in self.local.index.entries.items():
             if self.local_newer(name):
                 self.uploads.want(entry, self.local.where(name))
@@ -278,13 +282,14 @@ class Uploads:
     objects no name uses any more."""
 
     def __init__(
-        self, remote: RemoteFolder, pins: Path, indexed: dict[str, dict], kept: set[str], history: Path | None
+        self, remote: RemoteFolder, pins: Path, indexed: dict[str, dict] | None, kept: set[str], history: Path | None
     ):
+        """`indexed`: what the remote index names now (None: not read yet, the store did not answer)."""
         self.remote = remote
         self.pins = pins
         self.history = history
-        self.indexed = dict(indexed)  # what the remote index names now
-        self.present = {sha for e in indexed.values() for sha in objects_of(e)}  # objects known whole there
+        self.indexed = indexed
+        self.present = {sha for e in (indexed or {}).values() for sha in objects_of(e)}  # objects known whole there
         self.kept = kept  # objects never deleted (the checkpoint this run resumed from)
         self.wanted: dict[str, dict] = {}  # name -> local entry to upload (the newest save of that name)
         self.unwanted: set[str] = set()  # names retention deleted
@@ -376,10 +381,13 @@ class Uploads:
     def bring_over(self, wanted: dict[str, dict], unwanted: set[str]) -> None:
         """One round: upload the objects `wanted` lacks there, write the index naming them (and
         no longer naming `unwanted`), then delete the objects no name uses now."""
+        if self.indexed is None:  # the store answers for the first time
+            self.indexed = self.remote.read_index()
+            self.present = {sha for e in self.indexed.values() for sha in objects_of(e)}
         for entry in wanted.values():
             for sha in objects_of(entry):
                 if sha not in self.present:
-                    self.remote.upload(self.pins / sha, sha)
+                    self.remote.upload(self.pins / sha, sha, entry["file"])
                     self.present.add(sha)
         index = {name: e for name, e in self.indexed.items() if name not in unwanted}
         index.update(wanted)
@@ -432,7 +440,7 @@ class Uploads:
             )
         return {
             "url": str(self.remote),
-            "indexed": sorted(self.indexed),
+            "indexed": sorted(self.indexed or {}),
             "not_uploaded": missing,
             "failed_attempts": self.attempts_failed,
             "outages": self.outages,

@@ -92,6 +92,7 @@ class RemoteFolder:
         self.protocol = urlsplit(self.url).scheme.lower()
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.tag: str | None = None  # the index's ETag as last read or written (S3)
+        self.unread = True  # until its index is read: the tag above says nothing yet
 
     def __str__(self) -> str:
         return self.url
@@ -118,11 +119,11 @@ class RemoteFolder:
                 data = self.fs.cat_file(path)
                 if self.etag(path) == before:
                     break
-            self.tag = before
+            self.tag, self.unread = before, False
         except FileNotFoundError as e:
             if "bucket" in str(e).lower():
                 raise self.failure("read its index", e) from e
-            self.tag = None
+            self.tag, self.unread = None, False
             return {}
         except Exception as e:  # each store's library raises its own errors
             raise self.failure("read its index", e) from e
@@ -166,15 +167,16 @@ class RemoteFolder:
             self.fs.invalidate_cache(path)
 
     # ---- objects ---------------------------------------------------------------------------------
-    def upload(self, local: Path, sha256: str) -> None:
-        """Upload a local file as the object of its sha256, and check its size there."""
+    def upload(self, local: Path, sha256: str, of: str) -> None:
+        """Upload a local file as the object of its sha256 (a file of checkpoint `of`), and check
+        its size there."""
         path = self.path(object_key(sha256))
         try:
             self.fs.put_file(str(local), path)
             self.fs.invalidate_cache(path)
             size = self.fs.info(path)["size"]
         except Exception as e:
-            raise self.failure(f"upload {local.name}", e) from e
+            raise self.failure(f"upload {of}", e) from e
         if size != local.stat().st_size:
             raise RemoteError(f"{self.where(object_key(sha256))}: uploaded {size} bytes of {local.stat().st_size}")
 
