@@ -128,7 +128,7 @@ class RemoteCopy(CheckpointStore):
             newest = max(remote.values(), key=order)
             raise RemoteError(
                 f"checkpoint.remote={self.remote} holds another run's checkpoints (newest {newest['file']}, "
-                "step {newest['step']}): resume that run with resume=auto, or give this one its own URL"
+                f"step {newest['step']}): resume that run with resume=auto, or give this one its own URL"
             )
         if self.remote.protocol in ("file", "local"):
             self.remote.fs.makedirs(self.remote.path("objects"), exist_ok=True)
@@ -175,6 +175,7 @@ class RemoteCopy(CheckpointStore):
     def delete(self, name: str) -> None:
         self.local.delete(name)
         if self.uploads is not None and name not in self.kept:
+            self.remote_entries.pop(name, None)  # listed no more, here either
             self.uploads.unwant(name)
 
     def finish(self, wait_s: float) -> dict | None:
