@@ -130,8 +130,11 @@ class RemoteCopy(CheckpointStore):
                 f"checkpoint.remote={self.remote} holds another run's checkpoints (newest {newest['file']}, "
                 f"step {newest['step']}): resume that run with resume=auto, or give this one its own URL"
             )
-        if self.remote.protocol in ("file", "local"):
-            self.remote.fs.makedirs(self.remote.path("objects"), exist_ok=True)
+        if self.remote.protocol in ("file", "local"):  # a share's folders are made; a bucket is not
+            try:
+                self.remote.fs.makedirs(self.remote.path("objects"), exist_ok=True)
+            except OSError as e:
+                raise self.remote.failure("make its folder", e) from e
         kept = {sha for name in self.kept for sha in objects_of(self.entry(name) or {"sha256": "", "size": 0})}
         self.uploads = Uploads(self.remote, self.local.folder / PINS, None if unread else remote, kept, self.history)
         if not unread:
