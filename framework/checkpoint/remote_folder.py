@@ -69,7 +69,8 @@ def url_problem(url: object, key: str = "checkpoint.remote") -> str | None:
         return f"{key}={url}: the library for {protocol}:// is not installed ({hint})"
     except ValueError:
         return f"{key}={url}: fsspec knows no protocol {protocol}://"
-    if protocol in ("file", "local") and not parts.path.startswith("/"):
+    # file://mnt/share (two slashes) is the host "mnt": fsspec would write to ./mnt/share.
+    if protocol in ("file", "local") and (parts.netloc or not parts.path.startswith("/")):
         return f"{key}={url}: a file:// URL needs an absolute path (file:///mnt/share/r1)"
     return None
 
