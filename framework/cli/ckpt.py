@@ -23,13 +23,17 @@ xxh3 (verify: and sha256) against index.json's entry or its own checksums.json b
 anything in it is read, `.metadata` with DCP's own classes only, train_state.pt weights_only.
 diff, export and convert read its tensors whole into this one process.
 
+inspect, verify and export take a run's remote copy (checkpoint.remote) too: its URL, or one
+checkpoint's in it (s3://bucket/runs/r1/last.pt), read by the remote index (framework/cli/ckpt_remote.py).
+
 Exit codes (a problem is said in one line on stderr, `Error: ...`, never as a traceback):
   0  ok, or identical (diff)
   1  diff: the files differ
   2  usage: a wrong argument (argparse's own), an export extension other than .pt or
      .safetensors, an export over an existing file without --force, an export of the
      moving average from a checkpoint that has none
-  3  no such file, not a regular file (a named pipe is never opened), or one that cannot be read or written
+  3  no such file, not a regular file (a named pipe is never opened), or one that cannot be read or written;
+     a URL's store that does not answer
   4  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
   5  unsafe: it pickles code or objects, so it needs more than torch.load(weights_only=True)
   6  foreign: it loads safely but is not a checkpoint of this framework (no `meta`)
@@ -45,14 +49,17 @@ import math
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.atomic import fsync_dir, new_file_mode
-from framework.checkpoint import io, migrate, sharded, storage
+from framework.checkpoint import io, migrate, remote_folder, sharded, storage
 from framework.checkpoint.io import (
     CheckpointError,
     DamagedCheckpoint,
@@ -80,7 +87,7 @@ EXIT_CODES = f"""exit codes:
   {OK}  ok, or identical (diff)
   {DIFFERENT}  diff: the files differ
   {USAGE}  usage: a wrong argument
-  {UNREADABLE}  no such file, not a regular file, or one that cannot be read or written
+  {UNREADABLE}  no such file, not a regular file, or one that cannot be read or written (a URL: no answer)
   {DAMAGED}  damaged: torn, truncated, not a torch file, fails its checksum, wrong keys or types
   {UNSAFE}  unsafe: pickles code or objects (needs more than torch.load(weights_only=True))
   {FOREIGN}  foreign: loads safely but is not a checkpoint of this framework
@@ -109,6 +116,7 @@ STATE_KEYS = (
 LONGEST_SHOWN = 80
 MIGRATE_HINT = "python -m framework.ckpt migrate SRC DST model=... optimizer=..."
 HELP_WIDTH = 100
+REMOTE_ONE = "the URL of one checkpoint in a run's remote copy (s3://bucket/runs/r1/last.pt, a sharded one's .../last)"
 # Stands for a key or item that one of two files does not have.
 ABSENT = object()
 
@@ -119,6 +127,28 @@ class FileProblem(Exception):
 
 class UsageProblem(Exception):
     """Arguments that argparse accepts but the command cannot act on."""
+
+
+class Named(NamedTuple):
+    """The checkpoint a command names, on the local disk."""
+
+    path: Path
+    store: storage.CheckpointStore | None  # what reads it (None: its folder's)
+    shown: object  # as messages name it: the path, or the URL it was downloaded from
+    fetched: str = ""  # how it was brought here and checked, in words, where it was not here already
+
+
+@contextmanager
+def checkpoint_named(given: str) -> Iterator[Named]:
+    """A path as it is; a remote checkpoint's URL downloaded, checked, into a temporary folder
+    for the command's time (framework/cli/ckpt_remote.py)."""
+    if not remote_folder.is_url(given):
+        yield Named(Path(given), None, Path(given))
+        return
+    from framework.cli import ckpt_remote  # fsspec and the store's library: only for a URL
+
+    with ckpt_remote.downloaded(given) as named:
+        yield named
 
 
 def exit_code_for(error: Exception) -> int:
@@ -206,14 +236,19 @@ def parsed_config(ckpt: dict, path: Path) -> dict:
 
 
 def inspect_command(args) -> int:
-    path = Path(args.path)
-    ckpt, passed = load(path)
-    if args.config:
+    with checkpoint_named(args.path) as named:
+        return inspect_checkpoint(named, args.config)
+
+
+def inspect_checkpoint(named: Named, config_only: bool) -> int:
+    path = named.path
+    ckpt, passed = load(path, named.store)
+    if config_only:
         # The text alone, so that it can be redirected into a file.
         sys.stdout.write(ckpt["config"] if ckpt["config"].endswith("\n") else ckpt["config"] + "\n")
         return OK
     cfg = parsed_config(ckpt, path)
-    print(f"{path}  (checked: {passed})")
+    print(f"{named.shown}  (checked: {named.fetched}{passed})")
     lines = describe(ckpt, cfg)
     if path.is_dir():
         lines.insert(0, ("stored as", directory_layout(path)))
@@ -360,6 +395,10 @@ def config_summary(cfg: dict) -> list[tuple[str, str]]:
 
 
 def verify_command(args) -> int:
+    if remote_folder.is_url(args.path):
+        from framework.cli import ckpt_remote  # fsspec and the store's library: only for a URL
+
+        return ckpt_remote.verify(args.path)
     store, names = files_to_verify(Path(args.path))
     codes = []
     for name in names:
@@ -581,7 +620,7 @@ EXPORT_EXTENSIONS = (layout.SUFFIX, ".safetensors")
 
 
 def export_command(args) -> int:
-    source, out = Path(args.path), Path(args.out)
+    out = Path(args.out)
     if out.suffix not in EXPORT_EXTENSIONS:
         raise UsageProblem(
             f"cannot export to {out}: the extension {out.suffix or '(none)'!r} is neither "
@@ -589,8 +628,14 @@ def export_command(args) -> int:
         )
     if out.exists() and not args.force:
         raise UsageProblem(f"{out} exists; pass --force to replace it")
-    ckpt, _ = load(source)
-    weights = args.weights or weights_evaluated(ckpt, source)
+    with checkpoint_named(args.path) as named:
+        return export_checkpoint(named, out, args.weights)
+
+
+def export_checkpoint(named: Named, out: Path, weights: str | None) -> int:
+    source = named.path
+    ckpt, _ = load(source, named.store)
+    weights = weights or weights_evaluated(ckpt, source)
     if weights == "raw" and holds_shards(ckpt):
         from framework.checkpoint import convert  # torch.distributed.checkpoint: only where a directory is met
 
@@ -607,7 +652,7 @@ def export_command(args) -> int:
     chosen = "the moving average" if weights == "ema" else "the raw weights"
     print(
         f"wrote {out}: model-only, {count} tensors, {values:,} values, {out.stat().st_size:,} bytes, {chosen} "
-        f"(from {source}, epoch {payload['epoch']} step {payload['global_step']})"
+        f"(from {named.shown}, epoch {payload['epoch']} step {payload['global_step']})"
     )
     return OK
 
@@ -785,7 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a summary of its config; a sharded checkpoint's directory: its shard files and the ranks that "
         "wrote them too. With --config, the embedded config YAML alone.",
     )
-    inspect.add_argument("path", metavar="PATH", help="a checkpoint file or a sharded checkpoint's directory")
+    inspect.add_argument(
+        "path", metavar="PATH", help=f"a checkpoint file or a sharded checkpoint's directory, or {REMOTE_ONE}"
+    )
     inspect.add_argument("--config", action="store_true", help="print the embedded config YAML only, whole")
 
     verify = command(
@@ -802,7 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "path",
         metavar="PATH",
-        help="a checkpoint file or directory, a folder of checkpoints, or a run directory",
+        help="a checkpoint file or directory, a folder of checkpoints, or a run directory; a run's remote copy "
+        "(checkpoint.remote's URL: every object of every checkpoint its remote index lists, against the "
+        f"size and sha256 listed), or {REMOTE_ONE}",
     )
 
     diff = command(
@@ -826,7 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of weights under the plain model's keys (--weights): meta.weights says which. From a sharded "
         "checkpoint's directory, the model's shards are read whole into this process.",
     )
-    export.add_argument("path", metavar="PATH", help="a checkpoint file or a sharded checkpoint's directory")
+    export.add_argument(
+        "path", metavar="PATH", help=f"a checkpoint file or a sharded checkpoint's directory, or {REMOTE_ONE}"
+    )
     export.add_argument("out", metavar="OUT", help="the file to write, ending in .pt or .safetensors")
     export.add_argument("--force", action="store_true", help="replace OUT if it exists")
     export.add_argument(
