@@ -19,6 +19,7 @@ import pytest
 import store_outage
 import torch
 from helpers import read_summary, train_in_process
+from s3_server import SECRET
 
 from framework.checkpoint import CheckpointError
 from framework.checkpoint.remote_folder import objects_of
@@ -93,6 +94,9 @@ def test_the_remote_copy_is_the_local_checkpoints_objects_and_index(s3, trained)
     history = (run_dir / "metrics.jsonl").read_bytes()
     at_last, at_epoch_2 = (objects[entries[name]["history"]["sha256"]] for name in ("last.pt", "epoch_0002.pt"))
     assert history.startswith(at_last) and at_last.startswith(at_epoch_2) and len(at_epoch_2) < len(at_last)
+    written = {str(p): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    written.update({f"{url}/objects/{sha}": data for sha, data in objects.items()})
+    assert not [where for where, data in written.items() if SECRET.encode() in data]  # the credentials: nowhere
     remote = read_summary(run_dir)["remote"]
     assert remote["url"] == url and remote["indexed"] == sorted(entries)
     assert remote["not_uploaded"] == [] and remote["failed_attempts"] == 0 and remote["outages"] == []
@@ -121,9 +125,9 @@ def test_a_damaged_object_is_skipped_for_the_checkpoint_before_it_and_never_unpi
     with caplog.at_level(logging.WARNING, logger="framework"):
         train_in_process(run_dir, "resume=auto", f"checkpoint.remote={url}", "checkpoint.keep_last_n=1")
 
+    assert damaged not in loaded, "torch.load was given the damaged object's bytes"
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert skipped and all("does not match its sha256 in the remote index" in said for said in skipped), skipped
-    assert damaged not in loaded
     resumed = read_summary(run_dir)["resumes"][-1]
     assert Path(resumed["from"]).name == "epoch_0002.pt" and resumed["global_step"] == 40, resumed
     assert resumed["val_check"]["identical"], resumed  # what it loaded validates as it did
