@@ -3,6 +3,7 @@ against a real S3 server on 127.0.0.1 (the module's `s3`): the tool's main() in 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -190,3 +191,6 @@ def test_a_url_that_cannot_be_read_is_said_in_one_line(s3, remote_run, tmp_path,
     assert code == 3 and f"is not a run's remote copy (there is no {url}/step_00000007.pt/index.json), nor a" in err
     code, _, err = ckpt("verify", "nosuch://bucket/r1")
     assert code == 3 and "fsspec knows no protocol nosuch://" in err
+    if importlib.util.find_spec("gcsfs") is None:  # the test extra installs s3fs alone
+        code, _, err = ckpt("inspect", "gs://bucket/r1/last.pt")
+        assert code == 3 and "the library for gs:// is not installed (pip install 'framework[gcs]')" in err
