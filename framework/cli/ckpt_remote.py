@@ -103,7 +103,7 @@ def downloaded(url: str) -> Iterator[Named]:
         runs = [named(e) for e in place.entries() if remote_entry_problem(e) is None]
         example = f"{place.folder.url}/{'last.pt' if 'last.pt' in runs else (runs or ['last.pt'])[-1]}"
         raise FileProblem(f"{url} is a run's remote copy: name one of its checkpoints, such as {example}")
-    (entry,) = place.entries()
+    entry = place.entries()[-1]  # of a name listed twice, the one a run reads: the last
     problem = remote_entry_problem(entry)
     if problem:
         index = place.folder.where(layout.INDEX)
