@@ -100,8 +100,9 @@ def downloaded(url: str) -> Iterator[Named]:
 
     place = locate(url)
     if place.name is None:
-        runs = [named(e) for e in place.entries() if remote_entry_problem(e) is None]
-        example = f"{place.folder.url}/{'last.pt' if 'last.pt' in runs else (runs or ['last.pt'])[-1]}"
+        names = [named(e) for e in place.entries() if remote_entry_problem(e) is None]
+        example = next((last for last in ("last.pt", "last") if last in names), names[-1] if names else "last.pt")
+        example = f"{place.folder.url}/{example}"
         raise FileProblem(f"{url} is a run's remote copy: name one of its checkpoints, such as {example}")
     entry = place.entries()[-1]  # of a name listed twice, the one a run reads: the last
     problem = remote_entry_problem(entry)

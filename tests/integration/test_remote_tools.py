@@ -178,7 +178,7 @@ def test_export_of_a_remote_checkpoint_equals_the_local_export(remote_run, tmp_p
     assert code == 2 and err.startswith(f"Error: {url}/last.pt holds no moving average of the weights")
 
 
-def test_a_url_that_cannot_be_read_is_said_in_one_line(s3, remote_run, tmp_path, ckpt):
+def test_a_url_that_cannot_be_read_is_said_in_one_line(s3, remote_run, sharded_run, tmp_path, ckpt):
     run, url = remote_run
     with s3.outage():
         for args in (("verify", url), ("inspect", f"{url}/last.pt"), ("export", f"{url}/last.pt", tmp_path / "m.pt")):
@@ -187,6 +187,8 @@ def test_a_url_that_cannot_be_read_is_said_in_one_line(s3, remote_run, tmp_path,
             assert err.startswith(f"Error: {url}") and "cannot read its index: EndpointConnectionError" in err, err
     code, _, err = ckpt("inspect", url)
     assert code == 3 and f"{url} is a run's remote copy: name one of its checkpoints, such as {url}/last.pt" in err
+    code, _, err = ckpt("export", f"{sharded_run[1]}/", tmp_path / "m.pt")
+    assert code == 3 and f"name one of its checkpoints, such as {sharded_run[1]}/last\n" in err
     code, _, err = ckpt("verify", f"{url}/step_00000007.pt")
     assert code == 3 and f"is not a run's remote copy (there is no {url}/step_00000007.pt/index.json), nor a" in err
     code, _, err = ckpt("verify", "nosuch://bucket/r1")
