@@ -122,7 +122,8 @@ class RemoteFolder:
                     break
             self.tag, self.unread = before, False
         except FileNotFoundError as e:
-            if "bucket" in str(e).lower():
+            # s3fs says a missing key by its path (which may hold "bucket"), a missing bucket in words.
+            if "bucket does not exist" in str(e).lower():
                 raise self.failure("read its index", e) from e
             self.tag, self.unread = None, False
             return {}

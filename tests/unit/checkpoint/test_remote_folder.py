@@ -105,6 +105,15 @@ def test_a_bucket_that_does_not_exist_is_a_remote_error(s3):
         RemoteFolder("s3://no-such-bucket-here/run").read_index()
 
 
+def test_a_folder_named_bucket_has_no_index_yet(s3, tmp_path):
+    """A missing index is said with its path: a path with "bucket" in it is no missing bucket."""
+    name = f"ckpt-bucket-{uuid.uuid4().hex[:8]}"
+    folder = RemoteFolder(f"s3://{name}/run")
+    folder.fs.mkdir(name)
+    assert folder.read_index() == {}
+    assert RemoteFolder(f"file://{tmp_path}/bucket/run").read_index() == {}
+
+
 def test_an_index_entry_that_names_an_object_outside_objects_is_not_trusted(s3_url):
     """The sha256 names the object (objects/<sha256>): a hostile index cannot lead a download, or
     a deletion, anywhere else."""
