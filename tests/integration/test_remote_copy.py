@@ -3,7 +3,8 @@
 file:// share. The command line's part (signals, exit codes, torchrun) is in tests/cli.
 
 What is checked is what a reader of the remote folder sees: its index.json and its objects,
-each compared byte for byte with the local files it copies.
+each compared byte for byte with the local files it copies. The outage mid-run is a callback
+(tests/store_outage.py), so that it falls at the same steps in every run.
 """
 
 from __future__ import annotations
@@ -189,14 +190,16 @@ def test_checkpoints_the_store_missed_are_uploaded_at_the_next_start(s3, tmp_pat
     assert_whole(entries, objects)
 
 
-def test_a_new_run_is_refused_a_remote_that_holds_another_runs_checkpoints(trained, tmp_path):
+def test_a_new_run_is_refused_a_remote_that_holds_another_runs_checkpoints(s3, trained, tmp_path):
     _, url = trained
+    before = remote_folder(url, s3)
     with pytest.raises(CheckpointError) as refused:
         train_in_process(tmp_path / "other", *TINY, f"checkpoint.remote={url}")
     said = str(refused.value)
     assert len(said.splitlines()) == 1 and f"checkpoint.remote={url}" in said, said
     assert "holds another run's checkpoints" in said and "step 60)" in said, said
-    assert not (tmp_path / "other" / "checkpoints").exists() or not any((tmp_path / "other" / "checkpoints").iterdir())
+    assert remote_folder(url, s3) == before  # the other run's copy untouched
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()  # refused before training
 
 
 def test_a_file_url_is_a_mounted_share(tmp_path):
@@ -216,5 +219,6 @@ def test_a_file_url_is_a_mounted_share(tmp_path):
     entries, objects = remote_folder(url)
     assert entries["last.pt"]["step"] == 40
     assert_copies_local(run_dir, entries, objects)
+    # The checkpoint it started from stays whole there, though last.pt names a newer one now.
     assert_whole(entries, objects, kept=started_from)
     assert sorted(p.name for p in share.iterdir()) == ["index.json", "objects"]
