@@ -59,6 +59,8 @@ def url_problem(url: object, key: str = "checkpoint.remote") -> str | None:
             "which the store's library reads: a URL is recorded in the run's files"
         )
     protocol = parts.scheme.lower()
+    if not url.startswith(f"{protocol}://"):  # fsspec knows its protocols in lower case only
+        return f"{key}={url}: write the protocol in lower case ({protocol}://...)"
     import fsspec  # a dependency of torch's; its protocols' libraries are imported only when used
 
     try:

@@ -31,6 +31,7 @@ def entry(name: str, step: int, data: bytes = b"weights") -> dict:
         ("/mnt/share/r1", "is not a URL"),
         ("s3://key-id:the-secret@bucket/r1", "the URL holds credentials"),
         ("nosuch://bucket/r1", "fsspec knows no protocol nosuch://"),
+        ("S3://bucket/r1", "in lower case"),  # fsspec knows no S3://
         ("file://mnt/share/r1", "needs an absolute path"),  # file:///mnt/share/r1 meant: not ./mnt/share/r1
         ("file://./share/r1", "needs an absolute path"),
     ],
