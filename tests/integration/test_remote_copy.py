@@ -134,6 +134,8 @@ def test_a_damaged_object_is_skipped_for_the_checkpoint_before_it_and_never_unpi
     assert resumed["val_check"]["identical"], resumed  # what it loaded validates as it did
     entries, objects = remote_folder(url, s3)
     assert "epoch_0002.pt" in entries  # what this run started from, kept despite keep_last_n=1
+    left = sorted(p.name for p in (run_dir / "checkpoints").rglob("*"))  # no download left half-way
+    assert left == sorted([*entries, "index.json", ".uploads"]), left
     assert_copies_local(run_dir, entries, objects)
     assert_whole(entries, objects)
 
