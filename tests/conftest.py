@@ -14,12 +14,19 @@ Which slow tests run:
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from framework.config.folders import CONF_DIR
+
+# OpenMP threads waiting for work sleep rather than spin, in this process and every one a test
+# starts: processes side by side on 2 CPUs (two commands, a run and its loader workers) stop
+# burning each other's time (a quarter of a run's CPU, more on a busy machine). Set before torch
+# is imported (OpenMP reads it once); the thread count, and so the bits, stay as configured.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SLOW_TIER = Path(__file__).resolve().parent / "cli"
 _LEFT_OUT = pytest.StashKey[int]()  # how many slow tests a run left out, for its summary line
