@@ -68,8 +68,6 @@ class Checkpointer:
         # Retention never deletes the checkpoint this run stands on.
         protected = self.store.name_of(resumed_from) if resumed_from is not None else None
         self.protected = {protected} if protected is not None else set()
-        for name in self.protected:
-            self.store.keep(name)
         if cfg.enabled:
             self.store.prepare(state_bytes)
         self.background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if cfg.async_save else None

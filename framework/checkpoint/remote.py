@@ -19,8 +19,8 @@ The store lists what either copy holds, the newer one where they differ: `resume
 machine, with an empty run directory, finds the newest checkpoint in the remote index,
 downloads it, checks every object against its sha256 before anything is unpickled (one that
 fails is skipped for the one before), then reads it as a local one. Retention deletes a name in
-both; an object is deleted once no name in the written remote index uses it, never the ones of
-the checkpoint this run resumed from.
+both (never the name this run resumed from: the policy's rule); an object is deleted once no
+name in the written remote index uses it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class RemoteCopy(CheckpointStore):
         self.required = required
         self.suffix = local.suffix
         self._remote_entries: dict[str, dict] | None = None
-        self.kept: set[str] = set()  # names whose objects are never deleted: the checkpoint this run resumed from
         self.uploads: Uploads | None = None
 
     # ---- what the remote copy holds --------------------------------------------------------------
@@ -103,9 +102,6 @@ class RemoteCopy(CheckpointStore):
         return theirs is None or (theirs["sha256"] != ours["sha256"] and order(ours) >= order(theirs))
 
     # ---- before the first save -------------------------------------------------------------------
-    def keep(self, name: str) -> None:
-        self.kept.add(name)
-
     def prepare(self, expected_bytes: int) -> None:
         self.local.prepare(expected_bytes)
         problem = None
@@ -124,7 +120,7 @@ class RemoteCopy(CheckpointStore):
         the uploads with what the local index lists and the remote one lacks."""
         remote = self.remote_entries
         unread = self.remote.unread  # the store did not answer (checkpoint.remote_required=false)
-        if remote and not self.local.index.entries and not self.kept:
+        if remote and self.local.empty():
             newest = max(remote.values(), key=order)
             raise RemoteError(
                 f"checkpoint.remote={self.remote} holds another run's checkpoints (newest {newest['file']}, "
@@ -135,8 +131,7 @@ class RemoteCopy(CheckpointStore):
                 self.remote.fs.makedirs(self.remote.path("objects"), exist_ok=True)
             except OSError as e:
                 raise self.remote.failure("make its folder", e) from e
-        kept = {sha for name in self.kept for sha in objects_of(self.entry(name) or {"sha256": "", "size": 0})}
-        self.uploads = Uploads(self.remote, self.local.folder / PINS, None if unread else remote, kept, self.history)
+        self.uploads = Uploads(self.remote, self.local.folder / PINS, None if unread else remote, self.history)
         if not unread:
             try:
                 self.remote.write_index(remote)
@@ -177,7 +172,7 @@ class RemoteCopy(CheckpointStore):
 
     def delete(self, name: str) -> None:
         self.local.delete(name)
-        if self.uploads is not None and name not in self.kept:
+        if self.uploads is not None:
             self.remote_entries.pop(name, None)  # listed no more, here either
             self.uploads.unwant(name)
 
@@ -285,16 +280,13 @@ class Uploads:
     stop naming, brought there one round at a time: objects first, then the index, then the
     objects no name uses any more."""
 
-    def __init__(
-        self, remote: RemoteFolder, pins: Path, indexed: dict[str, dict] | None, kept: set[str], history: Path | None
-    ):
+    def __init__(self, remote: RemoteFolder, pins: Path, indexed: dict[str, dict] | None, history: Path | None):
         """`indexed`: what the remote index names now (None: not read yet, the store did not answer)."""
         self.remote = remote
         self.pins = pins
         self.history = history
         self.indexed = indexed
         self.present = {sha for e in (indexed or {}).values() for sha in objects_of(e)}  # objects known whole there
-        self.kept = kept  # objects never deleted (the checkpoint this run resumed from)
         self.wanted: dict[str, dict] = {}  # name -> local entry to upload (the newest save of that name)
         self.unwanted: set[str] = set()  # names retention deleted
         self.lock = threading.Condition()
@@ -400,7 +392,7 @@ class Uploads:
         self.indexed = index
         self.uploaded += len(wanted)
         now = {sha for e in index.values() for sha in objects_of(e)}
-        for sha in sorted(before - now - self.kept):
+        for sha in sorted(before - now):
             self.remote.delete(sha)
             self.present.discard(sha)
 

@@ -104,10 +104,6 @@ class CheckpointStore(ABC):
         itself (a sharded store's, with DCP's stager), copied. The policy copies the rest."""
         return {}
 
-    def keep(self, name: str) -> None:
-        """Never delete checkpoint `name`, the one this run resumed from (called before `prepare`)."""
-        return None
-
     def finish(self, wait_s: float) -> dict | None:
         """At the run's end: wait at most `wait_s` seconds for work that outlives the saves (a
         remote copy's uploads); what it did, for the run's record (None: nothing to say)."""

@@ -74,7 +74,7 @@ def listed_in(folder: RemoteFolder) -> list | None:
         folder.fs.invalidate_cache(path)
         data = folder.fs.cat_file(path)
     except FileNotFoundError as e:
-        if "bucket" in str(e).lower():  # s3fs says a missing bucket this way
+        if "bucket does not exist" in str(e).lower():  # s3fs says a missing bucket this way
             raise FileProblem(str(folder.failure("read its index", e))) from e
         return None
     except Exception as e:  # each store's library raises its own errors
