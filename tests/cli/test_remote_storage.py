@@ -1,0 +1,283 @@
+"""The remote copy (checkpoint.remote) through the real command line, against a real S3 server on
+127.0.0.1 (the module's `s3` fixture): a run resumed on a "new machine" (its run directory gone)
+from the remote copy alone, bitwise; a SIGTERM stop that waits for its last upload, or says
+within its grace that it could not, and the next start that uploads what was missing; the store
+unreachable at start (refused in one line, or trained anyway when allowed); URLs as run
+directories refused; no credentials in what the runs write; fsdp's shards all uploaded and
+resumed from on two ranks. The store's options in process are in tests/integration.
+
+Every command of the module is started in two waves, side by side (each pays for its own
+interpreter): the first commands, then the ones that go on from what those left. A command that
+needs the store down gets an endpoint of its own (a relay to the same moto server) and cuts it,
+so that the others keep theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from helpers import (
+    assert_one_line_error,
+    finish_together,
+    read_summary,
+    start_cli,
+    start_in,
+    wait_for_step,
+)
+from s3_server import SECRET, Relay
+
+from framework.cli.compare import compare as differences
+from framework.engine.preemption import exit_code
+
+# Digits, 20 steps an epoch; one intra-op thread on every side of a comparison.
+RUN = ["trainer.max_epochs=2", "logger=none", "determinism.num_threads=1"]
+STOP_AFTER = 10  # SIGTERM once this step is logged (the step of the stop comes after it)
+# Two ranks of fsdp (10 steps an epoch each), stopped at the first epoch's end.
+FSDP = ["model=mlp", *RUN, "trainer.strategy=fsdp", "trainer.processes=2"]
+GRACE_S = 2  # trainer.stop_grace_s of the stop whose upload cannot be done
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def endpoint_of_its_own(s3) -> tuple[Relay, dict]:
+    """A relay of its own to the module's server, and the environment of a run that uses it:
+    closing it makes the store unreachable for that run alone."""
+    relay = Relay(s3.moto_port)
+    return relay, {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
+
+
+def remote_folder(s3, url: str) -> tuple[dict[str, dict], dict[str, bytes], bytes]:
+    """What the remote folder at `url` holds, read afresh: its index's entries by name, its
+    objects' bytes by sha256, and the index's own bytes."""
+    fs, root = s3.filesystem(), url.removeprefix("s3://")
+    index = fs.cat_file(f"{root}/index.json")
+    objects = {Path(p).name: fs.cat_file(p) for p in fs.find(f"{root}/objects")}
+    return {e["file"]: e for e in json.loads(index)["files"]}, objects, index
+
+
+def local_entries(run_dir: Path) -> dict[str, dict]:
+    return {e["file"]: e for e in json.loads((run_dir / "checkpoints" / "index.json").read_text())["files"]}
+
+
+def logged_at(log: str, text: str) -> float:
+    """When the first line of train.log holding `text` was written (its timestamp), in seconds."""
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def said(proc: subprocess.CompletedProcess) -> str:
+    """The end of a command's output (its log on stdout, torchrun's long), for a failed assertion."""
+    return f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(s3, trained_run, tmp_path_factory) -> dict:
+    """Every command of the module, in two waves (see the module's doc): name -> what it left
+    (`proc`, its CompletedProcess; `run`, its folder; `url`, its remote copy; and what each
+    test needs besides)."""
+    folder = tmp_path_factory.mktemp("remote")
+    left = {name: {"run": folder / name, "url": f"s3://{s3.bucket()}/r"} for name in (
+        "stopped", "stopped_down", "unreachable", "optional", "fsdp")}  # fmt: skip
+    down_relay, down_env = endpoint_of_its_own(s3)  # cut around stopped_down's stop
+    cut_relay, cut_env = endpoint_of_its_own(s3)  # cut from the start: unreachable, optional
+    cut_relay.close()
+    elsewhere = folder / "elsewhere"  # a working folder where no `s3:` folder may appear
+    elsewhere.mkdir()
+
+    def remote(name: str) -> str:
+        return f"checkpoint.remote={left[name]['url']}"
+
+    try:
+        started = {
+            "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), env=s3.env),
+            "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"),
+                                      f"trainer.stop_grace_s={GRACE_S}", env=down_env),
+            "unreachable": start_cli(left["unreachable"]["run"], *RUN, remote("unreachable"), env=cut_env),
+            "optional": start_cli(left["optional"]["run"], *RUN, "trainer.max_epochs=1", remote("optional"),
+                                  "checkpoint.remote_required=false", "checkpoint.upload_wait_s=1", env=cut_env),
+            "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), "trainer.max_steps=10", env=s3.env),
+            "run_dir_url": start_in(elsewhere, "hydra.run.dir=s3://bucket/runs/x", *RUN, env=s3.env),
+            "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
+                                      env=s3.env),
+        }  # fmt: skip
+        # Each stop once its run has logged step STOP_AFTER; the store down for stopped_down's
+        # until it has exited.
+        wait_for_step(started["stopped"], left["stopped"]["run"], STOP_AFTER)
+        started["stopped"].send_signal(signal.SIGTERM)
+        wait_for_step(started["stopped_down"], left["stopped_down"]["run"], STOP_AFTER)
+        down_relay.close()
+        started["stopped_down"].send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        started["stopped_down"].wait(timeout=120)
+        left["stopped_down"]["stop_s"] = time.monotonic() - signalled
+        down_relay.open()
+        straight = trained_run(*RUN)  # in this process meanwhile: the run never stopped
+        for name, proc in finish_together(started).items():
+            left.setdefault(name, {})["proc"] = proc
+        left["elsewhere"] = elsewhere
+        left["straight"] = {"run": straight}
+        for name in ("stopped", "fsdp"):  # the remote copies as the first commands left them
+            left[name]["remote"] = remote_folder(s3, left[name]["url"])
+        left["stopped_down"]["first_summary"] = read_summary(left["stopped_down"]["run"])
+
+        # The second wave: on a new machine (the run directories moved away, kept for the tests),
+        # resume=auto from the remote copy alone; and the run stopped during the outage started
+        # again with the store back, with nothing left to train: what it uploads is the catch-up.
+        for name in ("stopped", "fsdp"):
+            left[name]["first"] = left[name]["run"].with_name(f"{name}-first")
+            os.rename(left[name]["run"], left[name]["first"])
+        stopped_at = left["stopped_down"]["first_summary"]["global_step"]
+        again = {
+            "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), "resume=auto", env=s3.env),
+            "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"), "resume=auto",
+                                      f"trainer.max_steps={stopped_at}", env=down_env),
+            "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), "resume=auto", "trainer.max_steps=null",
+                              env=s3.env),
+        }  # fmt: skip
+        for name, proc in finish_together(again).items():
+            left[name]["again"] = proc
+    finally:
+        down_relay.close()
+        cut_relay.close()
+    return left
+
+
+def test_a_sigterm_stop_waits_for_its_last_checkpoint_to_be_uploaded(runs):
+    stopped = runs["stopped"]
+    assert stopped["proc"].returncode == exit_code(signal.SIGTERM), said(stopped["proc"])
+    summary = json.loads((stopped["first"] / "metrics.json").read_text())
+    assert summary["status"] == "preempted" and summary["remote"]["not_uploaded"] == [], summary
+    entries, objects, _ = stopped["remote"]
+    last = (stopped["first"] / "checkpoints" / "last.pt").read_bytes()
+    assert entries["last.pt"]["step"] == summary["global_step"] == local_entries(stopped["first"])["last.pt"]["step"]
+    assert entries["last.pt"]["sha256"] == sha256(last) and objects[sha256(last)] == last
+
+
+def test_resumed_on_a_new_machine_from_the_remote_copy_alone_it_ends_bitwise_as_a_run_never_stopped(runs, s3):
+    stopped = runs["stopped"]
+    assert stopped["again"].returncode == 0, said(stopped["again"])
+    resumed = read_summary(stopped["run"])["resumes"][-1]
+    assert resumed["global_step"] == read_summary(stopped["first"])["global_step"] and resumed["exact"], resumed
+    assert f"downloading last.pt from {stopped['url']}" in (stopped["run"] / "train.log").read_text()
+    assert differences(runs["straight"]["run"], stopped["run"]) == []
+
+    # The remote copy is the local one: each entry as the local index has it, each object the
+    # bytes of a local file (a checkpoint's, or the history's as of its save).
+    entries, objects, _ = remote_folder(s3, stopped["url"])
+    local = local_entries(stopped["run"])
+    assert set(entries) == set(local) == {"last.pt", "best.pt"}
+    for name, entry in local.items():
+        assert {k: v for k, v in entries[name].items() if k != "history"} == entry
+        assert (stopped["run"] / "checkpoints" / name).read_bytes() == objects[entry["sha256"]]
+        assert sha256(objects[entry["sha256"]]) == entry["sha256"]
+    final_history = objects[entries["last.pt"]["history"]["sha256"]]
+    assert final_history == (stopped["run"] / "metrics.jsonl").read_bytes()[: len(final_history)]
+
+
+def test_a_sigterm_stop_with_the_store_down_says_within_its_grace_what_it_could_not_upload(runs, s3):
+    down = runs["stopped_down"]
+    assert down["proc"].returncode == exit_code(signal.SIGTERM), said(down["proc"])
+    log = (down["run"] / "train.log").read_text()
+    for text in (down["proc"].stdout + down["proc"].stderr, log):
+        assert "not uploaded" in text and "last.pt" in text, text
+    # It waited for the upload, retrying, for its grace (from the signal, seen at the step's
+    # end), then said so; and exited soon after: not after checkpoint.upload_wait_s (600 s),
+    # nor the default grace (25 s).
+    waited = logged_at(log, "not uploaded") - logged_at(log, "received SIGTERM")
+    assert GRACE_S - 0.5 < waited < GRACE_S + 1, waited
+    assert down["stop_s"] < GRACE_S + 10, down["stop_s"]
+    first = down["first_summary"]
+    assert first["status"] == "preempted" and "last.pt" in first["remote"]["not_uploaded"], first["remote"]
+    assert first["remote"]["outages"] and first["remote"]["failed_attempts"] > 0, first["remote"]
+
+    # Started again with the store back (and nothing left to train), it uploads what the stop
+    # could not: the remote index lists the stop's last.pt.
+    again = down["again"]
+    assert again.returncode == 0, said(again)
+    assert read_summary(down["run"])["remote"]["not_uploaded"] == []
+    entries, objects, _ = remote_folder(s3, down["url"])
+    last = (down["run"] / "checkpoints" / "last.pt").read_bytes()
+    assert entries["last.pt"]["step"] == first["global_step"] and entries["last.pt"]["sha256"] == sha256(last)
+    assert objects[sha256(last)] == last
+
+
+def test_the_store_unreachable_at_start_refuses_the_run_in_one_line(runs):
+    unreachable = runs["unreachable"]
+    assert_one_line_error(unreachable["proc"], 1, "checkpoint.remote", unreachable["url"])
+    checkpoints = unreachable["run"] / "checkpoints"
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
+    history = unreachable["run"] / "metrics.jsonl"
+    assert not history.exists() or '"event": "step"' not in history.read_text()
+
+
+def test_the_store_unreachable_at_start_trains_anyway_when_not_required_and_says_so(runs):
+    optional = runs["optional"]
+    assert optional["proc"].returncode == 0, said(optional["proc"])
+    for text in (optional["proc"].stdout, (optional["run"] / "train.log").read_text()):
+        assert "WARNING" in text and f"checkpoint.remote: {optional['url']}: the store did not answer" in text, text
+    summary = read_summary(optional["run"])
+    assert summary["status"] == "completed" and (optional["run"] / "checkpoints" / "last.pt").is_file()
+    assert summary["remote"]["outages"] and summary["remote"]["indexed"] == [], summary["remote"]
+    assert "last.pt" in summary["remote"]["not_uploaded"], summary["remote"]
+
+
+def test_a_url_as_run_or_sweep_directory_is_refused_without_a_local_folder_named_like_it(runs):
+    assert_one_line_error(runs["run_dir_url"]["proc"], 1, "hydra.run.dir=s3://bucket/runs/x", "checkpoint.remote")
+    assert_one_line_error(runs["sweep_dir_url"]["proc"], 1, "hydra.sweep.dir=s3://bucket/sweeps/x", "checkpoint.remote")
+    assert list(runs["elsewhere"].iterdir()) == []
+
+
+def test_no_credentials_in_anything_the_runs_wrote_or_said(runs, s3):
+    """The secret key is in every run's environment: it must be in none of their files (the
+    .hydra/ record, train.log, metrics, checkpoints), their output, or the remote copies."""
+    secret = SECRET.encode()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
+    looked_at = set()
+    for name, left in runs.items():
+        if not isinstance(left, dict) or "url" not in left:
+            continue
+        for folder in (left["run"], left.get("first")):
+            for path in folder.rglob("*") if folder else []:
+                if path.is_file() and not path.is_symlink():
+                    assert secret not in path.read_bytes(), path
+                    looked_at.add(path.name)
+        for proc in (left["proc"], left.get("again")):
+            if proc is not None:
+                assert SECRET not in proc.stdout + proc.stderr, name
+        if name not in ("unreachable", "optional"):  # those never reached the store
+            _, objects, index = remote_folder(s3, left["url"])
+            assert all(secret not in data for data in [index, *objects.values()]), name
+    assert {"config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "metrics.json", "last.pt"} <= looked_at
+
+
+def test_fsdp_uploads_every_ranks_shard_and_two_ranks_resume_from_the_remote_copy_alone(runs, s3):
+    fsdp = runs["fsdp"]
+    assert fsdp["proc"].returncode == 0, said(fsdp["proc"])
+    # What the first run left: every file of last/ an object of its bytes, named in the remote index.
+    entries, objects, _ = fsdp["remote"]
+    files = {p.name: p.read_bytes() for p in (fsdp["first"] / "checkpoints" / "last").iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.pt"} <= set(files)
+    entry = local_entries(fsdp["first"])["last"]
+    assert {k: v for k, v in entries["last"].items() if k != "history"} == entry
+    assert set(entry["files"]) | {"checksums.json"} == set(files)  # its manifest: the entry's sha256
+    for name, data in files.items():
+        digest = entry["files"][name]["sha256"] if name in entry["files"] else entry["sha256"]
+        assert sha256(data) == digest and objects.get(digest) == data, name
+
+    # Two ranks resumed from the downloaded directory alone: their resume check identical.
+    assert fsdp["again"].returncode == 0, said(fsdp["again"])
+    resumed = read_summary(fsdp["run"])["resumes"][-1]
+    assert resumed["global_step"] == 10 and resumed["exact"] and resumed["val_check"]["identical"], resumed
+    assert f"downloading last from {fsdp['url']}" in (fsdp["run"] / "train.log").read_text()
+    entries, _, _ = remote_folder(s3, fsdp["url"])
+    assert entries["last"]["step"] == 20 and entries["last"]["sha256"] == local_entries(fsdp["run"])["last"]["sha256"]
