@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    ROOT,
+    TESTS,
     assert_one_line_error,
     finish_together,
     read_summary,
@@ -93,6 +95,7 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
     cut_relay.close()
     elsewhere = folder / "elsewhere"  # a working folder where no `s3:` folder may appear
     elsewhere.mkdir()
+    this_checkout = {**s3.env, "PYTHONPATH": os.pathsep.join((str(ROOT), str(TESTS)))}  # its framework, from there
 
     def remote(name: str) -> str:
         return f"checkpoint.remote={left[name]['url']}"
@@ -106,9 +109,9 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "optional": start_cli(left["optional"]["run"], *RUN, "trainer.max_epochs=1", remote("optional"),
                                   "checkpoint.remote_required=false", "checkpoint.upload_wait_s=1", env=cut_env),
             "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), "trainer.max_steps=10", env=s3.env),
-            "run_dir_url": start_in(elsewhere, "hydra.run.dir=s3://bucket/runs/x", *RUN, env=s3.env),
+            "run_dir_url": start_in(elsewhere, "hydra.run.dir=s3://bucket/runs/x", *RUN, env=this_checkout),
             "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
-                                      env=s3.env),
+                                      env=this_checkout),
         }  # fmt: skip
         # Each stop once its run has logged step STOP_AFTER; the store down for stopped_down's
         # until it has exited.
