@@ -95,6 +95,7 @@ class RemoteFolder:
         self.protocol = urlsplit(self.url).scheme.lower()
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.tag: str | None = None  # the index's ETag as last read or written (S3)
+        self.unanswered: set[bytes] = set()  # index writes since then whose answer was lost: one may have landed
         self.unread = True  # until its index is read: the tag above says nothing yet
 
     def __str__(self) -> str:
@@ -122,7 +123,7 @@ class RemoteFolder:
                 data = self.fs.cat_file(path)
                 if self.etag(path) == before:
                     break
-            self.tag, self.unread = before, False
+            self.tag, self.unread, self.unanswered = before, False, set()
         except FileNotFoundError as e:
             # s3fs says a missing key by its path (which may hold "bucket"), a missing bucket in words.
             if "bucket does not exist" in str(e).lower():
@@ -151,7 +152,9 @@ class RemoteFolder:
         try:
             if self.protocol in ("s3", "s3a"):
                 condition = {"mode": "create"} if self.tag is None else {"IfMatch": self.tag}
+                self.unanswered.add(data)
                 self.tag = self.fs.pipe_file(path, data, **condition)["ETag"]
+                self.unanswered = set()
             elif self.protocol in ("file", "local"):  # a share: written aside, then renamed over
                 aside = f"{path}{layout.TEMPORARY_MARK}index"
                 self.fs.pipe_file(aside, data)
@@ -160,6 +163,8 @@ class RemoteFolder:
                 self.fs.pipe_file(path, data)
         except (FileExistsError, OSError) as e:
             if isinstance(e, FileExistsError) or "pre-condition" in str(e) or "Precondition" in str(e):
+                if self.own_write_landed(path):
+                    return self.write_index(entries)
                 raise IndexConflict(
                     f"{self.where(layout.INDEX)} was changed by another writer since this run read it: "
                     "two runs write to one checkpoint.remote (give each run its own URL)"
@@ -169,6 +174,21 @@ class RemoteFolder:
             raise self.failure("write its index", e) from e
         finally:
             self.fs.invalidate_cache(path)
+
+    def own_write_landed(self, path: str) -> bool:
+        """Whether the index there is one this run wrote whose answer was lost (the store took it,
+        the connection was cut before it said so): no other writer came, and its ETag is now the
+        one to match."""
+        if not self.unanswered:
+            return False
+        try:
+            tag = self.etag(path)
+            if self.fs.cat_file(path) not in self.unanswered or self.etag(path) != tag:
+                return False
+        except Exception as e:
+            raise self.failure("read its index", e) from e
+        self.tag, self.unanswered = tag, set()
+        return True
 
     # ---- objects ---------------------------------------------------------------------------------
     def upload(self, local: Path, sha256: str, of: str) -> None:
