@@ -61,6 +61,10 @@ class Relay:
                 client.close()
                 continue
             with self.lock:
+                if self.listener is not listener:  # closed while this one was accepted: the outage cuts it too
+                    client.close()
+                    server.close()
+                    return
                 self.connections += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
@@ -78,10 +82,10 @@ class Relay:
                     s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
         with self.lock:
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
             for s in self.connections:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
