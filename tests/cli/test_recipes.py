@@ -130,12 +130,18 @@ def test_a_new_recipe_from_each_template_runs_as_generated(generated, source):
 def test_a_run_from_a_new_recipe_stopped_mid_epoch_resumes_without_its_overrides_to_the_same_bits(tmp_path):
     assert recipe_cli(tmp_path, "new", "mine").returncode == 0
     # The recipe's own model class, made small: the first command's overrides are what the resume must not need.
+    # One thread each, so that the two first runs share the 2 CPUs side by side (the resume takes its
+    # count from the checkpoint).
     common = ["recipe=mine", "trainer.max_epochs=2", "logger=none", "data.source.max_rotation=20", "model.width=8",
-              "model.blocks=1"]  # fmt: skip
-    straight = framework_cli(tmp_path, *common, "hydra.run.dir=straight")
-    assert straight.returncode == 0, straight.stderr
-    stopped = framework_cli(tmp_path, *common, "data.num_workers=2", "trainer.max_steps=27", "hydra.run.dir=run")
-    assert stopped.returncode == 0, stopped.stderr
+              "model.blocks=1", "determinism.num_threads=1"]  # fmt: skip
+    done = finish_together(
+        {
+            "straight": start_in(tmp_path, *common, "hydra.run.dir=straight"),
+            "stopped": start_in(tmp_path, *common, "data.num_workers=2", "trainer.max_steps=27", "hydra.run.dir=run"),
+        }
+    )
+    for proc in done.values():
+        assert proc.returncode == 0, proc.stderr
     resumed = framework_cli(tmp_path, "resume=run", "trainer.max_steps=null")
     assert resumed.returncode == 0, resumed.stderr
     assert read_summary(tmp_path / "run")["resumes"][0]["position"] == 7  # mid-epoch: 20 steps an epoch
