@@ -50,10 +50,13 @@ def assert_summary_files(sweep: Path) -> dict:
     # strict across processes: test_jobs_in_one_process_do_not_leak_state_into_each_other.
 
 
+# Side by side, one thread each: two processes of two threads would wait on each other's CPUs.
+ONE_THREAD = "determinism.num_threads=1"
+
 # Two sweeps of the basic launcher (its jobs one after the other in one process): name -> overrides.
 BASIC = {
-    "seeds": ["seed=0,1,2", *QUICK, "trainer.max_epochs=2"],
-    "failing": ["seed=0", "optimizer.lr=0.1,-1,0.05", *QUICK],
+    "seeds": ["seed=0,1,2", *QUICK, "trainer.max_epochs=2", ONE_THREAD],
+    "failing": ["seed=0", "optimizer.lr=0.1,-1,0.05", *QUICK, ONE_THREAD],
 }
 
 
@@ -98,7 +101,7 @@ def test_jobs_in_one_process_do_not_leak_state_into_each_other(tmp_path, trained
     # Hydra's sweep syntax: the strict re-launch (PYTHONHASHSEED) must see strict inside it.
     started = start_multirun("determinism=choice(strict,seeded)", "seed=0", *QUICK, sweep_dir=sweep)
     # Meanwhile, on the other CPU: the single runs the jobs must equal.
-    one_thread = fingerprint_of(trained_run, "seed=0", "determinism.num_threads=1")
+    one_thread = fingerprint_of(trained_run, "seed=0", ONE_THREAD)
     expected = [one_thread, fingerprint_of(trained_run, "seed=0")]
     proc = finish_together({"sweep": started})["sweep"]
     assert proc.returncode == 0, proc.stderr
@@ -161,8 +164,10 @@ def test_reproducibility_check_passes_when_deterministic_and_fails_when_not(tmp_
     # The two sweeps are independent: started side by side, one on each CPU.
     done = finish_together(
         {
-            "good": start_multirun("seed=0,1", "repeat=0,1", *QUICK, sweep_dir=tmp_path / "good"),
-            "bad": start_multirun("seed=0", "repeat=0,1", *QUICK, "model=unseeded", sweep_dir=tmp_path / "bad"),
+            "good": start_multirun("seed=0,1", "repeat=0,1", *QUICK, ONE_THREAD, sweep_dir=tmp_path / "good"),
+            "bad": start_multirun(
+                "seed=0", "repeat=0,1", *QUICK, ONE_THREAD, "model=unseeded", sweep_dir=tmp_path / "bad"
+            ),
         }
     )
     good, bad = done["good"], done["bad"]
