@@ -32,16 +32,20 @@ from helpers import (
     read_summary,
     start_cli,
     start_in,
-    wait_for_step,
+    wait_until_stopped,
 )
 from s3_server import SECRET, Relay
 
 from framework.cli.compare import compare as differences
 from framework.engine.preemption import exit_code
+from framework.faults import STOP_ENV
 
 # Digits, 20 steps an epoch; one intra-op thread on every side of a comparison.
 RUN = ["trainer.max_epochs=2", "logger=none", "determinism.num_threads=1"]
-STOP_AFTER = 10  # SIGTERM once this step is logged (the step of the stop comes after it)
+# The stopped runs freeze themselves once their first save (the first epoch's end) is listed,
+# and get SIGTERM there: they stop after the next step, whatever the machine's load.
+FROZEN = {STOP_ENV: "indexed:1"}
+STOP_STEP = 21
 # Two ranks of fsdp, one epoch (10 steps on each).
 FSDP = ["model=mlp", *RUN, "trainer.max_epochs=1", "trainer.strategy=fsdp", "trainer.processes=2"]
 GRACE_S = 2  # trainer.stop_grace_s of the stop whose upload cannot be done
@@ -102,9 +106,9 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
 
     try:
         started = {
-            "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), env=s3.env),
+            "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), env={**s3.env, **FROZEN}),
             "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"),
-                                      f"trainer.stop_grace_s={GRACE_S}", env=down_env),
+                                      f"trainer.stop_grace_s={GRACE_S}", env={**down_env, **FROZEN}),
             "unreachable": start_cli(left["unreachable"]["run"], *RUN, remote("unreachable"), env=cut_env),
             "optional": start_cli(left["optional"]["run"], *RUN, "trainer.max_epochs=1", remote("optional"),
                                   "checkpoint.remote_required=false", "checkpoint.upload_wait_s=1", env=cut_env),
@@ -113,13 +117,14 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
                                       env=this_checkout),
         }  # fmt: skip
-        # Each stop once its run has logged step STOP_AFTER; the store down for stopped_down's
+        # SIGTERM to each frozen run, taken when it goes on; the store down for stopped_down's
         # until it has exited.
-        wait_for_step(started["stopped"], left["stopped"]["run"], STOP_AFTER)
-        started["stopped"].send_signal(signal.SIGTERM)
-        wait_for_step(started["stopped_down"], left["stopped_down"]["run"], STOP_AFTER)
+        for name in ("stopped", "stopped_down"):
+            wait_until_stopped(started[name])
+            started[name].send_signal(signal.SIGTERM)
+        started["stopped"].send_signal(signal.SIGCONT)
         down_relay.close()
-        started["stopped_down"].send_signal(signal.SIGTERM)
+        started["stopped_down"].send_signal(signal.SIGCONT)
         signalled = time.monotonic()
         started["stopped_down"].wait(timeout=120)
         left["stopped_down"]["stop_s"] = time.monotonic() - signalled
@@ -137,11 +142,10 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
         # again with the store back, with nothing left to train: what it uploads is the catch-up.
         left["stopped"]["first"] = left["stopped"]["run"].with_name("stopped-first")
         os.rename(left["stopped"]["run"], left["stopped"]["first"])
-        stopped_at = left["stopped_down"]["first_summary"]["global_step"]
         again = {
             "stopped": start_cli(left["stopped"]["run"], *RUN, remote("stopped"), "resume=auto", env=s3.env),
             "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"), "resume=auto",
-                                      f"trainer.max_steps={stopped_at}", env=down_env),
+                                      f"trainer.max_steps={STOP_STEP}", env=down_env),
         }  # fmt: skip
         for name, proc in finish_together(again).items():
             left[name]["again"] = proc
@@ -158,7 +162,7 @@ def test_a_sigterm_stop_waits_for_its_last_checkpoint_to_be_uploaded(runs):
     assert summary["status"] == "preempted" and summary["remote"]["not_uploaded"] == [], summary
     entries, objects, _ = stopped["remote"]
     last = (stopped["first"] / "checkpoints" / "last.pt").read_bytes()
-    assert entries["last.pt"]["step"] == summary["global_step"] == local_entries(stopped["first"])["last.pt"]["step"]
+    assert entries["last.pt"]["step"] == summary["global_step"] == STOP_STEP
     assert entries["last.pt"]["sha256"] == sha256(last) and objects[sha256(last)] == last
 
 
@@ -166,7 +170,7 @@ def test_resumed_on_a_new_machine_from_the_remote_copy_alone_it_ends_bitwise_as_
     stopped = runs["stopped"]
     assert stopped["again"].returncode == 0, said(stopped["again"])
     resumed = read_summary(stopped["run"])["resumes"][-1]
-    assert resumed["global_step"] == read_summary(stopped["first"])["global_step"] and resumed["exact"], resumed
+    assert resumed["global_step"] == STOP_STEP and resumed["exact"], resumed
     assert f"downloading last.pt from {stopped['url']}" in (stopped["run"] / "train.log").read_text()
     assert differences(runs["straight"]["run"], stopped["run"]) == []
 
@@ -196,7 +200,8 @@ def test_a_sigterm_stop_with_the_store_down_says_within_its_grace_what_it_could_
     assert GRACE_S - 0.5 < waited < GRACE_S + 1, waited
     assert down["stop_s"] < GRACE_S + 10, down["stop_s"]
     first = down["first_summary"]
-    assert first["status"] == "preempted" and "last.pt" in first["remote"]["not_uploaded"], first["remote"]
+    assert first["status"] == "preempted" and first["global_step"] == STOP_STEP, first
+    assert first["remote"]["not_uploaded"] == ["best.pt", "last.pt"], first["remote"]
     assert first["remote"]["outages"] and first["remote"]["failed_attempts"] > 0, first["remote"]
 
     # Started again with the store back (and nothing left to train), it uploads what the stop
@@ -206,7 +211,7 @@ def test_a_sigterm_stop_with_the_store_down_says_within_its_grace_what_it_could_
     assert read_summary(down["run"])["remote"]["not_uploaded"] == []
     entries, objects, _ = remote_folder(s3, down["url"])
     last = (down["run"] / "checkpoints" / "last.pt").read_bytes()
-    assert entries["last.pt"]["step"] == first["global_step"] and entries["last.pt"]["sha256"] == sha256(last)
+    assert entries["last.pt"]["step"] == STOP_STEP and entries["last.pt"]["sha256"] == sha256(last)
     assert objects[sha256(last)] == last
 
 
