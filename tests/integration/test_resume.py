@@ -73,14 +73,17 @@ def test_resume_after_a_stop_at_an_epoch_boundary_is_exact(straight, tmp_path):
     assert read_summary(run)["fingerprint"] == read_summary(straight)["fingerprint"]
 
 
-def test_saving_checkpoints_never_changes_the_trajectory(straight, tmp_path):
-    train_in_process(tmp_path / "often", *EXACT, "checkpoint.every_n_steps=3", "checkpoint.every_n_epochs=1",
+def test_saving_checkpoints_never_changes_the_trajectory(stopped_mid, tmp_path):
+    # Up to stopped_mid's step 29 (a stopping point, not part of the schedule): past an epoch end's
+    # save and nine periodic ones, into the next epoch.
+    mid = "trainer.max_steps=29"
+    train_in_process(tmp_path / "often", *EXACT, mid, "checkpoint.every_n_steps=3", "checkpoint.every_n_epochs=1",
                      test_conf=True)  # fmt: skip
-    train_in_process(tmp_path / "never", *EXACT, "checkpoint=off", test_conf=True)
+    train_in_process(tmp_path / "never", *EXACT, mid, "checkpoint=off", test_conf=True)
     assert not (tmp_path / "never" / "checkpoints").exists()
-    fingerprints = {read_summary(p)["fingerprint"] for p in (straight, tmp_path / "often", tmp_path / "never")}
+    fingerprints = {read_summary(p)["fingerprint"] for p in (stopped_mid, tmp_path / "often", tmp_path / "never")}
     assert len(fingerprints) == 1
-    assert read_history(tmp_path / "often") == read_history(tmp_path / "never") == read_history(straight)
+    assert read_history(tmp_path / "often") == read_history(tmp_path / "never") == read_history(stopped_mid)
 
 
 # Each restored piece, skipped on purpose, must break the comparison; skipping none must not
@@ -159,14 +162,15 @@ ONLY_LAST = ["model=mlp", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
              "checkpoint.monitor=null"]  # fmt: skip
 
 
-# last.pt and a periodic file (a hard link to it) every 7 steps, the newest periodic one kept.
-PERIODIC = [*ONLY_LAST, "checkpoint.every_n_steps=7", "checkpoint.keep_last_n=1"]
+# last.pt and a file at each epoch end (epoch_0001.pt, ...), kept.
+EPOCH_FILES = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
 
 
 @pytest.fixture
-def periodic_straight(trained_run):
-    """The run never stopped (checkpoints never change a trajectory: test_resume.py)."""
-    return trained_run(*PERIODIC)
+def epoch_files_straight(trained_run):
+    """The run never stopped, 60 steps (shared by the whole test session: copy it to change it;
+    checkpoints never change a trajectory, so it is the straight run of any ONLY_LAST policy)."""
+    return trained_run(*EPOCH_FILES)
 
 
 def flip_a_bit_inside_a_tensor(path):
@@ -178,7 +182,7 @@ def flip_a_bit_inside_a_tensor(path):
     path.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
 
 
-def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(periodic_straight, tmp_path, caplog):
+def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(epoch_files_straight, tmp_path, caplog):
     config = [*ONLY_LAST, "checkpoint.every_n_steps=10", "checkpoint.keep_last_n=3"]
     run = tmp_path / "run"
     train_in_process(run, *config, "trainer.max_steps=25")  # last.pt at 25; step_10, step_20
@@ -191,13 +195,13 @@ def test_without_an_index_a_corrupt_newest_file_is_found_by_its_own_check(period
     assert "step_00000020.pt (epoch 1, step 20)" in caplog.text
     assert "checked: its CRC32 records (index.json does not list it" in caplog.text
     assert read_summary(run)["resumes"][-1]["global_step"] == 20  # the newest good one, by its step
-    assert differences(periodic_straight, run) == []
+    assert differences(epoch_files_straight, run) == []
 
 
-def test_resume_auto_follows_the_latest_branch_not_the_highest_step(tmp_path):
-    config = [*ONLY_LAST, "checkpoint.every_n_epochs=1"]
-    run = tmp_path / "run"
-    train_in_process(run, *config)  # epoch_0001 (step 20) ... epoch_0003 (step 60), last.pt at 60
+def test_resume_auto_follows_the_latest_branch_not_the_highest_step(epoch_files_straight, tmp_path):
+    config = EPOCH_FILES
+    # A copy: epoch_0001.pt (step 20) ... epoch_0003.pt (step 60), last.pt at 60.
+    run = shutil.copytree(epoch_files_straight, tmp_path / "run")
     # A deliberate rewind: back to epoch 1 with a lower learning rate, stopped at step 30.
     rewind = [f"resume={run / 'checkpoints' / 'epoch_0001.pt'}", "optimizer.lr=0.05", "allow_config_changes=true"]
     train_in_process(run, *config, *rewind, "trainer.max_steps=30")
