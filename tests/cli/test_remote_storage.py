@@ -117,6 +117,7 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
                                       env=this_checkout),
         }  # fmt: skip
+        straight = trained_run(*RUN)  # in this process while they start: the run never stopped
         # SIGTERM to each frozen run, taken when it goes on; the store down for stopped_down's
         # until it has exited.
         for name in ("stopped", "stopped_down"):
@@ -129,17 +130,16 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
         started["stopped_down"].wait(timeout=120)
         left["stopped_down"]["stop_s"] = time.monotonic() - signalled
         down_relay.open()
-        straight = trained_run(*RUN)  # in this process meanwhile: the run never stopped
-        for name, proc in finish_together(started).items():
-            left.setdefault(name, {})["proc"] = proc
-        left["elsewhere"] = elsewhere
-        left["straight"] = {"run": straight}
+        stops = finish_together({name: started.pop(name) for name in ("stopped", "stopped_down")})
+        for name, proc in stops.items():
+            left[name]["proc"] = proc
         left["stopped"]["remote"] = remote_folder(s3, left["stopped"]["url"])  # as the stop left it
         left["stopped_down"]["first_summary"] = read_summary(left["stopped_down"]["run"])
 
-        # The second wave: on a new machine (the run directories moved away, kept for the tests),
-        # resume=auto from the remote copy alone; and the run stopped during the outage started
-        # again with the store back, with nothing left to train: what it uploads is the catch-up.
+        # The second wave, while the first goes on: on a new machine (the run directory moved
+        # away, kept for the tests), resume=auto from the remote copy alone; and the run stopped
+        # during the outage started again with the store back, with nothing left to train: what
+        # it uploads is the catch-up.
         left["stopped"]["first"] = left["stopped"]["run"].with_name("stopped-first")
         os.rename(left["stopped"]["run"], left["stopped"]["first"])
         again = {
@@ -147,8 +147,12 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"), "resume=auto",
                                       f"trainer.max_steps={STOP_STEP}", env=down_env),
         }  # fmt: skip
+        for name, proc in finish_together(started).items():
+            left.setdefault(name, {})["proc"] = proc
         for name, proc in finish_together(again).items():
             left[name]["again"] = proc
+        left["elsewhere"] = elsewhere
+        left["straight"] = {"run": straight}
     finally:
         down_relay.close()
         cut_relay.close()
