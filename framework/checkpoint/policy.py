@@ -225,11 +225,12 @@ class Checkpointer:
         if self.in_flight is not None and self.in_flight.done():
             self.wait()
 
-    def finish(self, wait_s: float) -> dict | None:
+    def finish(self, wait_s: float, grace_left: Callable[[], float | None]) -> dict | None:
         """At the run's end: the save in flight done, then the store's own work (a remote copy's
-        uploads) for at most `wait_s` seconds; what the store says of it, for the run's record."""
+        uploads) for at most `wait_s` seconds, or what `grace_left()` says is left of a stop
+        signal's grace; what the store says of it, for the run's record."""
         self.wait()
-        return self.store.finish(wait_s) if self.cfg.enabled else None
+        return self.store.finish(wait_s, grace_left) if self.cfg.enabled else None
 
     def close(self) -> None:
         """Wait for the save in flight and stop the background thread, then the store's. A run

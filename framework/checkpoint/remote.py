@@ -176,12 +176,12 @@ class RemoteCopy(CheckpointStore):
             self.remote_entries.pop(name, None)  # listed no more, here either
             self.uploads.unwant(name)
 
-    def finish(self, wait_s: float) -> dict | None:
-        """Wait at most `wait_s` seconds for the queued uploads; what the remote copy got, for the
+    def finish(self, wait_s: float, grace_left: Callable[[], float | None]) -> dict | None:
+        """Wait for the queued uploads (see Uploads.finish); what the remote copy got, for the
         run's record (None on the ranks that do not upload)."""
         if self.uploads is None:
             return None
-        return self.uploads.finish(wait_s)
+        return self.uploads.finish(wait_s, grace_left)
 
     def close(self) -> None:
         try:
@@ -414,13 +414,18 @@ class Uploads:
                 spell["attempts"],
             )
 
-    def finish(self, wait_s: float) -> dict:
-        """Wait at most `wait_s` for the queue to empty (retrying at once); say what it did."""
+    def finish(self, wait_s: float, grace_left: Callable[[], float | None]) -> dict:
+        """Wait at most `wait_s` for the queue to empty (retrying at once), and once a stop signal
+        came (before or while it waits) no longer than `grace_left()`, the seconds its sender
+        leaves before a kill (None: no signal); say what it did."""
         deadline = time.monotonic() + max(wait_s, 0)
         with self.lock:
             self.hurry = True
             self.lock.notify_all()
             while (self.wanted or self.unwanted) and not self.conflict and self.thread.is_alive():
+                grace = grace_left()
+                if grace is not None:
+                    deadline = min(deadline, time.monotonic() + grace)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -104,9 +104,10 @@ class CheckpointStore(ABC):
         itself (a sharded store's, with DCP's stager), copied. The policy copies the rest."""
         return {}
 
-    def finish(self, wait_s: float) -> dict | None:
+    def finish(self, wait_s: float, grace_left: Callable[[], float | None]) -> dict | None:
         """At the run's end: wait at most `wait_s` seconds for work that outlives the saves (a
-        remote copy's uploads); what it did, for the run's record (None: nothing to say)."""
+        remote copy's uploads), and after a stop signal at most `grace_left()` (None: no signal
+        came); what it did, for the run's record (None: nothing to say)."""
         return None
 
     # ---- writing ----------------------------------------------------------------------------

@@ -82,10 +82,12 @@ class StopOnSignal:
             )
         return self.received is not None
 
-    def grace_left(self, grace_s: float) -> float:
-        """Of the `grace_s` seconds a scheduler gives between its signal and its kill, those left."""
-        spent = time.monotonic() - self.received_at if self.received_at is not None else 0.0
-        return max(grace_s - spent, 0.0)
+    def grace_left(self, grace_s: float) -> float | None:
+        """Of the `grace_s` seconds a scheduler gives between its signal and its kill, those left
+        (None: no signal came)."""
+        if self.received_at is None:
+            return None
+        return max(grace_s - (time.monotonic() - self.received_at), 0.0)
 
     def close(self) -> None:
         for sig, handler in self.previous.items():

@@ -96,10 +96,10 @@ def run_locked(
         training.open_history(resume_point)
         stopped_by = training.fit(preemption)
         if stopped_by == "signal":
-            training.finish_saves(preemption.grace_left(cfg.trainer.stop_grace_s))
+            training.finish_saves(preemption)
             return record.stopped(preemption.received, training, cfg.checkpoint.enabled)
         test = training.test()
-        training.finish_saves(cfg.checkpoint.upload_wait_s)
+        training.finish_saves(preemption)
         return record.completed(stopped_by, training, test, cfg)
     except BaseException as e:
         # A resume that failed before its state was restored changes nothing in the run.

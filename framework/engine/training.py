@@ -446,10 +446,14 @@ class Training:
             "meta": meta,
         }
 
-    def finish_saves(self, wait_s: float) -> None:
+    def finish_saves(self, preemption: StopOnSignal) -> None:
         """The last save done, and what the store still does in the background (a remote copy's
-        uploads) for at most `wait_s` seconds: `uploads` is what it says, for the run's record."""
-        self.uploads = self.checkpointer.finish(wait_s)
+        uploads) for at most checkpoint.upload_wait_s, or trainer.stop_grace_s from a stop signal,
+        one that came before or comes while it waits: `uploads` is what it says, for the record."""
+        grace_s = self.cfg.trainer.stop_grace_s
+        self.uploads = self.checkpointer.finish(
+            self.cfg.checkpoint.upload_wait_s, lambda: preemption.grace_left(grace_s)
+        )
 
     def close(self, status: str = "failed") -> None:
         """`status`: the run's, as metrics.json records it (the sinks record it too)."""

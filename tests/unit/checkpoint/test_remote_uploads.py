@@ -1,0 +1,49 @@
+"""framework/checkpoint/remote.py's upload queue alone (Uploads), against a real S3 server on
+127.0.0.1 (the module's `s3` fixture): how long the run's end waits for it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from framework.checkpoint import io
+from framework.checkpoint.remote import Uploads
+from framework.checkpoint.remote_folder import RemoteFolder
+
+
+def queued(bucket: str, tmp_path) -> Uploads:
+    """An upload queue holding one checkpoint file, on a fresh prefix of `bucket`."""
+    remote = RemoteFolder(f"s3://{bucket}/{uuid.uuid4().hex[:8]}")
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(b"weights" * 1000)
+    uploads = Uploads(remote, tmp_path / ".uploads", None, history=None)
+    entry = {"file": "last.pt", "role": "last", "kind": "full", "epoch": 1, "step": 20, **io.file_digests(checkpoint)}
+    uploads.want(entry, checkpoint)
+    return uploads
+
+
+def test_the_end_waits_for_the_queue_then_says_all_is_there(s3, tmp_path):
+    uploads = queued(s3.bucket(), tmp_path)
+    said = uploads.finish(30, lambda: None)
+    uploads.stop()
+    assert said["not_uploaded"] == [] and said["indexed"] == ["last.pt"], said
+
+
+def test_a_stop_signal_while_the_end_waits_cuts_the_wait_to_its_grace(s3, tmp_path):
+    """A signal that comes while the run's end waits for a store that does not answer: the wait
+    ends within what is left of the signal's grace, not checkpoint.upload_wait_s."""
+    bucket = s3.bucket()
+    with s3.outage():
+        uploads = queued(bucket, tmp_path)
+        started = time.monotonic()
+        signalled_at = started + 1.0  # the signal comes a second into the wait, with 1 s of grace
+
+        def grace_left():
+            now = time.monotonic()
+            return None if now < signalled_at else max(1.0 - (now - signalled_at), 0.0)
+
+        said = uploads.finish(60, grace_left)
+        waited = time.monotonic() - started
+        uploads.stop()
+    assert said["not_uploaded"] == ["last.pt"] and said["failed_attempts"] >= 1, said
+    assert 1.5 <= waited < 10, f"waited {waited:.1f} s: not cut to the signal's grace"
