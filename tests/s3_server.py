@@ -84,6 +84,10 @@ class Relay:
     def close(self) -> None:
         with self.lock:
             if self.listener is not None:
+                # shutdown wakes the thread blocked in accept(): a plain close would leave the
+                # port listening (the blocked call holds the socket) and bound at open().
+                with contextlib.suppress(OSError):
+                    self.listener.shutdown(socket.SHUT_RDWR)
                 self.listener.close()
                 self.listener = None
             for s in self.connections:

@@ -47,3 +47,28 @@ def test_a_stop_signal_while_the_end_waits_cuts_the_wait_to_its_grace(s3, tmp_pa
         uploads.stop()
     assert said["not_uploaded"] == ["last.pt"] and said["failed_attempts"] >= 1, said
     assert 1.5 <= waited < 10, f"waited {waited:.1f} s: not cut to the signal's grace"
+
+
+def test_a_directory_is_named_by_the_index_only_once_every_file_is_there(s3, tmp_path):
+    """A sharded checkpoint (a directory: each rank's shard, .metadata, ...) one of whose files
+    cannot go up: the files that could are objects there, and the index never names it."""
+    folder = tmp_path / "last"
+    folder.mkdir()
+    files = {}
+    for name in ("__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.pt"):
+        (folder / name).write_bytes(name.encode() * 100)
+        files[name] = io.file_digests(folder / name)
+    (folder / "checksums.json").write_text("{}")
+    manifest = io.file_digests(folder / "checksums.json")
+    entry = {"file": "last", "role": "last", "kind": "full", "epoch": 1, "step": 20, **manifest, "files": files}
+    remote = RemoteFolder(f"s3://{s3.bucket()}/{uuid.uuid4().hex[:8]}")
+    with s3.outage():  # nothing goes up before rank 1's shard is lost
+        uploads = Uploads(remote, tmp_path / ".uploads", None, history=None)
+        uploads.want(entry, folder)
+        (tmp_path / ".uploads" / files["__1_0.distcp"]["sha256"]).unlink()
+    said = uploads.finish(3, lambda: None)
+    uploads.stop()
+    assert said["not_uploaded"] == ["last"] and said["indexed"] == [], said
+    assert remote.read_index() == {}
+    there = {path.rsplit("/", 1)[-1] for path in remote.fs.find(remote.path("objects"))}
+    assert files["__0_0.distcp"]["sha256"] in there and files["__1_0.distcp"]["sha256"] not in there
