@@ -24,8 +24,9 @@ from framework.config.folders import CONF_DIR
 
 # OpenMP threads waiting for work sleep rather than spin, in this process and every one a test
 # starts: processes side by side on 2 CPUs (two commands, a run and its loader workers) stop
-# burning each other's time (a quarter of a run's CPU, more on a busy machine). Set before torch
-# is imported (OpenMP reads it once); the thread count, and so the bits, stay as configured.
+# burning each other's time (5-7% of the CPU on a quiet machine, a quarter or more on a busy
+# one). Set before torch is imported (OpenMP reads it once); the thread count, and so the bits,
+# stay as configured.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SLOW_TIER = Path(__file__).resolve().parent / "cli"
