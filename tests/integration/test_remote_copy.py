@@ -25,6 +25,9 @@ from s3_server import SECRET
 from framework.checkpoint import CheckpointError
 from framework.checkpoint.remote_folder import objects_of
 
+# In process, but slow tier: its runs and outages (~10 s) would take the fast tier past its 3 minutes.
+pytestmark = pytest.mark.slow
+
 TINY = ["logger=none", "determinism.num_threads=1", "trainer.max_epochs=3"]  # 20 steps an epoch
 PERIODIC = ["checkpoint=periodic", "checkpoint.keep_last_n=2"]
 

@@ -15,6 +15,9 @@ from safetensors.torch import load_file
 from framework.checkpoint.index import Index
 from framework.cli.ckpt import main
 
+# In process, but slow tier: its two trained runs (~5 s) would take the fast tier past its 3 minutes.
+pytestmark = pytest.mark.slow
+
 # Two epochs of a small MLP with a numbered checkpoint each epoch: best, epoch_0001, epoch_0002
 # and last, the last three one save (one object).
 SMALL = ("model=mlp", "model.hidden=[32]", "data=synthetic", "data.source.n_samples=200", "trainer.max_epochs=2",

@@ -6,9 +6,14 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from framework.checkpoint import io
 from framework.checkpoint.remote import Uploads
 from framework.checkpoint.remote_folder import RemoteFolder
+
+# Slow tier: it waits out outages (~7 s), which the fast tier's 3 minutes have no room for.
+pytestmark = pytest.mark.slow
 
 
 def queued(bucket: str, tmp_path) -> Uploads:
