@@ -295,7 +295,6 @@ class Uploads:
         self.attempts_failed = 0
         self.outages: list[dict] = []  # each spell the store did not answer: from, to, attempts, error
         self.conflict: str | None = None  # another writer took the remote index: uploads stop
-        self.uploaded = 0
         self.thread = threading.Thread(target=self.run, name="uploads", daemon=True)
         self.thread.start()
 
@@ -390,7 +389,6 @@ class Uploads:
         self.remote.write_index(index)
         before = {sha for e in self.indexed.values() for sha in objects_of(e)}
         self.indexed = index
-        self.uploaded += len(wanted)
         now = {sha for e in index.values() for sha in objects_of(e)}
         for sha in sorted(before - now):
             self.remote.delete(sha)
