@@ -2,9 +2,9 @@
 127.0.0.1 (the module's `s3` fixture): a run resumed on a "new machine" (its run directory gone)
 from the remote copy alone, bitwise; a SIGTERM stop that waits for its last upload, or says
 within its grace that it could not, and the next start that uploads what was missing; the store
-unreachable at start (refused in one line, or trained anyway when allowed); URLs as run
-directories refused; no credentials in what the runs write; fsdp's every shard uploaded.
-The store's options in process are in tests/integration.
+unreachable at start (refused in one line); a URL as run directory refused; no credentials in
+what the runs write; fsdp's every shard uploaded. The store's options in process are in
+tests/integration.
 
 Every command of the module is started in two waves, side by side (each pays for its own
 interpreter): the first commands, then the ones that go on from what those left. A command that
@@ -93,9 +93,9 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
     test needs besides)."""
     folder = tmp_path_factory.mktemp("remote")
     left = {name: {"run": folder / name, "url": f"s3://{s3.bucket()}/r"} for name in (
-        "stopped", "stopped_down", "unreachable", "optional", "fsdp")}  # fmt: skip
+        "stopped", "stopped_down", "unreachable", "fsdp")}  # fmt: skip
     down_relay, down_env = endpoint_of_its_own(s3)  # cut around stopped_down's stop
-    cut_relay, cut_env = endpoint_of_its_own(s3)  # cut from the start: unreachable, optional
+    cut_relay, cut_env = endpoint_of_its_own(s3)  # cut from the start: unreachable
     cut_relay.close()
     elsewhere = folder / "elsewhere"  # a working folder where no `s3:` folder may appear
     elsewhere.mkdir()
@@ -110,12 +110,8 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
             "stopped_down": start_cli(left["stopped_down"]["run"], *RUN, remote("stopped_down"),
                                       f"trainer.stop_grace_s={GRACE_S}", env={**down_env, **FROZEN}),
             "unreachable": start_cli(left["unreachable"]["run"], *RUN, remote("unreachable"), env=cut_env),
-            "optional": start_cli(left["optional"]["run"], *RUN, "trainer.max_epochs=1", remote("optional"),
-                                  "checkpoint.remote_required=false", "checkpoint.upload_wait_s=1", env=cut_env),
             "fsdp": start_cli(left["fsdp"]["run"], *FSDP, remote("fsdp"), env=s3.env),
             "run_dir_url": start_in(elsewhere, "hydra.run.dir=s3://bucket/runs/x", *RUN, env=this_checkout),
-            "sweep_dir_url": start_in(elsewhere, "-m", "hydra.sweep.dir=s3://bucket/sweeps/x", "seed=0,1", *RUN,
-                                      env=this_checkout),
         }  # fmt: skip
         straight = trained_run(*RUN)  # in this process while they start: the run never stopped
         # SIGTERM to each frozen run, taken when it goes on; the store down for stopped_down's
@@ -228,20 +224,10 @@ def test_the_store_unreachable_at_start_refuses_the_run_in_one_line(runs):
     assert not history.exists() or '"event": "step"' not in history.read_text()
 
 
-def test_the_store_unreachable_at_start_trains_anyway_when_not_required_and_says_so(runs):
-    optional = runs["optional"]
-    assert optional["proc"].returncode == 0, said(optional["proc"])
-    for text in (optional["proc"].stdout, (optional["run"] / "train.log").read_text()):
-        assert "WARNING" in text and f"checkpoint.remote: {optional['url']}: the store did not answer" in text, text
-    summary = read_summary(optional["run"])
-    assert summary["status"] == "completed" and (optional["run"] / "checkpoints" / "last.pt").is_file()
-    assert summary["remote"]["outages"] and summary["remote"]["indexed"] == [], summary["remote"]
-    assert "last.pt" in summary["remote"]["not_uploaded"], summary["remote"]
-
-
-def test_a_url_as_run_or_sweep_directory_is_refused_without_a_local_folder_named_like_it(runs):
+def test_a_url_as_run_directory_is_refused_without_a_local_folder_named_like_it(runs):
+    """(hydra.sweep.dir, refused by the same function, and remote_required=false, are tested in
+    process: tests/unit/cli/test_launch_plan.py, tests/integration/test_remote_copy.py.)"""
     assert_one_line_error(runs["run_dir_url"]["proc"], 1, "hydra.run.dir=s3://bucket/runs/x", "checkpoint.remote")
-    assert_one_line_error(runs["sweep_dir_url"]["proc"], 1, "hydra.sweep.dir=s3://bucket/sweeps/x", "checkpoint.remote")
     assert list(runs["elsewhere"].iterdir()) == []
 
 
@@ -262,7 +248,7 @@ def test_no_credentials_in_anything_the_runs_wrote_or_said(runs, s3):
         for proc in (left["proc"], left.get("again")):
             if proc is not None:
                 assert SECRET not in proc.stdout + proc.stderr, name
-        if name not in ("unreachable", "optional"):  # those never reached the store
+        if name != "unreachable":  # it never reached the store
             _, objects, index = remote_folder(s3, left["url"])
             assert all(secret not in data for data in [index, *objects.values()]), name
     assert {"config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "metrics.json", "last.pt"} <= looked_at

@@ -342,3 +342,13 @@ def test_the_plan_changes_nothing_around_it(tmp_path):
     plan_of(f"resume={run}", environ=environ)
     assert environ == {"HYDRA_FULL_ERROR": "0"}
     assert (dict(os.environ), sorted(p.name for p in tmp_path.rglob("*"))) == before
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_url_as_the_run_or_sweep_directory_is_refused_pointing_to_checkpoint_remote(key, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a folder named `s3:` would have appeared
+    argv = ([] if key == "hydra.run.dir" else ["-m", "seed=0,1"]) + [f"{key}=s3://bucket/runs/x"]
+    planned = plan_of(*argv)
+    assert planned.exit_code == 1 and len(planned.error.splitlines()) == 1, planned
+    assert f"{key}=s3://bucket/runs/x" in planned.error and "checkpoint.remote=s3://bucket/runs/x" in planned.error
+    assert list(tmp_path.iterdir()) == []
