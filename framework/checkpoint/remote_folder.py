@@ -39,6 +39,10 @@ class RemoteError(CheckpointError):
     """The remote store failed or refused: one line, naming the URL."""
 
 
+class InvalidIndex(RemoteError):
+    """The remote index is there but is not one (not JSON, no list of files)."""
+
+
 class IndexConflict(RemoteError):
     """Someone else wrote the remote index since this run read or wrote it."""
 
@@ -115,6 +119,13 @@ class RemoteFolder:
     def read_index(self) -> dict[str, dict]:
         """The remote index's entries by name ({} when there is none yet); an entry that cannot
         be trusted is left out (RemoteError when the store does not answer)."""
+        listed = self.read_listed()
+        return {} if listed is None else {e["file"]: e for e in listed if remote_entry_problem(e) is None}
+
+    def read_listed(self) -> object:
+        """The remote index's `files` as written (each entry, those a run would not trust too: the
+        verify tool says why); None where there is no index yet. RemoteError when the store does
+        not answer, InvalidIndex when what is there is not JSON with `files`."""
         path = self.path(layout.INDEX)
         try:
             self.fs.invalidate_cache(path)
@@ -129,14 +140,14 @@ class RemoteFolder:
             if "bucket does not exist" in str(e).lower():
                 raise self.failure("read its index", e) from e
             self.tag, self.unread = None, False
-            return {}
+            return None
         except Exception as e:  # each store's library raises its own errors
             raise self.failure("read its index", e) from e
         try:
             listed = json.loads(data)["files"]
         except (ValueError, KeyError, TypeError) as e:
-            raise RemoteError(f"{self.where(layout.INDEX)} is not a valid index") from e
-        return {e["file"]: e for e in listed if remote_entry_problem(e) is None}
+            raise InvalidIndex(f"{self.where(layout.INDEX)} is not a valid index") from e
+        return listed
 
     def etag(self, path: str) -> str | None:
         if self.protocol not in ("s3", "s3a"):

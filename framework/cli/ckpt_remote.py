@@ -13,7 +13,6 @@ its size and digest with the index.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,14 @@ from pathlib import Path
 
 from framework.checkpoint import sharded
 from framework.checkpoint.errors import CheckpointError, DamagedCheckpoint
-from framework.checkpoint.remote_folder import RemoteError, RemoteFolder, object_key, remote_entry_problem, url_problem
+from framework.checkpoint.remote_folder import (
+    InvalidIndex,
+    RemoteError,
+    RemoteFolder,
+    object_key,
+    remote_entry_problem,
+    url_problem,
+)
 from framework.cli.ckpt import DAMAGED, OK, UNREADABLE, FileProblem, Named, UsageProblem
 from framework.runs import layout
 
@@ -69,21 +75,13 @@ def locate(url: str) -> Place:
 def listed_in(folder: RemoteFolder) -> list | None:
     """The entries of `folder`'s remote index as written, those a run would not trust too (verify
     says why); None where there is no index. An unreachable store: FileProblem."""
-    path = folder.path(layout.INDEX)
     try:
-        folder.fs.invalidate_cache(path)
-        data = folder.fs.cat_file(path)
-    except FileNotFoundError as e:
-        if "bucket does not exist" in str(e).lower():  # s3fs says a missing bucket this way
-            raise FileProblem(str(folder.failure("read its index", e))) from e
-        return None
-    except Exception as e:  # each store's library raises its own errors
-        raise FileProblem(str(folder.failure("read its index", e))) from e
-    try:
-        listed = json.loads(data)["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DamagedCheckpoint(f"{folder.where(layout.INDEX)} is not a valid index") from e
-    if not isinstance(listed, list):
+        listed = folder.read_listed()
+    except InvalidIndex as e:
+        raise DamagedCheckpoint(str(e)) from e
+    except RemoteError as e:
+        raise FileProblem(str(e)) from e
+    if listed is not None and not isinstance(listed, list):
         raise DamagedCheckpoint(f"{folder.where(layout.INDEX)} is not a valid index")
     return listed
 
