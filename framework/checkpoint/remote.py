@@ -237,7 +237,10 @@ class RemoteCopy(CheckpointStore):
                     self.fetch(name, digests["sha256"], digests["size"], tmp / file)
                 self.fetch(name, entry["sha256"], None, tmp / sharded.MANIFEST)
                 fsync_dir(tmp)
-                self.put_in_place(tmp, self.local.where(name))
+                # The sharded store's own swap (it imports DCP, which reading these shards needs anyway).
+                from framework.checkpoint.directories import put_in_place
+
+                put_in_place(tmp, self.local.where(name), discard=None)
             else:
                 self.fetch(name, entry["sha256"], entry["size"], tmp)
                 os.replace(tmp, self.local.where(name))
@@ -263,16 +266,6 @@ class RemoteCopy(CheckpointStore):
             )
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-
-    @staticmethod
-    def put_in_place(tmp: Path, path: Path) -> None:
-        if path.is_dir() and not path.is_symlink():
-            aside = path.with_name(layout.temporary(path.name, "-replaced"))
-            os.replace(path, aside)
-            os.replace(tmp, path)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
 
 
 class Uploads:
