@@ -10,6 +10,8 @@ The endpoint and credentials go to the runs through the environment only (`env`)
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 # A marker a test looks for in every file a run writes: credentials must never be recorded.
 SECRET = f"secret-{uuid.uuid4().hex}"
@@ -179,3 +182,27 @@ class S3Server:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def remote_contents(url: str, s3: S3Server | None = None) -> tuple[dict[str, dict], dict[str, bytes], bytes]:
+    """What the remote copy at `url` holds, read afresh (no listing cache): its index's entries by
+    name, its objects' bytes by name (their sha256), and the index's own bytes. An s3:// URL is
+    read through `s3`'s server, any other (file://) as fsspec reads it."""
+    import fsspec
+
+    if url.startswith("s3://"):
+        fs, root = s3.filesystem(), url.removeprefix("s3://")
+    else:
+        fs, root = fsspec.core.url_to_fs(url)
+    index = fs.cat_file(f"{root}/index.json")
+    objects = {Path(p).name: fs.cat_file(p) for p in fs.find(f"{root}/objects")}
+    return {e["file"]: e for e in json.loads(index)["files"]}, objects, index
+
+
+def local_entries(run_dir: Path) -> dict[str, dict]:
+    """The run's checkpoints/index.json entries by name."""
+    return {e["file"]: e for e in json.loads((run_dir / "checkpoints" / "index.json").read_text())["files"]}

@@ -14,14 +14,12 @@ so that the others keep theirs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from helpers import (
@@ -34,7 +32,7 @@ from helpers import (
     start_in,
     wait_until_stopped,
 )
-from s3_server import SECRET, Relay
+from s3_server import SECRET, Relay, local_entries, remote_contents, sha256
 
 from framework.cli.compare import compare as differences
 from framework.engine.preemption import exit_code
@@ -51,28 +49,11 @@ FSDP = ["model=mlp", *RUN, "trainer.max_epochs=1", "trainer.strategy=fsdp", "tra
 GRACE_S = 2  # trainer.stop_grace_s of the stop whose upload cannot be done
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def endpoint_of_its_own(s3) -> tuple[Relay, dict]:
     """A relay of its own to the module's server, and the environment of a run that uses it:
     closing it makes the store unreachable for that run alone."""
     relay = Relay(s3.moto_port)
     return relay, {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}"}
-
-
-def remote_folder(s3, url: str) -> tuple[dict[str, dict], dict[str, bytes], bytes]:
-    """What the remote folder at `url` holds, read afresh: its index's entries by name, its
-    objects' bytes by sha256, and the index's own bytes."""
-    fs, root = s3.filesystem(), url.removeprefix("s3://")
-    index = fs.cat_file(f"{root}/index.json")
-    objects = {Path(p).name: fs.cat_file(p) for p in fs.find(f"{root}/objects")}
-    return {e["file"]: e for e in json.loads(index)["files"]}, objects, index
-
-
-def local_entries(run_dir: Path) -> dict[str, dict]:
-    return {e["file"]: e for e in json.loads((run_dir / "checkpoints" / "index.json").read_text())["files"]}
 
 
 def logged_at(log: str, text: str) -> float:
@@ -129,7 +110,7 @@ def runs(s3, trained_run, tmp_path_factory) -> dict:
         stops = finish_together({name: started.pop(name) for name in ("stopped", "stopped_down")})
         for name, proc in stops.items():
             left[name]["proc"] = proc
-        left["stopped"]["remote"] = remote_folder(s3, left["stopped"]["url"])  # as the stop left it
+        left["stopped"]["remote"] = remote_contents(left["stopped"]["url"], s3)  # as the stop left it
         left["stopped_down"]["first_summary"] = read_summary(left["stopped_down"]["run"])
 
         # The second wave, while the first goes on: on a new machine (the run directory moved
@@ -176,7 +157,7 @@ def test_resumed_on_a_new_machine_from_the_remote_copy_alone_it_ends_bitwise_as_
 
     # The remote copy is the local one: each entry as the local index has it, each object the
     # bytes of a local file (a checkpoint's, or the history's as of its save).
-    entries, objects, _ = remote_folder(s3, stopped["url"])
+    entries, objects, _ = remote_contents(stopped["url"], s3)
     local = local_entries(stopped["run"])
     assert set(entries) == set(local) == {"last.pt", "best.pt"}
     for name, entry in local.items():
@@ -209,7 +190,7 @@ def test_a_sigterm_stop_with_the_store_down_says_within_its_grace_what_it_could_
     again = down["again"]
     assert again.returncode == 0, said(again)
     assert read_summary(down["run"])["remote"]["not_uploaded"] == []
-    entries, objects, _ = remote_folder(s3, down["url"])
+    entries, objects, _ = remote_contents(down["url"], s3)
     last = (down["run"] / "checkpoints" / "last.pt").read_bytes()
     assert entries["last.pt"]["step"] == STOP_STEP and entries["last.pt"]["sha256"] == sha256(last)
     assert objects[sha256(last)] == last
@@ -249,7 +230,7 @@ def test_no_credentials_in_anything_the_runs_wrote_or_said(runs, s3):
             if proc is not None:
                 assert SECRET not in proc.stdout + proc.stderr, name
         if name != "unreachable":  # it never reached the store
-            _, objects, index = remote_folder(s3, left["url"])
+            _, objects, index = remote_contents(left["url"], s3)
             assert all(secret not in data for data in [index, *objects.values()]), name
     assert {"config.yaml", "hydra.yaml", "overrides.yaml", "train.log", "metrics.json", "last.pt"} <= looked_at
 
@@ -260,7 +241,7 @@ def test_fsdp_uploads_every_file_of_both_ranks_that_the_remote_index_names(runs,
     from the download costs a second torchrun start, 10 s of this file's budget: left out.)"""
     fsdp = runs["fsdp"]
     assert fsdp["proc"].returncode == 0, said(fsdp["proc"])
-    entries, objects, _ = remote_folder(s3, fsdp["url"])
+    entries, objects, _ = remote_contents(fsdp["url"], s3)
     files = {p.name: p.read_bytes() for p in (fsdp["run"] / "checkpoints" / "last").iterdir()}
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.pt"} <= set(files)
     entry = local_entries(fsdp["run"])["last"]

@@ -9,18 +9,15 @@ each compared byte for byte with the local files it copies. The outage mid-run i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
 
-import fsspec
 import pytest
 import store_outage
 import torch
 from helpers import read_summary, train_in_process
-from s3_server import SECRET
+from s3_server import SECRET, local_entries, remote_contents, sha256
 
 from framework.checkpoint import CheckpointError
 from framework.checkpoint.remote_folder import objects_of
@@ -32,33 +29,12 @@ TINY = ["logger=none", "determinism.num_threads=1", "trainer.max_epochs=3"]  # 2
 PERIODIC = ["checkpoint=periodic", "checkpoint.keep_last_n=2"]
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def remote_folder(url: str, s3=None) -> tuple[dict[str, dict], dict[str, bytes]]:
-    """What the remote folder at `url` holds: its index's entries by name, and its objects' bytes
-    by name (read afresh: no listing cache)."""
-    if url.startswith("s3://"):
-        fs, root = s3.filesystem(), url.removeprefix("s3://")
-    else:
-        fs, root = fsspec.core.url_to_fs(url)
-    index = json.loads(fs.cat_file(f"{root}/index.json"))
-    objects = {Path(p).name: fs.cat_file(p) for p in fs.find(f"{root}/objects")}
-    return {e["file"]: e for e in index["files"]}, objects
-
-
 def assert_whole(entries: dict[str, dict], objects: dict[str, bytes]) -> None:
     """Every object an entry names is there with the bytes of its sha256, and no other object is."""
     used = {sha for e in entries.values() for sha in objects_of(e)}
     assert set(objects) == used, f"objects no entry uses: {set(objects) - used}; missing: {used - set(objects)}"
     damaged = [sha for sha, data in objects.items() if sha256(data) != sha]
     assert not damaged, f"objects whose bytes do not match their sha256: {damaged}"
-
-
-def local_entries(run_dir: Path) -> dict[str, dict]:
-    listed = json.loads((run_dir / "checkpoints" / "index.json").read_text())["files"]
-    return {e["file"]: e for e in listed}
 
 
 def without_history(entry: dict) -> dict:
@@ -88,7 +64,7 @@ def trained(s3, tmp_path_factory) -> tuple[Path, str]:
 
 def test_the_remote_copy_is_the_local_checkpoints_objects_and_index(s3, trained):
     run_dir, url = trained
-    entries, objects = remote_folder(url, s3)
+    entries, objects, _ = remote_contents(url, s3)
     assert_copies_local(run_dir, entries, objects)
     # Retention applied there too: epoch_0001.pt's object (and its history's) deleted with it.
     assert sorted(entries) == ["best.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt"]
@@ -116,7 +92,7 @@ def test_a_damaged_object_is_skipped_for_the_checkpoint_before_it_and_never_unpi
     fs = s3.filesystem()
     fs.copy(f"{bucket}/r/", f"{bucket}/copy/", recursive=True)  # the shared run's copy stays as it is
     url = f"s3://{bucket}/copy"
-    entries, _ = remote_folder(url, s3)
+    entries, _, _ = remote_contents(url, s3)
     newest = entries["last.pt"]["sha256"]
     damaged = b"not the checkpoint" + bytes(100)
     fs.pipe_file(f"{bucket}/copy/objects/{newest}", damaged)
@@ -134,7 +110,7 @@ def test_a_damaged_object_is_skipped_for_the_checkpoint_before_it_and_never_unpi
     resumed = read_summary(run_dir)["resumes"][-1]
     assert Path(resumed["from"]).name == "epoch_0002.pt" and resumed["global_step"] == 40, resumed
     assert resumed["val_check"]["identical"], resumed  # what it loaded validates as it did
-    entries, objects = remote_folder(url, s3)
+    entries, objects, _ = remote_contents(url, s3)
     assert "epoch_0002.pt" in entries  # what this run started from, kept despite keep_last_n=1
     left = sorted(p.name for p in (run_dir / "checkpoints").rglob("*"))  # no download left half-way
     assert left == sorted([*entries, "index.json", ".uploads"]), left
@@ -161,7 +137,7 @@ def test_an_outage_mid_run_is_recorded_and_the_uploads_catch_up(s3, tmp_path):
     remote = read_summary(tmp_path / "run")["remote"]
     assert remote["failed_attempts"] >= 1 and remote["not_uploaded"] == [], remote
     assert len(remote["outages"]) >= 1 and all(o["from"] and o["to"] for o in remote["outages"]), remote
-    entries, objects = remote_folder(url, s3)
+    entries, objects, _ = remote_contents(url, s3)
     assert entries["last.pt"]["step"] == 40
     assert_copies_local(tmp_path / "run", entries, objects)
     assert_whole(entries, objects)
@@ -188,7 +164,7 @@ def test_checkpoints_the_store_missed_are_uploaded_at_the_next_start(s3, tmp_pat
     assert not s3.filesystem().find(bucket)
 
     train_in_process(run_dir, "resume=auto", "trainer.max_steps=40", "checkpoint.upload_wait_s=60")
-    entries, objects = remote_folder(url, s3)
+    entries, objects, _ = remote_contents(url, s3)
     assert sorted(entries) == ["best.pt", "epoch_0001.pt", "epoch_0002.pt", "last.pt"]
     assert_copies_local(run_dir, entries, objects)
     assert_whole(entries, objects)
@@ -196,13 +172,13 @@ def test_checkpoints_the_store_missed_are_uploaded_at_the_next_start(s3, tmp_pat
 
 def test_a_new_run_is_refused_a_remote_that_holds_another_runs_checkpoints(s3, trained, tmp_path):
     _, url = trained
-    before = remote_folder(url, s3)
+    before = remote_contents(url, s3)
     with pytest.raises(CheckpointError) as refused:
         train_in_process(tmp_path / "other", *TINY, f"checkpoint.remote={url}")
     said = str(refused.value)
     assert len(said.splitlines()) == 1 and f"checkpoint.remote={url}" in said, said
     assert "holds another run's checkpoints" in said and "step 60)" in said, said
-    assert remote_folder(url, s3) == before  # the other run's copy untouched
+    assert remote_contents(url, s3) == before  # the other run's copy untouched
     assert not (tmp_path / "other" / "metrics.jsonl").exists()  # refused before training
 
 
@@ -212,14 +188,14 @@ def test_a_file_url_is_a_mounted_share(tmp_path):
     url = f"file://{share}"
     run_dir = tmp_path / "run"
     train_in_process(run_dir, *TINY, "trainer.max_steps=20", f"checkpoint.remote={url}")
-    entries, objects = remote_folder(url)
+    entries, objects, _ = remote_contents(url)
     assert sorted(entries) == ["best.pt", "last.pt"] and entries["last.pt"]["step"] == 20
     assert_copies_local(run_dir, entries, objects)
 
     shutil.rmtree(run_dir)
     train_in_process(run_dir, "resume=auto", f"checkpoint.remote={url}", "trainer.max_steps=40")
     assert read_summary(run_dir)["resumes"][-1]["global_step"] == 20
-    entries, objects = remote_folder(url)
+    entries, objects, _ = remote_contents(url)
     assert entries["last.pt"]["step"] == 40
     assert_copies_local(run_dir, entries, objects)
     assert_whole(entries, objects)  # the replaced last.pt's objects are gone, as its local file is
