@@ -292,23 +292,24 @@ class Uploads:
         self.thread.start()
 
     def want(self, entry: dict, path: Path) -> None:
-        """Queue checkpoint `entry` (its files at `path`, durable and listed): pin its files now."""
-        self.pins.mkdir(exist_ok=True)
+        """Queue checkpoint `entry` (its files at `path`, durable and listed): pin its files now.
+        Under the lock: the thread's sweep of pins no queued entry needs must not meet one half made."""
         if "files" in entry:  # a directory: each of its files, and its manifest
             sources = {d["sha256"]: path / name for name, d in entry["files"].items()}
             sources[entry["sha256"]] = path / sharded.MANIFEST
         else:
             sources = {entry["sha256"]: path}
-        for sha, source in sources.items():
-            pin = self.pins / sha
-            if not pin.exists():
-                try:
-                    os.link(source, pin)
-                except OSError:  # no hard links here: a copy
-                    shutil.copyfile(source, pin)
-        if self.history is not None and self.history.is_file():
-            entry = {**entry, "history": self.pin_copy(self.history)}
         with self.lock:
+            self.pins.mkdir(exist_ok=True)
+            for sha, source in sources.items():
+                pin = self.pins / sha
+                if not pin.exists():
+                    try:
+                        os.link(source, pin)
+                    except OSError:  # no hard links here: a copy
+                        shutil.copyfile(source, pin)
+            if self.history is not None and self.history.is_file():
+                entry = {**entry, "history": self.pin_copy(self.history)}
             self.wanted[entry["file"]] = entry
             self.unwanted.discard(entry["file"])
             self.lock.notify_all()
@@ -362,9 +363,9 @@ class Uploads:
                 self.unwanted -= unwanted
                 self.lock.notify_all()
                 needed = {sha for e in self.wanted.values() for sha in objects_of(e)}
-            for pin in self.pins.iterdir() if self.pins.is_dir() else []:
-                if pin.name not in needed:
-                    pin.unlink(missing_ok=True)
+                for pin in self.pins.iterdir() if self.pins.is_dir() else []:
+                    if pin.name not in needed:
+                        pin.unlink(missing_ok=True)
 
     def bring_over(self, wanted: dict[str, dict], unwanted: set[str]) -> None:
         """One round: upload the objects `wanted` lacks there, write the index naming them (and

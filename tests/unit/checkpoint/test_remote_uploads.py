@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,48 @@ def test_a_directory_is_named_by_the_index_only_once_every_file_is_there(s3, tmp
     assert remote.read_index() == {}
     there = {path.rsplit("/", 1)[-1] for path in remote.fs.find(remote.path("objects"))}
     assert files["__0_0.distcp"]["sha256"] in there and files["__1_0.distcp"]["sha256"] not in there
+
+
+def test_the_threads_sweep_of_pins_never_removes_one_being_made(tmp_path, monkeypatch):
+    """After each round the thread removes the pins no queued checkpoint needs, while the training
+    pins the next save's file and a copy of the history: a sweep in between must wait, not take
+    the copy half made (CI met it: FileNotFoundError at a save) or a pin not yet queued."""
+    remote = RemoteFolder(f"file://{tmp_path / 'share'}")
+    remote.fs.makedirs(remote.path("objects"), exist_ok=True)  # as RemoteCopy.prepare does
+    pins = tmp_path / ".uploads"
+    files = {}
+    for name in ("epoch_0001.pt", "epoch_0002.pt"):
+        files[name] = tmp_path / name
+        files[name].write_bytes(name.encode() * 1000)
+    entries = {
+        name: {"file": name, "role": "periodic", "kind": "full", "epoch": i, "step": 10 * i, **io.file_digests(path)}
+        for i, (name, path) in enumerate(files.items(), start=1)
+    }
+    in_round, in_pin = threading.Event(), threading.Event()
+    real_upload, real_copy = remote.upload, shutil.copyfile
+
+    def upload_once_the_training_pins(*args):
+        in_round.set()
+        in_pin.wait(10)
+        return real_upload(*args)
+
+    def copy_then_give_the_sweep_its_chance(src, dst, **kwargs):
+        out = real_copy(src, dst, **kwargs)
+        if threading.current_thread() is threading.main_thread() and Path(dst).parent == pins:
+            in_pin.set()
+            deadline = time.monotonic() + 2
+            while Path(dst).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return out
+
+    monkeypatch.setattr(remote, "upload", upload_once_the_training_pins)
+    monkeypatch.setattr(shutil, "copyfile", copy_then_give_the_sweep_its_chance)
+    uploads = Uploads(remote, pins, {}, history=None)
+    uploads.want(entries["epoch_0001.pt"], files["epoch_0001.pt"])
+    assert in_round.wait(10), "the thread never began its round"
+    uploads.history = tmp_path / "metrics.jsonl"
+    uploads.history.write_text('{"step": 10}\n')
+    uploads.want(entries["epoch_0002.pt"], files["epoch_0002.pt"])  # the old code: FileNotFoundError here
+    said = uploads.finish(30, lambda: None)
+    uploads.stop()
+    assert said["not_uploaded"] == [] and said["indexed"] == sorted(entries), said
