@@ -64,6 +64,26 @@ def pytest_collection_modifyitems(config, items):
         config.stash[_LEFT_OUT] = len(left_out)
 
 
+MAX_WORKERS = 8  # each holds torch (~0.4 GB) and starts training processes of its own
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU this process may use (as determinism.num_threads=null counts them)."""
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: its count goes to the controller
+        session.config.workeroutput["left_out"] = session.config.stash.get(_LEFT_OUT, 0)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller: every worker collects every test, so any one's count of those left out is the run's."""
+    node.config.stash[_LEFT_OUT] = getattr(node, "workeroutput", {}).get("left_out", 0)
+
+
 def pytest_terminal_summary(terminalreporter, config):
     if config.stash.get(_LEFT_OUT, 0):
         terminalreporter.write_line(
