@@ -1,8 +1,7 @@
 """`python -m framework.ckpt` keeps working: the checkpoint tool lives in framework/cli/ckpt.py."""
 
-import sys
-
+from framework.cli import exit_with
 from framework.cli.ckpt import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

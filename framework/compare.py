@@ -1,8 +1,7 @@
 """`python -m framework.compare` keeps working: the run comparison lives in framework/cli/compare.py."""
 
-import sys
-
+from framework.cli import exit_with
 from framework.cli.compare import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -1,8 +1,7 @@
 """`python -m framework.recipe` keeps working: the recipe tool lives in framework/cli/recipe.py."""
 
-import sys
-
+from framework.cli import exit_with
 from framework.cli.recipe import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -67,6 +67,7 @@ from framework.checkpoint.io import (
     NewerCheckpoint,
     UnsafeCheckpoint,
 )
+from framework.cli import exit_with
 from framework.config.errors import ConfigError
 from framework.config.resolved import config_from_text, flatten
 from framework.engine.ema import N_AVERAGED, without_count
@@ -93,6 +94,7 @@ EXIT_CODES = f"""exit codes:
   {FOREIGN}  foreign: loads safely but is not a checkpoint of this framework
   {NEWER}  newer: a checkpoint format newer than this framework reads
   {NOT_FITTING}  migrate: the file does not fit the experiment its overrides describe
+  141  the reader of the output went first (| head): ended quietly, as SIGPIPE ends shell tools
 """
 
 # Top-level keys diff does not compare: meta holds timestamps and hosts, which always differ;
@@ -938,10 +940,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # the reader went first (`| head`): exit_with ends quietly
+        raise
     except (CheckpointError, ConfigError, FileProblem, UsageProblem, OSError) as e:
         print(f"Error: {one_line(e)}", file=sys.stderr)
         return exit_code_for(e)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

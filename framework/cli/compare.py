@@ -20,6 +20,7 @@ import torch
 
 from framework.checkpoint import sharded, storage
 from framework.checkpoint.io import CheckpointError, safe_load
+from framework.cli import exit_with
 from framework.runs.layout import CHECKPOINTS, HISTORY, LAST, RECORD, RunLayout, alias
 from framework.runs.reproducibility import why_runs_differ
 
@@ -195,4 +196,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from framework.cli import exit_with
 from framework.config.recipes import FOLDERS_ENV, NAME, Recipe, find_all, package_of, user_folders
 from framework.file_kind import not_a_regular_file
 
@@ -196,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from framework.cli import exit_with
 from framework.engine.preemption import STOP_SIGNALS, exit_code, is_python_handler
 from framework.runs.layout import REFUSED, STOPPED_BY
 from framework.runs.sweep_summary import job_dirs, request_stop, stop_requested, summarize, verdict
@@ -120,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

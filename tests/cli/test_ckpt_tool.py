@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -59,7 +60,18 @@ def test_the_command_line(runs, tmp_path):
         )
         for name, args in commands.items()
     }
+    # `... | head`: the reader is gone before the tool writes; it ends as the shell's tools do.
+    reader_gone = {}
+    for tool, args in {"ckpt": ["inspect", last], "compare": [runs / "seed0", runs / "seed1"]}.items():
+        read, write = os.pipe()
+        os.close(read)
+        reader_gone[tool] = subprocess.Popen([sys.executable, "-m", f"framework.{tool}", *map(str, args)], cwd=ROOT,
+                                             stdout=write, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        os.close(write)
     results = {name: (*proc.communicate(timeout=120), proc.returncode) for name, proc in started.items()}
+    for tool, proc in reader_gone.items():
+        _, err = proc.communicate(timeout=120)
+        assert (proc.returncode, err) == (128 + signal.SIGPIPE, ""), (tool, proc.returncode, err)
     results = {name: (code, out, err) for name, (out, err, code) in results.items()}
     expected_codes = {"help": 0, "inspect": 0, "verify": 4, "diff": 1, "export": 0}
     assert {name: result[0] for name, result in results.items()} == expected_codes, results
