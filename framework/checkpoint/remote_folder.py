@@ -122,10 +122,10 @@ class RemoteFolder:
         listed = self.read_listed()
         return {} if listed is None else {e["file"]: e for e in listed if remote_entry_problem(e) is None}
 
-    def read_listed(self) -> object:
+    def read_listed(self) -> list | None:
         """The remote index's `files` as written (each entry, those a run would not trust too: the
         verify tool says why); None where there is no index yet. RemoteError when the store does
-        not answer, InvalidIndex when what is there is not JSON with `files`."""
+        not answer, InvalidIndex when what is there is not JSON with a list of `files`."""
         path = self.path(layout.INDEX)
         try:
             self.fs.invalidate_cache(path)
@@ -145,6 +145,8 @@ class RemoteFolder:
             raise self.failure("read its index", e) from e
         try:
             listed = json.loads(data)["files"]
+            if not isinstance(listed, list):
+                raise TypeError
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidIndex(f"{self.where(layout.INDEX)} is not a valid index") from e
         return listed

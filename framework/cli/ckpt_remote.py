@@ -76,14 +76,11 @@ def listed_in(folder: RemoteFolder) -> list | None:
     """The entries of `folder`'s remote index as written, those a run would not trust too (verify
     says why); None where there is no index. An unreachable store: FileProblem."""
     try:
-        listed = folder.read_listed()
+        return folder.read_listed()
     except InvalidIndex as e:
         raise DamagedCheckpoint(str(e)) from e
     except RemoteError as e:
         raise FileProblem(str(e)) from e
-    if listed is not None and not isinstance(listed, list):
-        raise DamagedCheckpoint(f"{folder.where(layout.INDEX)} is not a valid index")
-    return listed
 
 
 # ---- inspect and export: a local copy ------------------------------------------------------------

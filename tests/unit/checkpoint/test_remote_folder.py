@@ -11,6 +11,7 @@ import pytest
 
 from framework.checkpoint.remote_folder import (
     IndexConflict,
+    InvalidIndex,
     RemoteError,
     RemoteFolder,
     remote_entry_problem,
@@ -146,3 +147,12 @@ def test_objects_go_up_and_come_back_by_their_sha256(url, tmp_path):
     folder.delete(digest)  # already gone: nothing to do
     with pytest.raises(RemoteError, match="cannot download"):
         folder.download(digest, tmp_path / "again.pt")
+
+
+@pytest.mark.parametrize("files", [5, {"last.pt": {}}, "last.pt"])
+def test_an_index_whose_files_are_no_list_is_not_a_valid_index(url, files):
+    """Not a list of entries: one error naming the index, for a run and the tools alike."""
+    folder = RemoteFolder(url)
+    folder.fs.pipe_file(folder.path("index.json"), json.dumps({"files": files}).encode())
+    with pytest.raises(InvalidIndex, match="index.json is not a valid index"):
+        folder.read_index()
